@@ -1,0 +1,77 @@
+# cmpxchg: build the C core (cmpxchg/core.so) and run everything else.
+# Flags come from pkg-config; the module never links liblua (the interpreter
+# that loads it provides the Lua API).
+
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+LUA_PC      ?= lua$(LUA_VERSION)
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+LUA_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_SHAREDIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+PKG_CONFIG  ?= pkg-config
+
+LUA_INCDIR  ?=
+LUA_CFLAGS  ?= $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC)))
+SQLITE_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags sqlite3)
+SQLITE_LIBS   ?= $(shell $(PKG_CONFIG) --libs sqlite3)
+
+WARNINGS ?= -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
+            -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+LIBFLAG ?= -shared
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
+             $(LUA_CFLAGS) $(SQLITE_CFLAGS)
+
+SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/keycase.c
+HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h
+LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
+BUILD   ?= .
+CORE    = $(BUILD)/cmpxchg/core.so
+
+.PHONY: all deps test demo bench lint asan valgrind install uninstall clean rock
+
+all: $(CORE)
+
+$(CORE): $(SOURCES) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(LDFLAGS)
+
+# Debian packages the build, the tests and the demo need (installed when missing)
+deps:
+	@scripts/install-deps
+
+test: deps
+	@$(MAKE) --no-print-directory all EXTRA_CFLAGS=-Werror
+	@scripts/run-tests
+
+demo: deps all
+	$(LUA) examples/demo.lua
+
+bench: deps all
+	$(LUA) bench/run.lua
+
+lint: deps
+	luacheck lua spec examples bench
+
+asan: deps
+	@scripts/run-tests --only asan
+
+valgrind: deps all
+	@scripts/run-tests --only valgrind
+
+install: all
+	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg
+	install -m 0755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
+	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/
+
+uninstall:
+	rm -f $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
+	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/,$(notdir $(LUA_MODULES)))
+
+rock: deps
+	luarocks --lua-version=$(LUA_VERSION) make --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec
+
+clean:
+	rm -rf cmpxchg build

@@ -1,0 +1,286 @@
+/*
+** cmpxchg_core.c: luaopen_cmpxchg_core. The mechanism the Lua layer cannot
+** have portably: clocks, sleeping, random ids, C#-compatible UTC dates, key
+** folding, process identity, and the embedded SQLite store.
+*/
+
+#define _GNU_SOURCE     /* timegm */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "compat.h"
+#include "keycase.h"
+#include "cmpxchg_core.h"
+
+int cx_push_error (lua_State *L, const char *code, const char *fmt, ...) {
+    va_list ap;
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: ", code);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 2);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+double cx_wall_time (void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+** core.monotime() -> seconds from an arbitrary start that never jumps; lease
+** lengths are measured with it so a wall-clock step cannot stretch a lease.
+*/
+static int core_monotime (lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static int core_time (lua_State *L) {
+    lua_pushnumber(L, (lua_Number)cx_wall_time());
+    return 1;
+}
+
+/*
+** core.sleep(seconds): blocks the calling OS thread, so the Lua layer never
+** uses it inside nginx (ngx.sleep there). Restarts after signals so that the
+** whole interval is slept.
+*/
+static int core_sleep (lua_State *L) {
+    lua_Number s = luaL_checknumber(L, 1);
+    struct timespec req, rem;
+    luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds out of range");
+    req.tv_sec = (time_t)s;
+    req.tv_nsec = (long)((s - (lua_Number)req.tv_sec) * 1e9);
+    while (nanosleep(&req, &rem) != 0 && errno == EINTR)
+        req = rem;
+    return 0;
+}
+
+static int fill_random (unsigned char *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(buf + got, n - got, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* core.uuid() -> a random (version 4) UUID, lower-case, 36 characters */
+static int core_uuid (lua_State *L) {
+    unsigned char b[16];
+    char s[37];
+    if (fill_random(b, sizeof b) != 0)
+        return luaL_error(L, "cannot read random bytes: %s", strerror(errno));
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    snprintf(s, sizeof s,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+             b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    lua_pushlstring(L, s, 36);
+    return 1;
+}
+
+/*
+** core.format_time(epoch) -> "2024-01-02T03:04:05.1234567Z": what C# writes for
+** a DateTime.UtcNow value (7 fractional digits and Z), so C# readers compare
+** our lease expiries exactly as they compare their own.
+*/
+static int core_format_time (lua_State *L) {
+    lua_Number t = luaL_checknumber(L, 1);
+    double whole;
+    int ticks;
+    time_t secs;
+    struct tm tm;
+    char buf[64];
+    luaL_argcheck(L, t >= 0 && t < 253402300800.0, 1, "time out of range");
+    whole = floor((double)t);
+    ticks = (int)lround(((double)t - whole) * 1e7);
+    if (ticks >= 10000000) { whole += 1; ticks -= 10000000; }
+    secs = (time_t)whole;
+    if (gmtime_r(&secs, &tm) == NULL)
+        return luaL_argerror(L, 1, "time out of range");
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%07dZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, ticks);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static int read_digits (const char **p, int n) {
+    int v = 0, i;
+    for (i = 0; i < n; i++) {
+        if (**p < '0' || **p > '9') return -1;
+        v = v * 10 + (**p - '0');
+        (*p)++;
+    }
+    return v;
+}
+
+/*
+** core.parse_time(s) -> epoch seconds, or nil when `s` is not an ISO 8601
+** date-time. Takes what C#, Node and Python clients write: any number of
+** fractional digits, then "Z", "+HH:MM"/"-HH:MM", or nothing (read as UTC:
+** lease expiries are written from UTC clocks).
+*/
+static int core_parse_time (lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    const char *p = s, *end = s + len;
+    struct tm tm;
+    double frac = 0, scale = 0.1;
+    int offset = 0;
+    memset(&tm, 0, sizeof tm);
+    if (len < 19) goto bad;
+    tm.tm_year = read_digits(&p, 4) - 1900; if (*p++ != '-') goto bad;
+    tm.tm_mon = read_digits(&p, 2) - 1;     if (*p++ != '-') goto bad;
+    tm.tm_mday = read_digits(&p, 2);        if (*p != 'T' && *p != ' ') goto bad;
+    p++;
+    tm.tm_hour = read_digits(&p, 2);        if (*p++ != ':') goto bad;
+    tm.tm_min = read_digits(&p, 2);         if (*p++ != ':') goto bad;
+    tm.tm_sec = read_digits(&p, 2);
+    if (tm.tm_year < -1899 || tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_mday < 1 ||
+        tm.tm_mday > 31 || tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 ||
+        tm.tm_min > 59 || tm.tm_sec < 0 || tm.tm_sec > 60)
+        goto bad;
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9') goto bad;
+        while (p < end && *p >= '0' && *p <= '9') {
+            frac += (*p++ - '0') * scale;
+            scale /= 10;
+        }
+    }
+    if (p < end && (*p == 'Z' || *p == 'z'))
+        p++;
+    else if (p < end && (*p == '+' || *p == '-')) {
+        int sign = *p++ == '-' ? -1 : 1, hh, mm;
+        if (end - p < 5) goto bad;
+        hh = read_digits(&p, 2);
+        if (*p++ != ':') goto bad;
+        mm = read_digits(&p, 2);
+        if (hh < 0 || hh > 23 || mm < 0 || mm > 59) goto bad;
+        offset = sign * (hh * 3600 + mm * 60);
+    }
+    if (p != end) goto bad;
+    lua_pushnumber(L, (lua_Number)((double)timegm(&tm) - offset + frac));
+    return 1;
+bad:
+    lua_pushnil(L);
+    return 1;
+}
+
+/*
+** core.fold_key(key) -> the key lower-cased as RavenDB compares it, or nil and
+** a message when the key is longer than 512 bytes or not valid UTF-8.
+*/
+static int core_fold_key (lua_State *L) {
+    size_t len;
+    const char *key = luaL_checklstring(L, 1, &len);
+    char out[CX_MAX_KEY_BYTES];
+    const char *problem = NULL;
+    if (len > CX_MAX_KEY_BYTES)
+        problem = "longer than 512 bytes";
+    else if (cx_key_fold(key, len, out) != 0)
+        problem = "not valid UTF-8";
+    if (problem != NULL) {
+        lua_pushnil(L);
+        lua_pushstring(L, problem);
+        return 2;
+    }
+    lua_pushlstring(L, out, len);
+    return 1;
+}
+
+static int core_pid (lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)getpid());
+    return 1;
+}
+
+static int core_hostname (lua_State *L) {
+    char name[256];
+    if (gethostname(name, sizeof name) != 0)
+        return luaL_error(L, "cannot read the host name: %s", strerror(errno));
+    name[sizeof name - 1] = '\0';
+    lua_pushstring(L, name);
+    return 1;
+}
+
+/*
+** core.mkdir_p(path) -> true | nil, message. Creates `path` and its missing
+** parents with mode 0700 (only the default store location is created).
+*/
+static int core_mkdir_p (lua_State *L) {
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    char buf[4096];
+    size_t i;
+    struct stat st;
+    luaL_argcheck(L, len > 0 && len < sizeof buf, 1, "path empty or too long");
+    memcpy(buf, path, len + 1);
+    for (i = 1; i <= len; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+                lua_pushnil(L);
+                lua_pushfstring(L, "cannot create directory %s: %s", buf, strerror(errno));
+                return 2;
+            }
+            buf[i] = c;
+        }
+    }
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s is not a directory", path);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const luaL_Reg core_functions[] = {
+    {"monotime", core_monotime},
+    {"time", core_time},
+    {"sleep", core_sleep},
+    {"uuid", core_uuid},
+    {"format_time", core_format_time},
+    {"parse_time", core_parse_time},
+    {"fold_key", core_fold_key},
+    {"pid", core_pid},
+    {"hostname", core_hostname},
+    {"mkdir_p", core_mkdir_p},
+    {"embedded_open", cx_embedded_open},
+    {NULL, NULL}
+};
+
+LUAMOD_API int luaopen_cmpxchg_core (lua_State *L) {
+    cx_embedded_register(L);
+    luaL_newlib(L, core_functions);
+    lua_pushinteger(L, CX_MAX_KEY_BYTES);
+    lua_setfield(L, -2, "MAX_KEY_BYTES");
+    return 1;
+}

@@ -1,0 +1,682 @@
+/*
+** embedded.c: the embedded store, RavenDB compare-exchange semantics on one
+** SQLite file. One global index per file (table cmpxchg_meta, row
+** 'last_index') stamps every write of every key and namespace, so indexes
+** strictly increase exactly as Raft indexes do on a RavenDB cluster.
+**
+** Concurrency: WAL lets readers run beside the one writer; every write is
+** one BEGIN IMMEDIATE transaction, so the compare and the swap happen under
+** the file's write lock and several processes and handles stay consistent.
+** The busy timeout bounds how long a write waits for that lock.
+*/
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "compat.h"
+#include "keycase.h"
+#include "cmpxchg_core.h"
+
+#define EMBEDDED_MT     "cmpxchg.Embedded"
+#define APPLICATION_ID  0x636d7078      /* "cmpx": marks files that are ours */
+#define SCHEMA_VERSION  1
+
+enum {
+    S_BEGIN_WRITE, S_BEGIN_READ, S_COMMIT, S_ROLLBACK,
+    S_GET, S_UPSERT, S_DELETE, S_LIST,
+    S_META_GET, S_META_SET, S_SWEEP,
+    N_STATEMENTS
+};
+
+static const char *const statement_sql[N_STATEMENTS] = {
+    "BEGIN IMMEDIATE",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SELECT idx, value FROM cmpxchg_items WHERE ns = ?1 AND k = ?2",
+    "INSERT INTO cmpxchg_items (ns, k, key, value, idx, expires) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (ns, k) DO UPDATE SET "
+        "key = excluded.key, value = excluded.value, idx = excluded.idx, "
+        "expires = excluded.expires",
+    "DELETE FROM cmpxchg_items WHERE ns = ?1 AND k = ?2",
+    /* UTF-8 never holds the byte 0xFF, so k < prefix||x'FF' bounds the prefix */
+    "SELECT key, idx, value FROM cmpxchg_items WHERE ns = ?1 AND k >= ?2 "
+        "AND k < CAST(?2 || x'FF' AS TEXT) ORDER BY k LIMIT ?4 OFFSET ?3",
+    "SELECT value FROM cmpxchg_meta WHERE name = ?1",
+    "UPDATE cmpxchg_meta SET value = ?2 WHERE name = ?1",
+    "DELETE FROM cmpxchg_items WHERE expires IS NOT NULL AND expires <= ?1",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS cmpxchg_meta ("
+    "  name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO cmpxchg_meta VALUES ('last_index', 0), "
+    "  ('last_sweep', 0.0), ('schema', 1);"
+    "CREATE TABLE IF NOT EXISTS cmpxchg_items ("
+    "  ns TEXT NOT NULL,"               /* namespace (the database option) */
+    "  k TEXT NOT NULL,"                /* folded key: keys are case-insensitive */
+    "  key TEXT NOT NULL,"              /* the key as last written */
+    "  value TEXT NOT NULL,"            /* JSON text */
+    "  idx INTEGER NOT NULL,"
+    "  expires REAL,"                   /* epoch seconds, from @expires */
+    "  PRIMARY KEY (ns, k)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS cmpxchg_items_expires "
+    "  ON cmpxchg_items (expires) WHERE expires IS NOT NULL;";
+
+typedef struct Embedded {
+    sqlite3 *db;                        /* NULL once closed */
+    sqlite3_stmt *stmt[N_STATEMENTS];
+    char *ns;                           /* namespace, malloc'd */
+    char *path;                         /* for tostring and messages */
+    double sweep_interval;              /* seconds; negative: never sweep */
+} Embedded;
+
+/*
+** {======================================================
+** Handle life cycle
+** =======================================================
+*/
+
+static void embedded_release (Embedded *h) {
+    sqlite3 *db = h->db;
+    int i;
+    h->db = NULL;               /* closed before anything is freed */
+    for (i = 0; i < N_STATEMENTS; i++) {
+        sqlite3_finalize(h->stmt[i]);
+        h->stmt[i] = NULL;
+    }
+    sqlite3_close_v2(db);
+    free(h->ns);
+    free(h->path);
+    h->ns = h->path = NULL;
+}
+
+static Embedded *to_embedded (lua_State *L) {
+    Embedded *h = (Embedded *)luaL_checkudata(L, 1, EMBEDDED_MT);
+    if (h->db == NULL)
+        luaL_error(L, "attempt to use a closed store");
+    return h;
+}
+
+/* __gc and __close: never raise, ignore closed handles */
+static int embedded_gc (lua_State *L) {
+    Embedded *h = (Embedded *)luaL_checkudata(L, 1, EMBEDDED_MT);
+    if (h->db != NULL)
+        embedded_release(h);
+    return 0;
+}
+
+static int embedded_close (lua_State *L) {
+    embedded_gc(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int embedded_tostring (lua_State *L) {
+    Embedded *h = (Embedded *)luaL_checkudata(L, 1, EMBEDDED_MT);
+    if (h->db == NULL)
+        lua_pushliteral(L, EMBEDDED_MT " (closed)");
+    else
+        lua_pushfstring(L, EMBEDDED_MT " (%s) %p", h->path, (void *)h);
+    return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Statements and errors
+** =======================================================
+*/
+
+/* the error contract for a failed SQLite call; rolls back an open write */
+static int push_sqlite_error (lua_State *L, Embedded *h, int rc) {
+    const char *msg = sqlite3_errmsg(h->db);
+    int primary = rc & 0xFF;
+    lua_pushstring(L, msg);     /* copy it before ROLLBACK replaces it */
+    msg = lua_tostring(L, -1);
+    if (!sqlite3_get_autocommit(h->db))
+        sqlite3_step(h->stmt[S_ROLLBACK]), sqlite3_reset(h->stmt[S_ROLLBACK]);
+    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
+        return cx_push_error(L, "timeout", "%s is locked by another writer (%s)",
+                             h->path, msg);
+    return cx_push_error(L, "io", "%s: %s", h->path, msg);
+}
+
+/* runs a statement that returns no rows (BEGIN, COMMIT, ...) */
+static int run (Embedded *h, int which) {
+    sqlite3_stmt *s = h->stmt[which];
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static void bind_key (Embedded *h, sqlite3_stmt *s, const char *folded, size_t len) {
+    sqlite3_bind_text(s, 1, h->ns, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, folded, (int)len, SQLITE_TRANSIENT);
+}
+
+static int meta_get (Embedded *h, const char *name, double *num,
+                     sqlite3_int64 *integer) {
+    sqlite3_stmt *s = h->stmt[S_META_GET];
+    int rc;
+    if (num) *num = 0;
+    if (integer) *integer = 0;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        if (num) *num = sqlite3_column_double(s, 0);
+        if (integer) *integer = sqlite3_column_int64(s, 0);
+        rc = SQLITE_OK;
+    }
+    else if (rc == SQLITE_DONE)
+        rc = SQLITE_CORRUPT;    /* the row is created with the schema */
+    sqlite3_reset(s);
+    return rc;
+}
+
+static int meta_set_int (Embedded *h, const char *name, sqlite3_int64 v) {
+    sqlite3_stmt *s = h->stmt[S_META_SET];
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, v);
+    return run(h, S_META_SET);
+}
+
+static int meta_set_double (Embedded *h, const char *name, double v) {
+    sqlite3_stmt *s = h->stmt[S_META_SET];
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_double(s, 2, v);
+    return run(h, S_META_SET);
+}
+
+/*
+** Deletes every item whose @expires has passed, in all namespaces, as
+** RavenDB's cluster observer does; like its Raft delete command the sweep
+** takes one index when it removed anything. Runs inside a write transaction.
+*/
+static int sweep_expired (Embedded *h, double now, int *removed) {
+    sqlite3_int64 last = 0;
+    int rc, n;
+    sqlite3_bind_double(h->stmt[S_SWEEP], 1, now);
+    rc = run(h, S_SWEEP);
+    if (rc != SQLITE_OK) return rc;
+    n = sqlite3_changes(h->db);
+    if (n > 0) {
+        if ((rc = meta_get(h, "last_index", NULL, &last)) != SQLITE_OK ||
+            (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK)
+            return rc;
+    }
+    if (removed) *removed = n;
+    return meta_set_double(h, "last_sweep", now);
+}
+
+/* sweeps when the configured period has passed since the file's last sweep */
+static int sweep_if_due (Embedded *h) {
+    double now = cx_wall_time(), last = 0;
+    int rc;
+    if (h->sweep_interval < 0) return SQLITE_OK;
+    if ((rc = meta_get(h, "last_sweep", &last, NULL)) != SQLITE_OK)
+        return rc;
+    if (now - last < h->sweep_interval) return SQLITE_OK;
+    return sweep_expired(h, now, NULL);
+}
+
+/*
+** Starts a write: rolls back a transaction an earlier error left open (a
+** memory error can unwind past our cleanup), takes the write lock, sweeps
+** when due, and reads the current global index.
+*/
+static int begin_write (Embedded *h, sqlite3_int64 *last) {
+    int rc;
+    if (!sqlite3_get_autocommit(h->db))
+        run(h, S_ROLLBACK);
+    if ((rc = run(h, S_BEGIN_WRITE)) != SQLITE_OK) return rc;
+    if ((rc = sweep_if_due(h)) != SQLITE_OK) return rc;
+    return meta_get(h, "last_index", NULL, last);
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Operations
+** =======================================================
+*/
+
+/* checks and folds argument `arg` as a key; `out` holds CX_MAX_KEY_BYTES */
+static size_t check_key (lua_State *L, int arg, char *out) {
+    size_t len;
+    const char *key = luaL_checklstring(L, arg, &len);
+    luaL_argcheck(L, len > 0, arg, "empty key");
+    luaL_argcheck(L, len <= CX_MAX_KEY_BYTES, arg, "key longer than 512 bytes");
+    luaL_argcheck(L, cx_key_fold(key, len, out) == 0, arg, "key is not valid UTF-8");
+    return len;
+}
+
+static sqlite3_int64 check_index (lua_State *L, int arg) {
+    lua_Integer index;
+    luaL_argcheck(L, cx_isinteger(L, arg), arg, "integer index expected");
+    index = lua_tointeger(L, arg);
+    luaL_argcheck(L, index >= 0, arg, "index must not be negative");
+    return (sqlite3_int64)index;
+}
+
+/*
+** Reads the current item of folded key `k` inside the open transaction.
+** Pushes its JSON (or nothing when absent) and sets *index (0 when absent).
+*/
+static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
+                         sqlite3_int64 *index, int *present) {
+    sqlite3_stmt *s = h->stmt[S_GET];
+    int rc;
+    bind_key(h, s, k, klen);
+    rc = sqlite3_step(s);
+    *present = rc == SQLITE_ROW;
+    *index = 0;
+    if (*present) {
+        *index = sqlite3_column_int64(s, 0);
+        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 1),
+                        (size_t)sqlite3_column_bytes(s, 1));
+        rc = SQLITE_OK;
+    }
+    else if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    sqlite3_reset(s);
+    return rc;
+}
+
+/* pushes false, current index, current JSON (or nil), ending the write */
+static int compare_failed (lua_State *L, Embedded *h, sqlite3_int64 current,
+                           int present) {
+    int rc = run(h, S_COMMIT);  /* keeps a sweep that ran in this transaction */
+    if (rc != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    if (!present) lua_pushnil(L);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    lua_pushinteger(L, (lua_Integer)current);
+    lua_insert(L, -2);
+    return 3;
+}
+
+/*
+** h:put(key, json, index [, expires]) -> true, new index
+**                                      | false, current index, current JSON
+** index 0 creates only; N replaces only when the current index is N (so a
+** non-zero index never creates an absent key: false, 0, nil).
+*/
+static int embedded_put (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    char k[CX_MAX_KEY_BYTES];
+    size_t klen = check_key(L, 2, k), jlen;
+    const char *key = lua_tostring(L, 2);
+    const char *json = luaL_checklstring(L, 3, &jlen);
+    sqlite3_int64 index = check_index(L, 4), last, current;
+    int has_expires = !lua_isnoneornil(L, 5), present, rc;
+    double expires = has_expires ? (double)luaL_checknumber(L, 5) : 0;
+    sqlite3_stmt *s = h->stmt[S_UPSERT];
+    lua_settop(L, 5);
+    if ((rc = begin_write(h, &last)) != SQLITE_OK ||
+        (rc = read_current(L, h, k, klen, &current, &present)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    if (index == 0 ? present : (!present || current != index))
+        return compare_failed(L, h, current, present);
+    if (present) lua_pop(L, 1);
+    bind_key(h, s, k, klen);
+    sqlite3_bind_text(s, 3, key, (int)strlen(key), SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, json, (int)jlen, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, last + 1);
+    if (has_expires) sqlite3_bind_double(s, 6, expires);
+    else sqlite3_bind_null(s, 6);
+    if ((rc = run(h, S_UPSERT)) != SQLITE_OK ||
+        (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
+        (rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)(last + 1));
+    return 2;
+}
+
+/*
+** h:delete(key, index) -> true, new index, deleted JSON
+**                       | false, current index, current JSON (0, nil: absent)
+*/
+static int embedded_delete (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    char k[CX_MAX_KEY_BYTES];
+    size_t klen = check_key(L, 2, k);
+    sqlite3_int64 index = check_index(L, 3), last, current;
+    int present, rc;
+    lua_settop(L, 3);
+    if ((rc = begin_write(h, &last)) != SQLITE_OK ||
+        (rc = read_current(L, h, k, klen, &current, &present)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    if (!present || current != index)
+        return compare_failed(L, h, current, present);
+    bind_key(h, h->stmt[S_DELETE], k, klen);
+    if ((rc = run(h, S_DELETE)) != SQLITE_OK ||
+        (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
+        (rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)(last + 1));
+    lua_pushvalue(L, 4);        /* the deleted JSON */
+    return 3;
+}
+
+/* h:get(key) -> index, JSON | 0, nil when absent */
+static int embedded_get (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    char k[CX_MAX_KEY_BYTES];
+    size_t klen = check_key(L, 2, k);
+    sqlite3_int64 index;
+    int present, rc;
+    lua_settop(L, 2);
+    if ((rc = read_current(L, h, k, klen, &index, &present)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    if (!present) lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)index);
+    lua_insert(L, -2);
+    return 2;
+}
+
+/*
+** h:get_many({k1, k2, ...}) -> indexes, jsons: two arrays in the order of the
+** keys (index 0 and false for an absent key), read from one snapshot.
+*/
+static int embedded_get_many (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    int n, i, rc;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    n = (int)lua_rawlen(L, 2);
+    for (i = 1; i <= n; i++) {      /* check every key before any I/O */
+        char k[CX_MAX_KEY_BYTES];
+        size_t len;
+        const char *key;
+        lua_rawgeti(L, 2, i);
+        key = lua_tolstring(L, -1, &len);
+        if (lua_type(L, -1) != LUA_TSTRING || len == 0 || len > CX_MAX_KEY_BYTES ||
+            cx_key_fold(key, len, k) != 0)
+            return luaL_argerror(L, 2, lua_pushfstring(L, "invalid key at position %d", i));
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    lua_createtable(L, n, 0);       /* 3: indexes */
+    lua_createtable(L, n, 0);       /* 4: jsons */
+    if (!sqlite3_get_autocommit(h->db))
+        run(h, S_ROLLBACK);
+    if ((rc = run(h, S_BEGIN_READ)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    for (i = 1; i <= n; i++) {
+        char k[CX_MAX_KEY_BYTES];
+        size_t len;
+        sqlite3_int64 index;
+        int present;
+        lua_rawgeti(L, 2, i);
+        len = lua_rawlen(L, -1);
+        cx_key_fold(lua_tostring(L, -1), len, k);
+        lua_pop(L, 1);
+        if ((rc = read_current(L, h, k, len, &index, &present)) != SQLITE_OK)
+            return push_sqlite_error(L, h, rc);
+        if (!present) lua_pushboolean(L, 0);
+        lua_rawseti(L, 4, i);
+        lua_pushinteger(L, (lua_Integer)index);
+        lua_rawseti(L, 3, i);
+    }
+    if ((rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    return 2;
+}
+
+/*
+** h:list(prefix, start, page_size) -> array of {key =, index =, json =},
+** ordered by folded key. page_size < 0 means no limit.
+*/
+static int embedded_list (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    size_t plen;
+    const char *prefix = luaL_checklstring(L, 2, &plen);
+    lua_Integer start = luaL_optinteger(L, 3, 0);
+    lua_Integer page = luaL_optinteger(L, 4, -1);
+    char p[CX_MAX_KEY_BYTES];
+    sqlite3_stmt *s = h->stmt[S_LIST];
+    int rc, n = 0;
+    luaL_argcheck(L, plen <= CX_MAX_KEY_BYTES, 2, "prefix longer than 512 bytes");
+    luaL_argcheck(L, cx_key_fold(prefix, plen, p) == 0, 2, "prefix is not valid UTF-8");
+    luaL_argcheck(L, start >= 0, 3, "start must not be negative");
+    lua_newtable(L);
+    bind_key(h, s, p, plen);
+    sqlite3_bind_int64(s, 3, (sqlite3_int64)start);
+    sqlite3_bind_int64(s, 4, page < 0 ? -1 : (sqlite3_int64)page);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        lua_createtable(L, 0, 3);
+        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 0),
+                        (size_t)sqlite3_column_bytes(s, 0));
+        lua_setfield(L, -2, "key");
+        lua_pushinteger(L, (lua_Integer)sqlite3_column_int64(s, 1));
+        lua_setfield(L, -2, "index");
+        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 2),
+                        (size_t)sqlite3_column_bytes(s, 2));
+        lua_setfield(L, -2, "json");
+        lua_rawseti(L, -2, ++n);
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return push_sqlite_error(L, h, rc);
+    return 1;
+}
+
+/* h:sweep() -> number of expired items removed now, whatever the period */
+static int embedded_sweep (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    sqlite3_int64 last = 0;
+    int rc, removed = 0;
+    if (!sqlite3_get_autocommit(h->db))
+        run(h, S_ROLLBACK);
+    if ((rc = run(h, S_BEGIN_WRITE)) != SQLITE_OK ||
+        (rc = meta_get(h, "last_index", NULL, &last)) != SQLITE_OK ||
+        (rc = sweep_expired(h, cx_wall_time(), &removed)) != SQLITE_OK ||
+        (rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    lua_pushinteger(L, removed);
+    return 1;
+}
+
+/* h:last_index() -> the file's global index (the last one handed out) */
+static int embedded_last_index (lua_State *L) {
+    Embedded *h = to_embedded(L);
+    sqlite3_int64 last = 0;
+    int rc = meta_get(h, "last_index", NULL, &last);
+    if (rc != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    lua_pushinteger(L, (lua_Integer)last);
+    return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Opening
+** =======================================================
+*/
+
+static int exec_pragma_wal (sqlite3 *db, int busy_ms) {
+    /* switching to WAL needs a moment of exclusive access: when several
+    ** processes create the file at once, retry within the busy timeout */
+    int waited = 0, rc;
+    while ((rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL))
+           == SQLITE_BUSY && waited < busy_ms) {
+        sqlite3_sleep(10);
+        waited += 10;
+    }
+    return rc;
+}
+
+static int read_int (sqlite3 *db, const char *sql, sqlite3_int64 *out) {
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    if (rc != SQLITE_OK) return rc;
+    rc = sqlite3_step(s);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+    sqlite3_finalize(s);
+    return rc;
+}
+
+/*
+** Creates the schema when the file is new. A SQLite file that belongs to
+** another application is refused rather than written into.
+*/
+static int init_schema (sqlite3 *db, const char **problem) {
+    sqlite3_int64 app, foreign, version;
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return rc;
+    if ((rc = read_int(db, "PRAGMA application_id", &app)) != SQLITE_OK ||
+        (rc = read_int(db, "SELECT count(*) FROM sqlite_master WHERE "
+                       "name NOT LIKE 'cmpxchg\\_%' ESCAPE '\\' AND "
+                       "name NOT LIKE 'sqlite\\_%' ESCAPE '\\'", &foreign)) != SQLITE_OK)
+        goto done;
+    if ((app != 0 && app != APPLICATION_ID) || (app == 0 && foreign > 0)) {
+        *problem = "is a SQLite database of another application";
+        rc = SQLITE_ERROR;
+        goto done;
+    }
+    if ((rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL)) != SQLITE_OK ||
+        (rc = read_int(db, "SELECT value FROM cmpxchg_meta WHERE name = 'schema'",
+                       &version)) != SQLITE_OK)
+        goto done;
+    if (version != SCHEMA_VERSION) {
+        *problem = "has a schema version this library does not know";
+        rc = SQLITE_ERROR;
+        goto done;
+    }
+    if (app == 0) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA application_id = %d", APPLICATION_ID);
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    }
+done:
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static const char *opt_string (lua_State *L, const char *field, const char *def) {
+    const char *v;
+    lua_getfield(L, 2, field);
+    v = luaL_optstring(L, -1, def);
+    lua_pop(L, 1);      /* the string stays alive: it is referenced by opts */
+    return v;
+}
+
+static lua_Number opt_number (lua_State *L, const char *field, lua_Number def) {
+    lua_Number v;
+    lua_getfield(L, 2, field);
+    v = luaL_optnumber(L, -1, def);
+    lua_pop(L, 1);
+    return v;
+}
+
+static char *dup_string (const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = (char *)malloc(n);
+    if (d != NULL) memcpy(d, s, n);
+    return d;
+}
+
+/*
+** core.embedded_open(path, {namespace =, busy_timeout =, sweep_interval =,
+**                           sync = "normal"|"full"}) -> handle | nil, err, code
+** busy_timeout in milliseconds, sweep_interval in seconds (< 0: never).
+*/
+int cx_embedded_open (lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    const char *ns, *sync, *problem = NULL;
+    lua_Number busy, sweep;
+    Embedded *h;
+    char pragma[64];
+    int rc, i;
+    if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ns = opt_string(L, "namespace", "");
+    sync = opt_string(L, "sync", "normal");
+    busy = opt_number(L, "busy_timeout", 5000);
+    sweep = opt_number(L, "sweep_interval", 60);
+    luaL_argcheck(L, strcmp(sync, "normal") == 0 || strcmp(sync, "full") == 0, 2,
+                  "sync must be \"normal\" or \"full\"");
+    luaL_argcheck(L, busy >= 0 && busy <= 86400000, 2, "busy_timeout out of range");
+    luaL_argcheck(L, sweep == sweep, 2, "sweep_interval is NaN");
+
+    h = (Embedded *)cx_newuserdata(L, sizeof(Embedded));
+    memset(h, 0, sizeof *h);
+    luaL_setmetatable(L, EMBEDDED_MT);
+    h->sweep_interval = (double)sweep;
+    h->ns = dup_string(ns);
+    h->path = dup_string(path);
+    if (h->ns == NULL || h->path == NULL) {
+        free(h->ns); free(h->path);
+        h->ns = h->path = NULL;
+        return luaL_error(L, "not enough memory");
+    }
+    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(h->db, (int)busy);
+        snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
+        if ((rc = exec_pragma_wal(h->db, (int)busy)) == SQLITE_OK &&
+            (rc = sqlite3_exec(h->db, pragma, NULL, NULL, NULL)) == SQLITE_OK &&
+            (rc = init_schema(h->db, &problem)) == SQLITE_OK) {
+            for (i = 0; i < N_STATEMENTS && rc == SQLITE_OK; i++)
+                rc = sqlite3_prepare_v3(h->db, statement_sql[i], -1,
+                                        SQLITE_PREPARE_PERSISTENT, &h->stmt[i], NULL);
+        }
+    }
+    if (rc != SQLITE_OK) {
+        const char *detail = problem != NULL ? problem
+                           : h->db != NULL ? sqlite3_errmsg(h->db)
+                           : sqlite3_errstr(rc);
+        const char *code = (rc & 0xFF) == SQLITE_BUSY ? "timeout" : "connect";
+        lua_pushfstring(L, "cannot open %s: %s", path, detail);
+        embedded_release(h);
+        return cx_push_error(L, code, "%s", lua_tostring(L, -1));
+    }
+    return 1;
+}
+
+static const luaL_Reg embedded_methods[] = {
+    {"put", embedded_put},
+    {"get", embedded_get},
+    {"get_many", embedded_get_many},
+    {"list", embedded_list},
+    {"delete", embedded_delete},
+    {"sweep", embedded_sweep},
+    {"last_index", embedded_last_index},
+    {"close", embedded_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg embedded_meta[] = {
+    {"__gc", embedded_gc},
+    {"__close", embedded_gc},
+    {"__tostring", embedded_tostring},
+    {NULL, NULL}
+};
+
+void cx_embedded_register (lua_State *L) {
+    luaL_newmetatable(L, EMBEDDED_MT);
+    luaL_setfuncs(L, embedded_meta, 0);
+    luaL_newlib(L, embedded_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+/* }====================================================== */

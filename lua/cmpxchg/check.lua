@@ -1,0 +1,92 @@
+--- Argument checks shared by the public functions. Misuse raises with the
+-- message shape of Lua's own libraries: "bad argument #1 to 'put' (...)".
+local core = require "cmpxchg.core"
+
+local check = {}
+
+local MAX_KEY_BYTES = core.MAX_KEY_BYTES
+local RESERVED_PREFIX = "rvn-atomic/"
+
+local math_type = math.type or function(x)      -- Lua 5.1/5.2
+    if type(x) ~= "number" then return nil end
+    return (x == math.floor(x) and x > -2^63 and x < 2^63) and "integer" or "float"
+end
+
+local tointeger = math.tointeger or function(x)
+    if math_type(x) == "integer" then return x end
+end
+
+check.math_type = math_type
+check.tointeger = tointeger
+
+local function typename(v)
+    local mt = getmetatable(v)
+    return type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(v)
+end
+check.typename = typename
+
+--- Raises "bad argument #n to 'fname' (msg)" at the caller of a public function.
+function check.argerror(n, fname, msg)
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 4)
+end
+local argerror = check.argerror
+
+function check.type(v, want, n, fname, optional)
+    if type(v) ~= want and not (optional and v == nil) then
+        argerror(n, fname, ("%s expected, got %s"):format(want, typename(v)))
+    end
+    return v
+end
+
+--- Why `key` cannot be a compare-exchange key, or nil when it can.
+function check.key_problem(key)
+    if type(key) ~= "string" then
+        return "string expected, got " .. typename(key)
+    elseif not key:find("%S") then
+        return "key must not be empty or blank"
+    elseif #key > MAX_KEY_BYTES then
+        return ("key is %d bytes, the limit is %d"):format(#key, MAX_KEY_BYTES)
+    end
+    local folded, why = core.fold_key(key)
+    if not folded then
+        return "key is " .. why
+    elseif folded:sub(1, #RESERVED_PREFIX) == RESERVED_PREFIX then
+        return "keys starting with 'rvn-atomic/' are reserved for RavenDB's atomic guards"
+    end
+end
+
+function check.key(key, n, fname)
+    local problem = check.key_problem(key)
+    if problem then argerror(n, fname, problem) end
+    return key
+end
+
+--- An index: a non-negative integer (floats with an integral value, as
+-- lua-cjson gives, are converted). Returns it as an integer.
+function check.index(index, n, fname)
+    if type(index) ~= "number" then
+        argerror(n, fname, "index expected, got " .. typename(index))
+    end
+    local i = tointeger(index)
+    if i == nil and index == math.floor(index) and index > -2^53 and index < 2^53 then
+        i = tointeger(index + 0.0) or index     -- 5.1/5.2 have only floats
+    end
+    if i == nil or index ~= index then
+        argerror(n, fname, "index must be an integer, got " .. tostring(index))
+    elseif i < 0 then
+        argerror(n, fname, "index must not be negative, got " .. tostring(i))
+    end
+    return i
+end
+
+--- A duration in seconds: a non-negative number, not NaN (math.huge allowed
+-- only when `infinite_ok`).
+function check.seconds(v, name, n, fname, infinite_ok)
+    if type(v) ~= "number" or v ~= v or v < 0 or (v == math.huge and not infinite_ok) then
+        argerror(n, fname, ("%s must be a non-negative number of seconds, got %s")
+            :format(name, tostring(v)))
+    end
+    return v
+end
+
+return check

@@ -1,0 +1,107 @@
+--- The embedded backend: the Lua face of the C SQLite store (csrc/embedded.c).
+-- It implements the backend interface that lock.lua and store.lua rely on:
+--
+--   put(key, json, index, expires)  -> true, index | false, index, value
+--   delete(key, index)              -> true, index, value | false, index, value
+--   get(key)                        -> index, value (0, nil when absent)
+--   get_many(keys)                  -> array of {index =, value =}, in key order
+--   list(prefix, start, page_size)  -> array of {key =, index =, value =}
+--   close()
+--
+-- Writes take JSON text (the store encodes once); reads return decoded
+-- values. Any of them may return nil, "<code>: <detail>", "<code>".
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+
+local Embedded = {}
+Embedded.__index = Embedded
+
+local function decode(text, key)
+    local value, err = json.decode(text)
+    if value == nil then
+        return nil, ("decode: stored value of '%s' is not JSON: %s"):format(key, err), "decode"
+    end
+    return value
+end
+
+--- Opens `path` (":memory:" for a private in-memory store).
+-- opts: database (namespace), timeout (seconds a write waits for the file's
+-- write lock), sweep_interval (seconds between @expires sweeps, < 0: never),
+-- sync ("normal": survives a killed process; "full": survives power loss).
+function Embedded.open(path, opts)
+    local handle, err, code = core.embedded_open(path, {
+        namespace = opts.database or "",
+        busy_timeout = math.floor((opts.timeout or 5) * 1000),
+        sweep_interval = opts.sweep_interval or 60,
+        sync = opts.sync or "normal",
+    })
+    if not handle then return nil, err, code end
+    return setmetatable({ handle = handle, path = path }, Embedded)
+end
+
+function Embedded:describe()
+    return "embedded " .. self.path
+end
+
+function Embedded:put(key, text, index, expires)
+    local ok, cur_index, cur_text = self.handle:put(key, text, index, expires)
+    if ok or cur_text == nil then return ok, cur_index, cur_text end
+    local value, err, code = decode(cur_text, key)
+    if value == nil then return nil, err, code end
+    return false, cur_index, value
+end
+
+function Embedded:delete(key, index)
+    local ok, cur_index, cur_text = self.handle:delete(key, index)
+    if ok == nil or cur_text == nil then return ok, cur_index, cur_text end
+    local value, err, code = decode(cur_text, key)
+    if value == nil then return nil, err, code end
+    return ok, cur_index, value
+end
+
+function Embedded:get(key)
+    local index, text, code = self.handle:get(key)
+    if index == nil or text == nil then return index, text, code end
+    local value, err
+    value, err, code = decode(text, key)
+    if value == nil then return nil, err, code end
+    return index, value
+end
+
+function Embedded:get_many(keys)
+    local indexes, texts, code = self.handle:get_many(keys)
+    if indexes == nil then return nil, texts, code end
+    local results = {}
+    for i = 1, #keys do
+        local entry = { index = indexes[i] }
+        if texts[i] then
+            local value, err, dcode = decode(texts[i], keys[i])
+            if value == nil then return nil, err, dcode end
+            entry.value = value
+        end
+        results[i] = entry
+    end
+    return results
+end
+
+function Embedded:list(prefix, start, page_size)
+    local rows, err, code = self.handle:list(prefix, start, page_size)
+    if rows == nil then return nil, err, code end
+    for i = 1, #rows do
+        local row = rows[i]
+        local value, derr, dcode = decode(row.json, row.key)
+        if value == nil then return nil, derr, dcode end
+        row.value, row.json = value, nil
+    end
+    return rows
+end
+
+function Embedded:sweep()
+    return self.handle:sweep()
+end
+
+function Embedded:close()
+    return self.handle:close()
+end
+
+return Embedded

@@ -1,0 +1,112 @@
+--- cmpxchg: RavenDB-style compare-exchange and distributed locks for Lua.
+-- The public entry points: open, type, monitor, null, _VERSION.
+local check = require "cmpxchg.check"
+local core = require "cmpxchg.core"
+local embedded = require "cmpxchg.embedded"
+local json = require "cmpxchg.json"
+local lock = require "cmpxchg.lock"
+local store = require "cmpxchg.store"
+
+local argerror = check.argerror
+
+local cmpxchg = {
+    _VERSION = "cmpxchg 0.1.0",
+    null = json.null,           -- store JSON null with this
+}
+
+-- store methods that live in lock.lua
+local Store = store.metatable.__index
+function Store:lock(key, opts) return lock.acquire(self, key, opts) end
+function Store:with_lock(key, opts, fn, ...) return lock.with_lock(self, key, opts, fn, ...) end
+
+--- Where cmpxchg.open() keeps its file when neither a target nor
+-- $CMPXCHG_URL is given: $XDG_STATE_HOME/cmpxchg/default.db, else
+-- $HOME/.local/state/cmpxchg/default.db (the directory is created, mode 0700).
+function cmpxchg.default_path()
+    local base = os.getenv("XDG_STATE_HOME")
+    if base == nil or base == "" then
+        local home = os.getenv("HOME")
+        if home == nil or home == "" then return nil end
+        base = home .. "/.local/state"
+    end
+    return base .. "/cmpxchg/default.db"
+end
+
+local EMBEDDED_OPTIONS = { database = "string", timeout = "number",
+                           sweep_interval = "number", sync = "string", tls = "table" }
+
+local function check_options(opts)
+    if opts == nil then return {} end
+    check.type(opts, "table", 2, "open")
+    for k, v in pairs(opts) do
+        local want = EMBEDDED_OPTIONS[k]
+        if want == nil then
+            argerror(2, "open", "unknown option '" .. tostring(k) .. "'")
+        elseif type(v) ~= want then
+            argerror(2, "open", ("option '%s' must be a %s, got %s"):format(k, want, type(v)))
+        end
+    end
+    if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
+    if opts.sync ~= nil and opts.sync ~= "normal" and opts.sync ~= "full" then
+        argerror(2, "open", "option 'sync' must be \"normal\" or \"full\"")
+    end
+    if opts.sweep_interval ~= nil and opts.sweep_interval ~= opts.sweep_interval then
+        argerror(2, "open", "option 'sweep_interval' is NaN")
+    end
+    return opts
+end
+
+--- store, err, code = cmpxchg.open([target] [, opts])
+-- target: nil ($CMPXCHG_URL, else the default file), "http(s)://..." (RavenDB),
+-- "etcd://..." (etcd), or a file path for the embedded store (":memory:" too).
+function cmpxchg.open(target, opts)
+    opts = check_options(opts)
+    if target == nil then
+        target = os.getenv("CMPXCHG_URL")
+        if target == "" then target = nil end
+        if target == nil then
+            target = cmpxchg.default_path()
+            if target == nil then
+                return nil, "connect: no default store location: set CMPXCHG_URL or HOME",
+                    "connect"
+            end
+            local ok, err = core.mkdir_p(target:match("^(.*)/[^/]*$"))
+            if not ok then return nil, "connect: " .. err, "connect" end
+        end
+    end
+    if type(target) == "table" then
+        return nil, "connect: a cluster (a table of URLs) needs the RavenDB or etcd backend, "
+            .. "which this version does not have yet", "connect"
+    end
+    check.type(target, "string", 1, "open")
+    if target == "" then argerror(1, "open", "empty target") end
+    local scheme = target:match("^(%a[%w+.-]*)://")
+    if scheme then
+        scheme = scheme:lower()
+        if scheme == "http" or scheme == "https" or scheme == "etcd" or scheme == "etcds" then
+            return nil, ("connect: %s targets need the %s backend, which this version does "
+                .. "not have yet"):format(scheme, scheme:sub(1, 4) == "etcd" and "etcd"
+                or "RavenDB"), "connect"
+        end
+        argerror(1, "open", "unknown target scheme '" .. scheme .. "://'")
+    end
+    local backend, err, code = embedded.open(target, opts)
+    if not backend then return nil, err, code end
+    return store.new(backend)
+end
+
+--- cmpxchg.type(x) -> "store", "closed store", "lock", "released lock" or nil
+function cmpxchg.type(x)
+    local mt = getmetatable(x)
+    if mt == store.metatable then
+        return x.backend and "store" or "closed store"
+    elseif mt == lock.metatable then
+        return x.released and "released lock" or "lock"
+    end
+    return nil
+end
+
+--- monitor = cmpxchg.monitor(store [, opts]): the seed's RavenDbProcessMonitor
+cmpxchg.monitor = lock.monitor
+
+return cmpxchg

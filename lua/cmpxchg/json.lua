@@ -1,0 +1,32 @@
+--- JSON for stored values: a private lua-cjson instance, so a user's own
+-- cjson settings never change what this library writes, set to refuse rather
+-- than guess (sparse arrays are errors instead of arrays padded with null).
+local cjson = require("cjson").new()
+
+cjson.encode_sparse_array(false, 1, 0)  -- any hole in an array is an error
+cjson.encode_invalid_numbers(false)     -- NaN and inf are errors
+cjson.decode_invalid_numbers(false)
+
+local json = {
+    null = cjson.null,
+}
+
+--- value -> JSON text, or nil and why it cannot be encoded.
+function json.encode(value)
+    local ok, text = pcall(cjson.encode, value)
+    if ok then return text end
+    text = tostring(text):gsub("^Cannot serialise", "cannot encode")
+    if text:find("excessive nesting", 1, true) then
+        text = text .. " (a table that contains itself?)"
+    end
+    return nil, text
+end
+
+--- JSON text -> value, or nil and the parser's complaint.
+function json.decode(text)
+    local ok, value = pcall(cjson.decode, text)
+    if ok then return value end
+    return nil, tostring(value)
+end
+
+return json

@@ -1,0 +1,306 @@
+--- Distributed locks on compare-exchange, and the seed's process monitor.
+-- Written once against the backend interface: nothing here knows about
+-- SQLite or HTTP.
+--
+-- The lock value is the object the C# samples use ({"ExpiresAt": "<UTC with
+-- 7 fractional digits>Z"}, plus who holds it), so C# clients that run the
+-- seed's RavenDbProcessMonitor or the docs' SharedResource contend with us on
+-- the same keys. Acquire = put with index 0; when that fails the value we get
+-- back tells when the current lease ends, and an expired lease is taken over
+-- by a put with the index we were shown, exactly as the seeds do.
+local check = require "cmpxchg.check"
+local core = require "cmpxchg.core"
+local runtime = require "cmpxchg.runtime"
+local store = require "cmpxchg.store"
+
+local argerror = check.argerror
+local backend_of = store.backend_of
+
+local DEFAULTS = {
+    ttl = 30,                   -- seconds a lease lasts
+    timeout = 5,                -- seconds to wait for the lock (0: try once)
+    expires_field = "ExpiresAt",
+    backoff_min = 0.005,        -- first wait between attempts
+    backoff_max = 0.1,          -- longest wait between attempts
+    clock_skew = 0,             -- margin against clocks that disagree
+    expires_grace = 60,         -- @expires is the lease end plus this
+}
+
+local Lock = {}
+local lock_mt = { __name = "cmpxchg.Lock", __index = Lock }
+
+local lock = { metatable = lock_mt, DEFAULTS = DEFAULTS }
+
+local function options(opts, n, fname)
+    if opts ~= nil then check.type(opts, "table", n, fname) end
+    opts = opts or {}
+    local o = {}
+    for k, v in pairs(DEFAULTS) do
+        if opts[k] ~= nil then o[k] = opts[k] else o[k] = v end
+    end
+    check.seconds(o.ttl, "ttl", n, fname)
+    if o.ttl <= 0 then argerror(n, fname, "ttl must be positive") end
+    check.seconds(o.timeout, "timeout", n, fname, true)
+    check.seconds(o.backoff_min, "backoff_min", n, fname)
+    check.seconds(o.backoff_max, "backoff_max", n, fname)
+    check.seconds(o.clock_skew, "clock_skew", n, fname)
+    check.seconds(o.expires_grace, "expires_grace", n, fname)
+    if o.backoff_max < o.backoff_min then
+        argerror(n, fname, "backoff_max must not be less than backoff_min")
+    end
+    if o.clock_skew >= o.ttl then
+        argerror(n, fname, "clock_skew must be less than ttl")
+    end
+    if type(o.expires_field) ~= "string" or o.expires_field == "" then
+        argerror(n, fname, "expires_field must be a non-empty string")
+    end
+    o.owner = opts.owner
+    if o.owner ~= nil and type(o.owner) ~= "string" then
+        argerror(n, fname, "owner must be a string")
+    end
+    return o
+end
+
+--- The value written for a lease that ends at wall-clock time `ends`.
+local function lease_value(o, owner, ends)
+    return {
+        [o.expires_field] = core.format_time(ends),
+        Owner = owner,
+        Host = runtime.hostname,
+        Pid = runtime.pid,
+    }
+end
+
+--- When the lease in `value` ends (epoch seconds), or nil when it names none.
+local function lease_end(value, field)
+    if type(value) ~= "table" then return nil end
+    local at = value[field]
+    if type(at) ~= "string" then return nil end
+    return core.parse_time(at)
+end
+
+local function describe_holder(value, field)
+    if type(value) ~= "table" then return "a value that is not a lock" end
+    local who = type(value.Owner) == "string" and value.Owner or "an unknown owner"
+    if type(value.Host) == "string" then who = who .. "@" .. value.Host end
+    if type(value.Pid) == "number" then
+        who = ("%s (pid %d)"):format(who, value.Pid)    -- cjson decodes 42 as 42.0
+    end
+    local at = value[field]
+    return who .. " until " .. (type(at) == "string" and at or "an unknown time")
+end
+
+--- Writes a new lease with `index` (0: create). Returns the put's results
+-- and the monotonic and wall times taken *before* the request was sent: the
+-- lease is counted from then, so it is never thought longer than it is.
+local function write_lease(backend_store, key, o, owner, index)
+    local mono, wall = runtime.monotime(), runtime.time()
+    local ends = wall + o.ttl
+    local ok, idx, current = backend_store:put(key, lease_value(o, owner, ends), index,
+        { expires = ends + o.expires_grace })
+    return ok, idx, current, mono, wall
+end
+
+local function new_lock(st, key, o, owner, idx, mono, wall, stats)
+    return setmetatable({
+        store = st, key = key, owner = owner, options = o,
+        index = idx,
+        valid_mono = mono + o.ttl - o.clock_skew,
+        valid_wall = wall + o.ttl - o.clock_skew,
+        attempts = stats.attempts, waited = stats.waited, takeovers = stats.takeovers,
+    }, lock_mt)
+end
+
+--- lock, err, code = store:lock(key [, opts])
+function lock.acquire(st, key, opts)
+    backend_of(st, "lock")
+    check.key(key, 1, "lock")
+    local o = options(opts, 2, "lock")
+    local owner = o.owner or runtime.uuid()
+    local start = runtime.monotime()
+    local deadline = start + o.timeout
+    local step = o.backoff_min
+    local stats = { attempts = 0, waited = 0, takeovers = 0 }
+    local index = 0             -- 0: create; else the expired lease's index
+    while true do
+        stats.attempts = stats.attempts + 1
+        local ok, idx, current, mono, wall = write_lease(st, key, o, owner, index)
+        if ok == nil then return nil, idx, current end
+        if ok then
+            if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
+            stats.waited = mono - start
+            return new_lock(st, key, o, owner, idx, mono, wall, stats)
+        end
+        -- lost the race: idx/current are the lease now in the store. Retry at
+        -- once when it has expired (take it over) or has just vanished, but
+        -- never loop without waiting past the deadline.
+        local ends = lease_end(current, o.expires_field)
+        local now = runtime.time()
+        local at_once = runtime.monotime() < deadline or stats.attempts < 3
+        if idx > 0 and ends and now > ends + o.clock_skew and at_once then
+            index = idx
+        elseif idx == 0 and at_once then
+            index = 0
+        else
+            index = 0
+            local left = deadline - runtime.monotime()
+            if o.timeout == 0 or left <= 0 then
+                local waited = runtime.monotime() - start
+                return nil, ("timeout: lock '%s' is held by %s (%d attempts in %.3f s)")
+                    :format(key, idx > 0 and describe_holder(current, o.expires_field)
+                        or "nobody now", stats.attempts, waited), "timeout"
+            end
+            -- full jitter within [backoff_min, step], never past the deadline,
+            -- and no later than just after the current lease ends
+            local pause = o.backoff_min + math.random() * (step - o.backoff_min)
+            if ends then
+                pause = math.min(pause, math.max(ends + o.clock_skew - now, 0) + 0.001)
+            end
+            runtime.sleep(math.min(pause, left))
+            step = math.min(step * 2, o.backoff_max)
+        end
+    end
+end
+
+local function to_lock(self, fname)
+    if getmetatable(self) ~= lock_mt then
+        argerror(1, fname, "cmpxchg.Lock expected, got " .. check.typename(self))
+    end
+    return self
+end
+
+--- lock:release() -> true | false, "lost" | nil, err, code. Idempotent: a
+-- second call returns what the first did.
+function Lock:release()
+    to_lock(self, "release")
+    local result = self.released
+    if result then return result[1], result[2], result[3] end
+    if self.store.backend == nil then
+        self.released = { nil, "closed: the store was closed before the lock was released",
+                          "closed" }
+    else
+        local ok, idx, code = self.store:delete(self.key, self.index)
+        if ok == nil then return nil, idx, code end     -- still held: may retry
+        self.released = ok and { true } or { false, "lost" }
+    end
+    result = self.released
+    return result[1], result[2], result[3]
+end
+
+--- lock:extend([ttl]) -> true | nil, err, code. Renews the lease by a put on
+-- the held index; the token changes to the new index.
+function Lock:extend(ttl)
+    to_lock(self, "extend")
+    if self.released then error("attempt to extend a released lock", 2) end
+    local o = self.options
+    if ttl ~= nil then
+        check.seconds(ttl, "ttl", 1, "extend")
+        if ttl <= 0 or ttl <= o.clock_skew then argerror(1, "extend", "ttl too short") end
+        o.ttl = ttl
+    end
+    backend_of(self.store, "extend")
+    local ok, idx, current, mono, wall = write_lease(self.store, self.key, o, self.owner,
+        self.index)
+    if ok == nil then return nil, idx, current end
+    if not ok then
+        self.released = { false, "lost" }
+        return nil, ("lost: lock '%s' is now held by %s"):format(self.key,
+            idx > 0 and describe_holder(current, o.expires_field) or "nobody"), "lost"
+    end
+    self.index = idx
+    self.valid_mono = mono + o.ttl - o.clock_skew
+    self.valid_wall = wall + o.ttl - o.clock_skew
+    return true
+end
+
+--- lock:token() -> the index of the held lease: a fencing token that strictly
+-- increases with every acquisition (and extension) of the key.
+function Lock:token()
+    return to_lock(self, "token").index
+end
+
+--- lock:is_held() -> true while not released and the lease, counted on the
+-- monotonic clock from before the request was sent, has not run out.
+function Lock:is_held()
+    to_lock(self, "is_held")
+    return not self.released and runtime.monotime() < self.valid_mono
+end
+
+--- lock:valid_until() -> epoch seconds at which the lease ends.
+function Lock:valid_until()
+    return to_lock(self, "valid_until").valid_wall
+end
+
+-- `local l <close> = store:lock(k)` releases at the end of the scope. A
+-- failure there cannot be reported; the lease then simply expires.
+lock_mt.__close = function(self) pcall(Lock.release, self) end
+
+lock_mt.__tostring = function(self)
+    local state = self.released and "released" or "held"
+    return ("cmpxchg.Lock (%s, token %s, %s)"):format(self.key, tostring(self.index), state)
+end
+
+local unpack = table.unpack or unpack     -- luacheck: ignore 143
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+--- ok, ... = store:with_lock(key, opts, fn, ...): runs fn(...) holding the
+-- lock and releases it, also when fn raises (the error is re-raised as is).
+-- Returns true and fn's results, or nil, err, code when the lock could not be
+-- taken or was found lost at release.
+function lock.with_lock(st, key, opts, fn, ...)
+    backend_of(st, "with_lock")
+    check.type(fn, "function", 3, "with_lock")
+    local l, err, code = lock.acquire(st, key, opts)
+    if not l then return nil, err, code end
+    local results = pack(pcall(fn, ...))
+    local ok, rerr, rcode = l:release()
+    if not results[1] then error(results[2], 0) end
+    if ok == false then
+        return nil, ("lost: lock '%s' was taken over while held"):format(key), "lost"
+    elseif ok == nil then
+        return nil, rerr, rcode
+    end
+    return true, unpack(results, 2, results.n)
+end
+
+--[[ The seed's RavenDbProcessMonitor: enter waits until the lock is acquired
+(5-minute lease), exit deletes by the index enter returned, lock gives a lock
+object for `<close>`. ]]
+
+local Monitor = {}
+local monitor_mt = { __name = "cmpxchg.Monitor", __index = Monitor }
+
+function lock.monitor(st, opts)
+    backend_of(st, "monitor")
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    if o.ttl == nil then o.ttl = 300 end
+    if o.timeout == nil then o.timeout = math.huge end
+    options(o, 2, "monitor")    -- check now, not at the first enter
+    return setmetatable({ store = st, options = o }, monitor_mt)
+end
+
+--- monitor:enter(key) -> index (the fencing token) | nil, err, code
+function Monitor:enter(key)
+    local l, err, code = lock.acquire(self.store, key, self.options)
+    if not l then return nil, err, code end
+    return l:token()
+end
+
+--- monitor:exit(key, index) -> true | false, "lost" | nil, err, code
+function Monitor:exit(key, index)
+    local ok, idx, code = self.store:delete(key, index)
+    if ok == nil then return nil, idx, code end
+    if ok then return true end
+    return false, "lost"
+end
+
+--- monitor:lock(key) -> lock | nil, err, code
+function Monitor:lock(key)
+    return lock.acquire(self.store, key, self.options)
+end
+
+return lock

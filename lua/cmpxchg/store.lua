@@ -1,0 +1,163 @@
+--- The public store object: argument checks, JSON encoding and the closed
+-- state, in front of a backend (see embedded.lua for the backend interface).
+-- Every backend gets the same checks here, so they fail the same way.
+local check = require "cmpxchg.check"
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+
+local argerror = check.argerror
+
+local Store = {}                -- methods
+local store_mt = {
+    __name = "cmpxchg.Store",
+    __index = Store,
+}
+
+local store = { metatable = store_mt }
+
+--- Wraps an opened backend.
+function store.new(backend)
+    return setmetatable({ backend = backend }, store_mt)
+end
+
+--- The store behind `self`, raising on anything else or a closed store.
+local function backend_of(self, fname)
+    if getmetatable(self) ~= store_mt then
+        argerror(1, fname, "cmpxchg.Store expected, got " .. check.typename(self))
+    end
+    local backend = self.backend
+    if backend == nil then
+        error("attempt to use a closed store", 3)
+    end
+    return backend
+end
+store.backend_of = backend_of
+
+local function encode(value, n, fname)
+    if value == nil then
+        argerror(n, fname, "value expected (use cmpxchg.null to store JSON null)")
+    end
+    local text, err = json.encode(value)
+    if text == nil then argerror(n, fname, err) end
+    return text
+end
+
+local function check_expires(opts, n, fname)
+    if opts == nil then return nil end
+    check.type(opts, "table", n, fname)
+    local expires = opts.expires
+    if expires ~= nil and (type(expires) ~= "number" or expires ~= expires
+            or expires < 0 or expires >= 253402300800) then
+        argerror(n, fname, "expires must be epoch seconds, got " .. tostring(expires))
+    end
+    return expires
+end
+
+--- ok, index, value = store:put(key, value, index [, {expires = epoch}])
+-- index 0 creates only. ok=true: stored, index is the new version and value
+-- the one given. ok=false: compare failed, index/value are the current ones
+-- (0, nil when the key is absent).
+function Store:put(key, value, index, opts)
+    local backend = backend_of(self, "put")
+    check.key(key, 1, "put")
+    local text = encode(value, 2, "put")
+    index = check.index(index, 3, "put")
+    local expires = check_expires(opts, 4, "put")
+    local ok, new_index, current = backend:put(key, text, index, expires)
+    if ok then return true, new_index, value end
+    return ok, new_index, current
+end
+
+--- value, index = store:get(key); absent: nil, 0
+function Store:get(key)
+    local backend = backend_of(self, "get")
+    check.key(key, 1, "get")
+    local index, value, code = backend:get(key)
+    if index == nil then return nil, value, code end
+    return value, index
+end
+
+--- map = store:get_many({k1, k2, ...}) -> { [key] = {value =, index =} },
+-- absent keys left out. All keys are read from one snapshot.
+function Store:get_many(keys)
+    local backend = backend_of(self, "get_many")
+    check.type(keys, "table", 1, "get_many")
+    for i = 1, #keys do
+        local problem = check.key_problem(keys[i])
+        if problem then argerror(1, "get_many", ("key #%d: %s"):format(i, problem)) end
+    end
+    local map = {}
+    if #keys == 0 then return map end
+    local results, err, code = backend:get_many(keys)
+    if results == nil then return nil, err, code end
+    for i = 1, #keys do
+        local r = results[i]
+        if r.index > 0 then map[keys[i]] = { value = r.value, index = r.index } end
+    end
+    return map
+end
+
+local RESERVED = "rvn-atomic/"
+
+--- items = store:list([prefix] [, {start =, page_size =}]) -> array of
+-- {key =, value =, index =} ordered by key (case-insensitively).
+function Store:list(prefix, opts)
+    local backend = backend_of(self, "list")
+    prefix = prefix or ""
+    check.type(prefix, "string", 1, "list")
+    local _, problem = core.fold_key(prefix)
+    if problem then argerror(1, "list", "prefix is " .. problem) end
+    local start, page_size = 0, nil
+    if opts ~= nil then
+        check.type(opts, "table", 2, "list")
+        if opts.start ~= nil then start = check.index(opts.start, 2, "list") end
+        if opts.page_size ~= nil then
+            page_size = check.index(opts.page_size, 2, "list")
+            if page_size == 0 then argerror(2, "list", "page_size must be positive") end
+        end
+    end
+    local items, err, code = backend:list(prefix, start, page_size)
+    if items == nil then return nil, err, code end
+    local n = 0      -- RavenDB lists its atomic guards too: never hand them out
+    for i = 1, #items do
+        local item = items[i]
+        if item.key:lower():sub(1, #RESERVED) ~= RESERVED then
+            n = n + 1
+            items[n] = item
+        end
+    end
+    for i = #items, n + 1, -1 do items[i] = nil end
+    return items
+end
+
+--- ok, index, value = store:delete(key, index): the shape of put; on success
+-- value is the deleted one.
+function Store:delete(key, index)
+    local backend = backend_of(self, "delete")
+    check.key(key, 1, "delete")
+    index = check.index(index, 2, "delete")
+    return backend:delete(key, index)
+end
+
+--- store:close() -> true; idempotent. Locks taken from the store stay in the
+-- store until released by someone else or expired.
+function Store:close()
+    if getmetatable(self) ~= store_mt then
+        argerror(1, "close", "cmpxchg.Store expected, got " .. check.typename(self))
+    end
+    local backend = self.backend
+    if backend ~= nil then
+        self.backend = nil      -- closed before the backend is released
+        backend:close()
+    end
+    return true
+end
+
+store_mt.__close = function(self) self:close() end
+
+store_mt.__tostring = function(self)
+    if self.backend == nil then return "cmpxchg.Store (closed)" end
+    return ("cmpxchg.Store (%s)"):format(self.backend:describe())
+end
+
+return store
