@@ -401,9 +401,10 @@ static int embedded_get_many (lua_State *L) {
         size_t len;
         const char *key;
         lua_rawgeti(L, 2, i);
+        if (lua_type(L, -1) != LUA_TSTRING)     /* before tolstring converts it */
+            return luaL_argerror(L, 2, lua_pushfstring(L, "string expected at position %d", i));
         key = lua_tolstring(L, -1, &len);
-        if (lua_type(L, -1) != LUA_TSTRING || len == 0 || len > CX_MAX_KEY_BYTES ||
-            cx_key_fold(key, len, k) != 0)
+        if (len == 0 || len > CX_MAX_KEY_BYTES || cx_key_fold(key, len, k) != 0)
             return luaL_argerror(L, 2, lua_pushfstring(L, "invalid key at position %d", i));
         lua_pop(L, 1);
     }

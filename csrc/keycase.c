@@ -29,6 +29,10 @@ static unsigned long fold_codepoint (unsigned long c) {
         return c + 1;
     if (c >= 0x391 && c <= 0x3AB && c != 0x3A2)             /* Greek */
         return c + 32;
+    if (c == 0x386) return 0x3AC;                           /* with tonos */
+    if (c >= 0x388 && c <= 0x38A) return c + 37;
+    if (c == 0x38C) return 0x3CC;
+    if (c == 0x38E || c == 0x38F) return c + 63;
     if (c >= 0x410 && c <= 0x42F)                           /* Cyrillic */
         return c + 32;
     if (c >= 0x400 && c <= 0x40F)

@@ -25,9 +25,23 @@ local function typename(v)
 end
 check.typename = typename
 
---- Raises "bad argument #n to 'fname' (msg)" at the caller of a public function.
+--- Raises `msg` at the first caller outside this library, however deep in
+-- it the check was made, so the position names the user's own line.
+function check.raise(msg)
+    local level = 2
+    while true do
+        local info = debug.getinfo(level, "S")
+        if info == nil or not info.source:find("[/\\]cmpxchg[/\\][%w_]+%.lua$") then
+            break
+        end
+        level = level + 1
+    end
+    error(msg, level)
+end
+
+--- Raises "bad argument #n to 'fname' (msg)" at the user's call.
 function check.argerror(n, fname, msg)
-    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 4)
+    check.raise(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
 end
 local argerror = check.argerror
 

@@ -45,7 +45,7 @@ end
 
 function Embedded:put(key, text, index, expires)
     local ok, cur_index, cur_text = self.handle:put(key, text, index, expires)
-    if ok or cur_text == nil then return ok, cur_index, cur_text end
+    if ok ~= false or cur_text == nil then return ok, cur_index, cur_text end
     local value, err, code = decode(cur_text, key)
     if value == nil then return nil, err, code end
     return false, cur_index, value

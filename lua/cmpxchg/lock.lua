@@ -191,7 +191,7 @@ end
 -- the held index; the token changes to the new index.
 function Lock:extend(ttl)
     to_lock(self, "extend")
-    if self.released then error("attempt to extend a released lock", 2) end
+    if self.released then check.raise("attempt to extend a released lock") end
     local o = self.options
     if ttl ~= nil then
         check.seconds(ttl, "ttl", 1, "extend")

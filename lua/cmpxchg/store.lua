@@ -27,7 +27,7 @@ local function backend_of(self, fname)
     end
     local backend = self.backend
     if backend == nil then
-        error("attempt to use a closed store", 3)
+        check.raise("attempt to use a closed store")
     end
     return backend
 end

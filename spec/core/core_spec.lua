@@ -1,0 +1,182 @@
+-- The C core's contract: clocks, dates, ids, key folding, and the embedded
+-- handle's argument errors, closed state, tostring and finalization.
+local core = require "cmpxchg.core"
+local helpers = require "spec.helpers"
+
+describe("cmpxchg.core", function()
+    describe("clocks and sleep", function()
+        it("monotime never goes back and sleep waits at least as asked", function()
+            local t0 = core.monotime()
+            core.sleep(0.02)
+            local t1 = core.monotime()
+            assert.is_true(t1 - t0 >= 0.02)
+        end)
+
+        it("time is the wall clock with sub-second precision", function()
+            assert.is_true(math.abs(core.time() - os.time()) < 2)
+            assert.equal("float", math.type(core.time()))
+        end)
+
+        it("sleep refuses negative, NaN and absurd durations", function()
+            assert.has_error(function() core.sleep(-1) end)
+            assert.has_error(function() core.sleep(0 / 0) end)
+            assert.has_error(function() core.sleep(1e12) end)
+            assert.has_error(function() core.sleep("x") end)
+        end)
+    end)
+
+    describe("format_time", function()
+        it("writes C#'s UTC format: 7 fractional digits and Z", function()
+            assert.equal("1970-01-01T00:00:00.0000000Z", core.format_time(0))
+            assert.equal("2024-01-02T03:04:05.5000000Z", core.format_time(1704164645.5))
+            assert.equal("2024-02-29T23:59:59.0000000Z", core.format_time(1709251199))
+        end)
+
+        it("rounds to 100 ns and carries into the next second", function()
+            assert.equal("2024-01-02T03:04:06.0000000Z", core.format_time(1704164645.99999999))
+            assert.matches("%.12345%d%dZ$", core.format_time(1704164645.12345))
+        end)
+
+        it("refuses times outside 0001..9999", function()
+            assert.has_error(function() core.format_time(-1) end)
+            assert.has_error(function() core.format_time(253402300800) end)
+            assert.has_error(function() core.format_time(0 / 0) end)
+        end)
+    end)
+
+    describe("parse_time", function()
+        it("reads what C#, Node and Python write", function()
+            assert.equal(1704164645.5, core.parse_time("2024-01-02T03:04:05.5000000Z"))
+            assert.equal(1704164645.123, core.parse_time("2024-01-02T03:04:05.1230000Z"))
+            assert.equal(1704164645, core.parse_time("2024-01-02T03:04:05Z"))
+            assert.equal(1704164645.25, core.parse_time("2024-01-02T03:04:05.250000"))
+            assert.equal(1704164645, core.parse_time("2024-01-02T05:04:05+02:00"))
+            assert.equal(1704164645, core.parse_time("2024-01-02T01:04:05-02:00"))
+        end)
+
+        it("round-trips format_time", function()
+            for _, t in ipairs({ 0, 1, 1704164645.1234567, 1800000000.5 }) do
+                assert.is_true(math.abs(core.parse_time(core.format_time(t)) - t) < 1e-6)
+            end
+        end)
+
+        it("answers nil for anything that is not a date-time", function()
+            for _, s in ipairs({ "", "2024", "2024-01-02", "2024-13-02T00:00:00Z",
+                "2024-01-02T25:00:00Z", "2024-01-02T03:04:05.Z", "2024-01-02T03:04:05Zjunk",
+                "2024-01-02T03:04:05+2", "yesterday", "2024-01-02T03:04:05.12x" }) do
+                assert.is_nil(core.parse_time(s), s)
+            end
+        end)
+    end)
+
+    describe("uuid", function()
+        it("gives distinct version-4 UUIDs", function()
+            local seen = {}
+            for _ = 1, 1000 do
+                local u = core.uuid()
+                assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x+$", u)
+                assert.equal(36, #u)
+                assert.is_nil(seen[u])
+                seen[u] = true
+            end
+        end)
+    end)
+
+    describe("fold_key", function()
+        it("folds case as RavenDB compares keys", function()
+            assert.equal("users/ab-1", core.fold_key("Users/AB-1"))
+            assert.equal("émile/ñandú", core.fold_key("ÉMILE/ÑANDÚ"))
+            assert.equal("σοφία", core.fold_key("ΣΟΦΊΑ"))
+            assert.equal("москва", core.fold_key("МОСКВА"))
+            assert.equal("ёлка", core.fold_key("Ёлка"))
+            assert.equal("łódź", core.fold_key("ŁÓDŹ"))
+            assert.equal("日本/鍵", core.fold_key("日本/鍵"))
+            assert.equal("😀", core.fold_key("😀"))
+        end)
+
+        it("never changes the byte length", function()
+            local s = "AÀĀΑА" .. ("Z"):rep(100)
+            assert.equal(#s, #core.fold_key(s))
+        end)
+
+        it("refuses invalid UTF-8 and keys over 512 bytes", function()
+            for _, bad in ipairs({ "\xff", "a\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80" }) do
+                local folded, why = core.fold_key(bad)
+                assert.is_nil(folded)
+                assert.equal("not valid UTF-8", why)
+            end
+            assert.is_nil(core.fold_key(("a"):rep(513)))
+            assert.equal(512, #core.fold_key(("A"):rep(512)))
+        end)
+    end)
+
+    describe("embedded handle", function()
+        local path
+
+        before_each(function() path = helpers.tmpdb() end)
+        after_each(helpers.cleanup)
+
+        it("checks its arguments", function()
+            local h = assert(core.embedded_open(path))
+            assert.has_error(function() h:put({}, "1", 0) end)
+            assert.has_error(function() h:put("", "1", 0) end)
+            assert.has_error(function() h:put(("k"):rep(513), "1", 0) end)
+            assert.has_error(function() h:put("\xff", "1", 0) end)
+            assert.has_error(function() h:put("k", nil, 0) end)
+            assert.has_error(function() h:put("k", "1", -1) end)
+            assert.has_error(function() h:put("k", "1", 1.5) end)
+            assert.has_error(function() h:put("k", "1", 0, "tomorrow") end)
+            assert.has_error(function() h:get_many({ "a", 7 }) end)
+            assert.has_error(function() h:list("a", -1) end)
+            assert.has_error(function() h.put({}, "k", "1", 0) end, nil)
+            assert.has_error(function() core.embedded_open(path, { sync = "sometimes" }) end)
+            assert.has_error(function() core.embedded_open(path, { busy_timeout = -5 }) end)
+            assert.has_error(function() core.embedded_open(path, { sweep_interval = 0 / 0 }) end)
+            assert.has_error(function() core.embedded_open(path, "opts") end)
+            assert.equal(0, h:last_index())
+            h:close()
+        end)
+
+        it("raises on use after close; close is idempotent and returns true", function()
+            local h = assert(core.embedded_open(path))
+            assert.is_true(h:close())
+            assert.is_true(h:close())
+            for _, call in ipairs({
+                function() h:put("k", "1", 0) end, function() h:get("k") end,
+                function() h:delete("k", 1) end, function() h:list("") end,
+                function() h:get_many({ "k" }) end, function() h:sweep() end,
+            }) do
+                assert.has_error(call, "attempt to use a closed store")
+            end
+        end)
+
+        it("has a tostring for open and closed handles", function()
+            local h = assert(core.embedded_open(path))
+            assert.matches("^cmpxchg%.Embedded %(.*%.db%) 0x%x+$", tostring(h))
+            h:close()
+            assert.equal("cmpxchg.Embedded (closed)", tostring(h))
+        end)
+
+        it("is finalized by the collector, and <close> closes it", function()
+            local weak = setmetatable({}, { __mode = "v" })
+            weak[1] = assert(core.embedded_open(path))
+            collectgarbage()
+            collectgarbage()
+            assert.is_nil(weak[1])
+            local h = assert(core.embedded_open(path))
+            local run = load([[local h = ...; do local x <close> = h end]])
+            run(h)
+            assert.equal("cmpxchg.Embedded (closed)", tostring(h))
+        end)
+
+        it("refuses a SQLite file that belongs to another application", function()
+            local p = io.popen(("sqlite3 %s 'CREATE TABLE invoices (id INTEGER)'")
+                :format(helpers.shell_quote(path)))
+            p:close()
+            local h, err, code = core.embedded_open(path)
+            assert.is_nil(h)
+            assert.equal("connect", code)
+            assert.matches("is a SQLite database of another application", err)
+        end)
+    end)
+end)

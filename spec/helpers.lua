@@ -1,0 +1,82 @@
+--- Shared test helpers: temporary store files, child Lua processes, polling.
+local helpers = {}
+
+helpers.lua = os.getenv("LUA") or "lua5.4"
+helpers.cpath = os.getenv("CMPXCHG_TEST_CPATH") or "./?.so"
+
+local created = {}
+
+--- A fresh path for an embedded store file, removed by helpers.cleanup().
+function helpers.tmpdb()
+    local path = os.tmpname()
+    os.remove(path)
+    path = path .. ".db"
+    created[#created + 1] = path
+    return path
+end
+
+function helpers.remove_db(path)
+    for _, suffix in ipairs({ "", "-wal", "-shm", "-journal" }) do
+        os.remove(path .. suffix)
+    end
+end
+
+function helpers.cleanup()
+    for i = #created, 1, -1 do
+        helpers.remove_db(created[i])
+        created[i] = nil
+    end
+end
+
+local function shell_quote(s)
+    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+helpers.shell_quote = shell_quote
+
+--- The command line that runs Lua `code` (or a file with args) in a child
+-- interpreter that finds this checkout's modules.
+function helpers.lua_command(script, args)
+    local setup = ("package.path='./lua/?.lua;./lua/?/init.lua;./spec/?.lua;'..package.path;"
+        .. "package.cpath='%s;'..package.cpath"):format(helpers.cpath)
+    local parts = { helpers.lua, "-e", shell_quote(setup), shell_quote(script) }
+    for _, a in ipairs(args or {}) do parts[#parts + 1] = shell_quote(a) end
+    return table.concat(parts, " ")
+end
+
+--- Runs a Lua file to completion: output, exit code.
+function helpers.run(script, args)
+    local p = assert(io.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
+    local out = p:read("a")
+    local _, _, code = p:close()
+    return out, code
+end
+
+--- Starts a Lua file in the background: a handle whose lines can be read;
+-- close() waits for it.
+function helpers.start(script, args)
+    return assert(io.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
+end
+
+function helpers.kill(pid, signal)
+    return os.execute(("kill -%s %d 2>/dev/null"):format(signal or "KILL", pid))
+end
+
+--- Polls `fn` until it returns a true value or `timeout` seconds pass.
+function helpers.wait_until(fn, timeout, what)
+    local core = require "cmpxchg.core"
+    local deadline = core.monotime() + (timeout or 10)
+    repeat
+        local v = fn()
+        if v then return v end
+        core.sleep(0.005)
+    until core.monotime() > deadline
+    error("timed out waiting for " .. (what or "a condition"), 2)
+end
+
+function helpers.file_exists(path)
+    local f = io.open(path, "r")
+    if f then f:close() return true end
+    return false
+end
+
+return helpers

@@ -1,0 +1,311 @@
+-- The lock and monitor logic, driven through the scripted memory backend and
+-- a fake clock: every wait, lease and takeover is checked exactly.
+local cmpxchg = require "cmpxchg"
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+local runtime = require "cmpxchg.runtime"
+local store = require "cmpxchg.store"
+local Memory = require "spec.support.memory_backend"
+
+local WALL0 = 1800000000        -- 2027-01-15T08:00:00Z
+
+describe("lock (unit, fake clock)", function()
+    local saved, clock, sleeps, backend, st
+
+    before_each(function()
+        saved = { monotime = runtime.monotime, time = runtime.time, sleep = runtime.sleep }
+        clock, sleeps = 0, {}
+        runtime.monotime = function() return clock end
+        runtime.time = function() return WALL0 + clock end
+        runtime.sleep = function(s)
+            assert(s >= 0, "negative sleep")
+            sleeps[#sleeps + 1] = s
+            clock = clock + s
+        end
+        backend = Memory.new()
+        st = store.new(backend)
+    end)
+
+    after_each(function()
+        for k, v in pairs(saved) do runtime[k] = v end
+    end)
+
+    -- a lease held by someone else, ending `ends` seconds from now
+    local function foreign_lease(key, ends, field)
+        local ok, idx = st:put(key, { [field or "ExpiresAt"] = core.format_time(WALL0 + clock + ends),
+            Owner = "someone-else" }, 0)
+        assert.is_true(ok)
+        return idx
+    end
+
+    it("acquires a free key with one put at index 0 and the C# value layout", function()
+        local l = assert(st:lock("printers/1", { ttl = 10 }))
+        assert.equal(1, backend:count("put"))
+        local call = backend.calls[1]
+        assert.equal(0, call[3])
+        local value, index, expires = backend:item("printers/1")
+        assert.equal(l:token(), index)
+        assert.equal("2027-01-15T08:00:10.0000000Z", value.ExpiresAt)
+        assert.equal(runtime.hostname, value.Host)
+        assert.equal(runtime.pid, value.Pid)
+        assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", value.Owner)
+        assert.equal(WALL0 + 10 + 60, expires)     -- @expires = lease end + grace
+        assert.equal(1, l.attempts)
+        assert.equal(0, l.takeovers)
+        assert.equal("lock", cmpxchg.type(l))
+    end)
+
+    it("writes the expiry under the field the caller names", function()
+        assert(st:lock("printers/1", { ttl = 20, expires_field = "ReservedUntil" }))
+        local value = backend:item("printers/1")
+        assert.equal("2027-01-15T08:00:20.0000000Z", value.ReservedUntil)
+        assert.is_nil(value.ExpiresAt)
+    end)
+
+    it("tries exactly once with timeout = 0 and reports the holder", function()
+        foreign_lease("k", 30)
+        local l, err, code = st:lock("k", { timeout = 0 })
+        assert.is_nil(l)
+        assert.equal("timeout", code)
+        assert.matches("^timeout: lock 'k' is held by someone%-else until 2027", err)
+        assert.equal(2, backend:count("put"))   -- the foreign lease + our one try
+        assert.same({}, sleeps)
+    end)
+
+    it("backs off exponentially with jitter, capped, and never past the deadline", function()
+        foreign_lease("k", 3600)
+        local l, _, code = st:lock("k", { timeout = 2, backoff_min = 0.01, backoff_max = 0.16 })
+        assert.is_nil(l)
+        assert.equal("timeout", code)
+        local total, step = 0, 0.01
+        for i, s in ipairs(sleeps) do
+            assert.is_true(s >= 0.01 - 1e-12 or i == #sleeps, "slept less than backoff_min")
+            assert.is_true(s <= step + 1e-12, ("sleep %d is %.4f, above its step %.4f"):format(i, s, step))
+            step = math.min(step * 2, 0.16)
+            total = total + s
+        end
+        assert.is_true(total <= 2 + 1e-9, "waited past the deadline")
+        assert.is_true(total >= 2 - 1e-9, "gave up before the deadline")
+        assert.is_true(#sleeps >= 12)           -- 2 s at steps capped at 0.16 s
+    end)
+
+    it("takes over an expired lease with a put on the index it was shown", function()
+        local old = foreign_lease("k", 5)
+        clock = clock + 6
+        local l = assert(st:lock("k", { timeout = 0 }))
+        assert.equal(1, l.takeovers)
+        assert.equal(2, l.attempts)
+        assert.equal(old, backend.calls[#backend.calls][3])   -- put with the old index
+        assert.is_true(l:token() > old)
+        assert.same({}, sleeps)
+    end)
+
+    it("waits until just after a lease ends rather than a whole backoff step", function()
+        foreign_lease("k", 0.05)
+        local l = assert(st:lock("k", { timeout = 5, backoff_min = 1, backoff_max = 4 }))
+        assert.equal(1, #sleeps)
+        assert.is_true(sleeps[1] <= 0.052, "slept " .. sleeps[1])
+        assert.equal(1, l.takeovers)
+    end)
+
+    it("honours the clock-skew margin before a takeover", function()
+        foreign_lease("k", 1)
+        clock = clock + 1.5                       -- expired, but within a 1 s margin
+        assert.is_nil((st:lock("k", { timeout = 0, clock_skew = 1 })))
+        clock = clock + 0.6
+        assert.truthy(st:lock("k", { timeout = 0, clock_skew = 1 }))
+    end)
+
+    it("never takes over a value that names no expiry", function()
+        assert.is_true((st:put("k", { Owner = "legacy" }, 0)))
+        clock = clock + 1e6
+        local l, err = st:lock("k", { timeout = 0.1 })
+        assert.is_nil(l)
+        assert.matches("until an unknown time", err)
+        assert.is_true((st:put("k2", "just a string", 0)))
+        local _, err2 = st:lock("k2", { timeout = 0 })
+        assert.matches("a value that is not a lock", err2)
+    end)
+
+    it("loses a takeover race cleanly and keeps waiting", function()
+        local old = foreign_lease("k", 1)
+        clock = clock + 2
+        -- a rival takes it over between our read and our put
+        local real_put = backend.put
+        local raced = false
+        backend.put = function(self, key, text, index, expires)
+            if index == old and not raced then
+                raced = true
+                assert.is_true((real_put(self, key, json.encode({
+                    ExpiresAt = core.format_time(WALL0 + clock + 100), Owner = "rival" }), old)))
+            end
+            return real_put(self, key, text, index, expires)
+        end
+        local l, err = st:lock("k", { timeout = 0.5 })
+        assert.is_nil(l)
+        assert.matches("held by rival", err)
+        assert.is_true(raced)
+    end)
+
+    it("counts the lease from before the request and reports is_held/valid_until", function()
+        local real_put = backend.put
+        backend.put = function(...)
+            clock = clock + 2                 -- a slow request
+            return real_put(...)
+        end
+        local l = assert(st:lock("k", { ttl = 10, clock_skew = 0.5 }))
+        assert.equal(WALL0 + 10 - 0.5, l:valid_until())
+        clock = 9.4
+        assert.is_true(l:is_held())
+        clock = 9.6
+        assert.is_false(l:is_held())
+    end)
+
+    it("releases by deleting the held index, idempotently", function()
+        local l = assert(st:lock("k"))
+        assert.is_true(l:release())
+        assert.is_true(l:release())
+        assert.equal(1, backend:count("delete"))
+        assert.equal(l:token(), backend.calls[2][2])
+        assert.is_nil(backend:item("k"))
+        assert.equal("released lock", cmpxchg.type(l))
+        assert.is_false(l:is_held())
+    end)
+
+    it("release reports 'lost' when the lease was taken over, and leaves the new holder", function()
+        local l = assert(st:lock("k", { ttl = 1 }))
+        clock = clock + 2
+        local rival = assert(st:lock("k", { timeout = 0 }))
+        assert.same({ false, "lost" }, { l:release() })
+        assert.same({ false, "lost" }, { l:release() })
+        local _, index = backend:item("k")
+        assert.equal(rival:token(), index)
+    end)
+
+    it("a release that fails on I/O keeps the lock so it can be retried", function()
+        local l = assert(st:lock("k"))
+        backend:fail_next("delete", "io: disk on fire", "io")
+        assert.same({ nil, "io: disk on fire", "io" }, { l:release() })
+        assert.equal("lock", cmpxchg.type(l))
+        assert.is_true(l:release())
+    end)
+
+    it("extend renews by a put on the held index and moves the token", function()
+        local l = assert(st:lock("k", { ttl = 5 }))
+        local first = l:token()
+        clock = 4
+        assert.is_true(l:extend(20))
+        assert.is_true(l:token() > first)
+        assert.equal(first, backend.calls[#backend.calls][3])
+        assert.equal(WALL0 + 24, l:valid_until())
+        assert.equal("2027-01-15T08:00:24.0000000Z", backend:item("k").ExpiresAt)
+        clock = 23
+        assert.is_true(l:is_held())
+    end)
+
+    it("extend after a takeover reports lost and marks the lock lost", function()
+        local l = assert(st:lock("k", { ttl = 1 }))
+        clock = 2
+        assert(st:lock("k", { timeout = 0 }))
+        local ok, err, code = l:extend()
+        assert.is_nil(ok)
+        assert.equal("lost", code)
+        assert.matches("^lost: lock 'k' is now held by", err)
+        assert.is_false(l:is_held())
+        assert.has_error(function() l:extend() end, "attempt to extend a released lock")
+    end)
+
+    it("tokens strictly increase across holders of a key", function()
+        local last = 0
+        for _ = 1, 20 do
+            local l = assert(st:lock("k"))
+            assert.is_true(l:token() > last)
+            last = l:token()
+            assert.is_true(l:release())
+        end
+    end)
+
+    it("passes backend errors through and never hands out a lock it did not get", function()
+        backend:fail_next("put", "timeout: database is locked", "timeout")
+        assert.same({ nil, "timeout: database is locked", "timeout" }, { st:lock("k") })
+        assert.is_nil(backend:item("k"))
+    end)
+
+    it("with_lock runs the body holding the lock and returns its results", function()
+        local seen
+        local ok, a, b = st:with_lock("k", nil, function(x, y)
+            seen = backend:item("k")
+            return x + y, "done"
+        end, 1, 2)
+        assert.same({ true, 3, "done" }, { ok, a, b })
+        assert.is_table(seen)
+        assert.is_nil(backend:item("k"))
+    end)
+
+    it("with_lock releases on error and re-raises the very same error", function()
+        local e = setmetatable({}, { __tostring = function() return "custom" end })
+        local ok, got = pcall(st.with_lock, st, "k", {}, function() error(e) end)
+        assert.is_false(ok)
+        assert.equal(e, got)
+        assert.is_nil(backend:item("k"))
+    end)
+
+    it("with_lock never runs the body when the lock is not acquired", function()
+        foreign_lease("k", 60)
+        local ran = false
+        local ok, err, code = st:with_lock("k", { timeout = 0 }, function() ran = true end)
+        assert.is_nil(ok)
+        assert.equal("timeout", code)
+        assert.matches("^timeout:", err)
+        assert.is_false(ran)
+    end)
+
+    it("with_lock reports a lease lost while the body ran", function()
+        local ok, _, code = st:with_lock("k", { ttl = 1 }, function()
+            clock = clock + 2
+            assert(st:lock("k", { timeout = 0 }))
+        end)
+        assert.is_nil(ok)
+        assert.equal("lost", code)
+    end)
+
+    it("the monitor waits until acquired with a 5-minute lease, as the seed does", function()
+        local mon = cmpxchg.monitor(st)
+        foreign_lease("proc", 120)
+        local index = assert(mon:enter("proc"))
+        assert.is_true(clock >= 120, "entered before the lease ended")
+        assert.equal(WALL0 + clock + 300, core.parse_time(backend:item("proc").ExpiresAt))
+        assert.is_true(mon:exit("proc", index))
+        assert.is_nil(backend:item("proc"))
+        assert.same({ false, "lost" }, { mon:exit("proc", index) })
+        local l = assert(mon:lock("proc"))
+        assert.equal("lock", cmpxchg.type(l))
+        assert.is_true(l:release())
+    end)
+
+    it("an unreleased, unreferenced lock is collected without any I/O", function()
+        local weak = setmetatable({}, { __mode = "v" })
+        weak[1] = assert(st:lock("k"))
+        local calls = #backend.calls
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(weak[1])
+        assert.equal(calls, #backend.calls)
+        assert.is_table(backend:item("k"))      -- the lease stays until it expires
+    end)
+
+    it("rejects bad options before any I/O", function()
+        local bad = {
+            { ttl = 0 }, { ttl = -1 }, { ttl = 0 / 0 }, { ttl = "10" }, { timeout = -1 },
+            { backoff_min = 1, backoff_max = 0.5 }, { expires_field = "" },
+            { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { owner = 7 },
+        }
+        for _, opts in ipairs(bad) do
+            assert.has_error(function() st:lock("k", opts) end)
+        end
+        assert.has_error(function() st:lock("k", "fast") end,
+            "bad argument #2 to 'lock' (table expected, got string)")
+        assert.has_error(function() st:lock("", {}) end)
+        assert.equal(0, #backend.calls)
+    end)
+end)
