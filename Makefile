@@ -70,8 +70,13 @@ uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/,$(notdir $(LUA_MODULES)))
 
+# Debian keeps curl.h under the multiarch include directory, where luarocks
+# does not look by itself
+ROCK_TREE ?=
 rock: deps
-	luarocks --lua-version=$(LUA_VERSION) make --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec
+	luarocks --lua-version=$(LUA_VERSION) $(if $(ROCK_TREE),--tree=$(ROCK_TREE)) make \
+	    --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec \
+	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)
 
 clean:
 	rm -rf cmpxchg build

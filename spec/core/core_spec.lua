@@ -100,7 +100,8 @@ describe("cmpxchg.core", function()
         end)
 
         it("refuses invalid UTF-8 and keys over 512 bytes", function()
-            for _, bad in ipairs({ "\xff", "a\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80" }) do
+            local invalid = { "\xff", "a\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80" }
+            for _, bad in ipairs(invalid) do
                 local folded, why = core.fold_key(bad)
                 assert.is_nil(folded)
                 assert.equal("not valid UTF-8", why)

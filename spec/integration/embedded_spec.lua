@@ -151,7 +151,8 @@ describe("embedded store", function()
                                 { sweep_interval = 0 / 0 }, { colour = "blue" }, "opts" }) do
             assert.has_error(function() cmpxchg.open(path, opts) end)
         end
-        assert.has_error(function() cmpxchg.open("") end, "bad argument #1 to 'open' (empty target)")
+        assert.has_error(function() cmpxchg.open("") end,
+            "bad argument #1 to 'open' (empty target)")
         assert.has_error(function() cmpxchg.open(42) end)
         assert.has_error(function() cmpxchg.open("ftp://x") end)
     end)

@@ -32,7 +32,7 @@ function Memory:count(method)
     return n
 end
 
-function Memory:describe() return "memory" end
+function Memory.describe() return "memory" end
 
 function Memory:put(key, text, index, expires)
     local fault = self:record("put", key, text, index, expires)

@@ -32,8 +32,9 @@ describe("lock (unit, fake clock)", function()
 
     -- a lease held by someone else, ending `ends` seconds from now
     local function foreign_lease(key, ends, field)
-        local ok, idx = st:put(key, { [field or "ExpiresAt"] = core.format_time(WALL0 + clock + ends),
-            Owner = "someone-else" }, 0)
+        local value = { [field or "ExpiresAt"] = core.format_time(WALL0 + clock + ends),
+                        Owner = "someone-else" }
+        local ok, idx = st:put(key, value, 0)
         assert.is_true(ok)
         return idx
     end
@@ -80,7 +81,8 @@ describe("lock (unit, fake clock)", function()
         local total, step = 0, 0.01
         for i, s in ipairs(sleeps) do
             assert.is_true(s >= 0.01 - 1e-12 or i == #sleeps, "slept less than backoff_min")
-            assert.is_true(s <= step + 1e-12, ("sleep %d is %.4f, above its step %.4f"):format(i, s, step))
+            assert.is_true(s <= step + 1e-12,
+                ("sleep %d is %.4f, above its step %.4f"):format(i, s, step))
             step = math.min(step * 2, 0.16)
             total = total + s
         end

@@ -1,0 +1,41 @@
+rockspec_format = "3.0"
+package = "lua-cmpxchg"
+version = "scm-1"
+source = {
+    url = "git+file:///dev/null",   -- built from a checkout with `luarocks make`
+}
+description = {
+    summary = "RavenDB-style compare-exchange and distributed locks for Lua",
+    detailed = [[
+Compare-exchange (versioned key/value with compare-and-set) with RavenDB's
+semantics, and distributed locks on top of it held with Lua 5.4's <close>.
+The embedded backend keeps everything in one SQLite file, across processes.]],
+    license = "MIT",
+}
+dependencies = {
+    "lua >= 5.1",
+    "lua-cjson",
+}
+external_dependencies = {
+    SQLITE = { header = "sqlite3.h", library = "sqlite3" },
+    CURL = { header = "curl/curl.h", library = "curl" },   -- the HTTP backends' transport
+}
+build = {
+    type = "builtin",
+    modules = {
+        ["cmpxchg.core"] = {
+            sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/keycase.c" },
+            defines = { "_DEFAULT_SOURCE" },
+            incdirs = { "$(SQLITE_INCDIR)" },
+            libdirs = { "$(SQLITE_LIBDIR)" },
+            libraries = { "sqlite3" },
+        },
+        ["cmpxchg"] = "lua/cmpxchg/init.lua",
+        ["cmpxchg.check"] = "lua/cmpxchg/check.lua",
+        ["cmpxchg.embedded"] = "lua/cmpxchg/embedded.lua",
+        ["cmpxchg.json"] = "lua/cmpxchg/json.lua",
+        ["cmpxchg.lock"] = "lua/cmpxchg/lock.lua",
+        ["cmpxchg.runtime"] = "lua/cmpxchg/runtime.lua",
+        ["cmpxchg.store"] = "lua/cmpxchg/store.lua",
+    },
+}
