@@ -19,25 +19,9 @@ local function finish(code, message)
     os.exit(code)
 end
 
--- --name VALUE pairs, plus switches that take no value
-local function parse_flags(argv, kinds)
-    local flags, i = {}, 1
-    while i <= #argv do
-        local name = argv[i]:match("^%-%-([%w-]+)$")
-        local kind = name and kinds[name]
-        if not kind then finish(3, "unknown argument '" .. argv[i] .. "'") end
-        if kind == "switch" then
-            flags[name], i = true, i + 1
-        else
-            if argv[i + 1] == nil then finish(3, "--" .. name .. " needs a value") end
-            flags[name], i = argv[i + 1], i + 2
-        end
-    end
-    return flags
-end
-
-local flags = parse_flags(arg, { store = "string", email = "string", user = "string",
-                                 name = "string", ["fail-save"] = "switch" })
+local flags, bad = require("examples.flags").parse(arg, { store = "string", email = "string",
+    user = "string", name = "string", ["fail-save"] = "switch" })
+if not flags then finish(3, bad) end
 if not (flags.email and flags.user) then finish(3, "--email and --user are required") end
 local name = flags.name or flags.user
 

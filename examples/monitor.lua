@@ -16,24 +16,9 @@ local function fail(message)
     os.exit(1)
 end
 
--- --name VALUE pairs; `kinds` says which names exist and how to read their values
-local function parse_flags(argv, kinds)
-    local flags, i = {}, 1
-    while i <= #argv do
-        local name = argv[i]:match("^%-%-([%w-]+)$")
-        local kind = name and kinds[name]
-        if not kind then fail("unknown argument '" .. argv[i] .. "'") end
-        local value = argv[i + 1]
-        if kind == "number" then value = tonumber(value) end
-        if value == nil then fail("--" .. name .. " needs a " .. kind) end
-        flags[name] = value
-        i = i + 2
-    end
-    return flags
-end
-
-local flags = parse_flags(arg, { store = "string", key = "string",
-                                 unattended = "number", hold = "number" })
+local flags, bad = require("examples.flags").parse(arg, { store = "string", key = "string",
+    unattended = "number", hold = "number" })
+if not flags then fail(bad) end
 local key = flags.key or "processes/monitor-demo"
 local hold = flags.hold or 0.05
 

@@ -20,27 +20,9 @@ local function finish(code, message)
     os.exit(code)
 end
 
--- --name VALUE pairs, plus switches that take no value
-local function parse_flags(argv, kinds)
-    local flags, i = {}, 1
-    while i <= #argv do
-        local name = argv[i]:match("^%-%-([%w-]+)$")
-        local kind = name and kinds[name]
-        if not kind then finish(3, "unknown argument '" .. argv[i] .. "'") end
-        if kind == "switch" then
-            flags[name], i = true, i + 1
-        else
-            local value = argv[i + 1]
-            if kind == "number" then value = tonumber(value) end
-            if value == nil then finish(3, "--" .. name .. " needs a " .. kind) end
-            flags[name], i = value, i + 2
-        end
-    end
-    return flags
-end
-
-local flags = parse_flags(arg, { store = "string", key = "string", ttl = "number",
-                                 wait = "number", work = "number", vanish = "switch" })
+local flags, bad = require("examples.flags").parse(arg, { store = "string", key = "string",
+    ttl = "number", wait = "number", work = "number", vanish = "switch" })
+if not flags then finish(3, bad) end
 local key = flags.key or "printers/first-floor"
 local ttl, wait, work = flags.ttl or 20, flags.wait or 5, flags.work or 0.1
 

@@ -1,0 +1,25 @@
+--- Command-line flags for the examples: `--name VALUE` pairs and switches.
+--   local args, err = require("examples.flags").parse(arg, {store = "string",
+--       ttl = "number", vanish = "switch"})
+-- Returns the flags by name, or nil and what is wrong with the command line.
+local flags = {}
+
+function flags.parse(argv, kinds)
+    local out, i = {}, 1
+    while i <= #argv do
+        local name = argv[i]:match("^%-%-([%w-]+)$")
+        local kind = name and kinds[name]
+        if not kind then return nil, "unknown argument '" .. argv[i] .. "'" end
+        if kind == "switch" then
+            out[name], i = true, i + 1
+        else
+            local value = argv[i + 1]
+            if kind == "number" then value = tonumber(value) end
+            if value == nil then return nil, "--" .. name .. " needs a " .. kind end
+            out[name], i = value, i + 2
+        end
+    end
+    return out
+end
+
+return flags
