@@ -15,6 +15,8 @@ LUA_INCDIR  ?=
 LUA_CFLAGS  ?= $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell $(PKG_CONFIG) --cflags $(LUA_PC)))
 SQLITE_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags sqlite3)
 SQLITE_LIBS   ?= $(shell $(PKG_CONFIG) --libs sqlite3)
+CURL_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libcurl)
+CURL_LIBS     ?= $(shell $(PKG_CONFIG) --libs libcurl)
 
 WARNINGS ?= -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
             -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes
@@ -22,11 +24,12 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 LIBFLAG ?= -shared
 ALL_CFLAGS = $(CFLAGS) -fPIC -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
-             $(LUA_CFLAGS) $(SQLITE_CFLAGS)
+             $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
-SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/keycase.c
+SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/keycase.c
 HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
+LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
@@ -36,7 +39,7 @@ all: $(CORE)
 
 $(CORE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(CURL_LIBS) $(LDFLAGS)
 
 # Debian packages the build, the tests and the demo need (installed when missing)
 deps:
@@ -62,13 +65,15 @@ valgrind: deps all
 	@scripts/run-tests --only valgrind
 
 install: all
-	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg
+	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/
+	install -m 0644 $(LUA_TRANSPORTS) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/,$(notdir $(LUA_MODULES)))
+	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/,$(notdir $(LUA_TRANSPORTS)))
 
 # Debian keeps curl.h under the multiarch include directory, where luarocks
 # does not look by itself

@@ -1,7 +1,8 @@
 /*
 ** cmpxchg_core.c: luaopen_cmpxchg_core. The mechanism the Lua layer cannot
 ** have portably: clocks, sleeping, random ids, C#-compatible UTC dates, key
-** folding, process identity, and the embedded SQLite store.
+** folding, process identity, the embedded SQLite store and the libcurl
+** transport.
 */
 
 #define _GNU_SOURCE     /* timegm */
@@ -274,11 +275,13 @@ static const luaL_Reg core_functions[] = {
     {"hostname", core_hostname},
     {"mkdir_p", core_mkdir_p},
     {"embedded_open", cx_embedded_open},
+    {"http_new", cx_http_new},
     {NULL, NULL}
 };
 
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L) {
     cx_embedded_register(L);
+    cx_http_register(L);
     luaL_newlib(L, core_functions);
     lua_pushinteger(L, CX_MAX_KEY_BYTES);
     lua_setfield(L, -2, "MAX_KEY_BYTES");

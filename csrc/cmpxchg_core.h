@@ -19,6 +19,10 @@ double cx_wall_time (void);
 int cx_embedded_open (lua_State *L);
 void cx_embedded_register (lua_State *L);
 
+/* the libcurl transport: core.http_new, and its metatable */
+int cx_http_new (lua_State *L);
+void cx_http_register (lua_State *L);
+
 /* the module's entry point */
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L);
 

@@ -73,6 +73,19 @@ function helpers.wait_until(fn, timeout, what)
     error("timed out waiting for " .. (what or "a condition"), 2)
 end
 
+--- Opens a test target: a path, or "URL#database" for a server backend
+-- (so that child processes get both from one argument).
+function helpers.open_target(target, opts)
+    local cmpxchg = require "cmpxchg"
+    local url, database = target:match("^(%a+://.-)#(.+)$")
+    if url then
+        opts = opts or {}
+        opts.database = database
+        return cmpxchg.open(url, opts)
+    end
+    return cmpxchg.open(target, opts)
+end
+
 function helpers.file_exists(path)
     local f = io.open(path, "r")
     if f then f:close() return true end

@@ -5,6 +5,7 @@ local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
 local json = require "cmpxchg.json"
 local lock = require "cmpxchg.lock"
+local ravendb = require "cmpxchg.ravendb"
 local store = require "cmpxchg.store"
 
 local argerror = check.argerror
@@ -32,6 +33,8 @@ function cmpxchg.default_path()
     return base .. "/cmpxchg/default.db"
 end
 
+local open_ravendb          -- defined below
+
 local EMBEDDED_OPTIONS = { database = "string", timeout = "number",
                            sweep_interval = "number", sync = "string", tls = "table" }
 
@@ -56,6 +59,44 @@ local function check_options(opts)
     return opts
 end
 
+local function check_tls(tls)
+    if tls == nil then return end
+    for k, v in pairs(tls) do
+        if k == "verify" then
+            if type(v) ~= "boolean" then argerror(2, "open", "tls.verify must be a boolean") end
+        elseif k == "ca" or k == "cert" or k == "key" then
+            if type(v) ~= "string" then argerror(2, "open", "tls." .. k .. " must be a path") end
+        else
+            argerror(2, "open", "unknown tls option '" .. tostring(k) .. "'")
+        end
+    end
+end
+
+--- A RavenDB node URL or a table of them (one cluster, one scheme).
+open_ravendb = function(target, opts)
+    local urls = type(target) == "table" and target or { target }
+    if #urls == 0 then argerror(1, "open", "empty table of URLs") end
+    local scheme
+    for i, url in ipairs(urls) do
+        local s = type(url) == "string" and url:match("^(https?)://[^/]")
+        if not s then
+            argerror(1, "open", ("URL #%d is not an http(s) URL: %s"):format(i, tostring(url)))
+        elseif scheme and s ~= scheme then
+            argerror(1, "open", "http and https URLs cannot be mixed in one cluster")
+        end
+        scheme = s
+    end
+    if type(opts.database) ~= "string" or opts.database == "" then
+        argerror(2, "open", "option 'database' (the RavenDB database name) is required")
+    elseif opts.database:find("[^%w%-%._]") then
+        argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
+    end
+    check_tls(opts.tls)
+    local backend, err, code = ravendb.open(urls, opts, require("cmpxchg.transport.curl"))
+    if not backend then return nil, err, code end
+    return store.new(backend)
+end
+
 --- store, err, code = cmpxchg.open([target] [, opts])
 -- target: nil ($CMPXCHG_URL, else the default file), "http(s)://..." (RavenDB),
 -- "etcd://..." (etcd), or a file path for the embedded store (":memory:" too).
@@ -64,6 +105,9 @@ function cmpxchg.open(target, opts)
     if target == nil then
         target = os.getenv("CMPXCHG_URL")
         if target == "" then target = nil end
+        if target and opts.database == nil and os.getenv("CMPXCHG_DATABASE") then
+            opts = setmetatable({ database = os.getenv("CMPXCHG_DATABASE") }, { __index = opts })
+        end
         if target == nil then
             target = cmpxchg.default_path()
             if target == nil then
@@ -74,19 +118,17 @@ function cmpxchg.open(target, opts)
             if not ok then return nil, "connect: " .. err, "connect" end
         end
     end
-    if type(target) == "table" then
-        return nil, "connect: a cluster (a table of URLs) needs the RavenDB or etcd backend, "
-            .. "which this version does not have yet", "connect"
+    local scheme = type(target) == "string" and target:match("^(%a[%w+.-]*)://")
+    if type(target) == "table" or (scheme and scheme:lower():match("^https?$")) then
+        return open_ravendb(target, opts)
     end
     check.type(target, "string", 1, "open")
     if target == "" then argerror(1, "open", "empty target") end
-    local scheme = target:match("^(%a[%w+.-]*)://")
     if scheme then
         scheme = scheme:lower()
-        if scheme == "http" or scheme == "https" or scheme == "etcd" or scheme == "etcds" then
-            return nil, ("connect: %s targets need the %s backend, which this version does "
-                .. "not have yet"):format(scheme, scheme:sub(1, 4) == "etcd" and "etcd"
-                or "RavenDB"), "connect"
+        if scheme == "etcd" or scheme == "etcds" then
+            return nil, "connect: etcd targets need the etcd backend, which this version "
+                .. "does not have yet", "connect"
         end
         argerror(1, "open", "unknown target scheme '" .. scheme .. "://'")
     end

@@ -157,14 +157,26 @@ describe("embedded store", function()
         assert.has_error(function() cmpxchg.open("ftp://x") end)
     end)
 
-    it("says plainly that server targets need backends this version lacks", function()
-        for _, target in ipairs({ "http://127.0.0.1:8080", "https://a:443", "etcd://127.0.0.1:2379",
-                                  { "http://a:1", "http://b:2" } }) do
+    it("says plainly that etcd targets need a backend this version lacks", function()
+        for _, target in ipairs({ "etcd://127.0.0.1:2379", "etcds://127.0.0.1:2379" }) do
             local s, err, code = cmpxchg.open(target)
             assert.is_nil(s)
             assert.equal("connect", code)
             assert.matches("backend", err)
         end
+    end)
+
+    it("sends http(s) targets to the RavenDB backend, which needs a database", function()
+        assert.has_error(function() cmpxchg.open("http://127.0.0.1:1") end,
+            "bad argument #2 to 'open' (option 'database' (the RavenDB database name) is required)")
+        assert.has_error(function() cmpxchg.open({ "http://a:1", "https://b:2" }, { database = "d" }) end)
+        assert.has_error(function() cmpxchg.open({}, { database = "d" }) end)
+        assert.has_error(function() cmpxchg.open("http://a:1", { database = "a/b" }) end)
+        assert.has_error(function() cmpxchg.open("http://a:1", { database = "d", tls = { pin = 1 } }) end)
+        local s, err, code = cmpxchg.open("http://127.0.0.1:1", { database = "db", timeout = 2 })
+        assert.is_nil(s)
+        assert.equal("connect", code)
+        assert.matches("^connect: GET http://127.0.0.1:1/topology%?name=db", err)
     end)
 
     it("uses $CMPXCHG_URL, else the default file", function()

@@ -2,12 +2,11 @@
 -- increments a plain counter file (read, then write: an overlap loses an
 -- update) and logs "token t_enter t_leave" on the shared monotonic clock.
 --   lua contender.lua TARGET KEY ROUNDS LOGFILE COUNTERFILE
-local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 
 local target, key, rounds, logfile, counterfile =
     arg[1], arg[2], tonumber(arg[3]), arg[4], arg[5]
-local store = assert(cmpxchg.open(target))
+local store = assert(require("spec.helpers").open_target(target))
 local log = assert(io.open(logfile, "w"))
 
 for _ = 1, rounds do

@@ -1,9 +1,8 @@
 -- Child process: increments the number at KEY ROUNDS times by compare-
 -- exchange (re-reading after each lost race) and prints each new index.
 --   lua increment.lua TARGET KEY ROUNDS
-local cmpxchg = require "cmpxchg"
 
-local store = assert(cmpxchg.open(arg[1]))
+local store = assert(require("spec.helpers").open_target(arg[1]))
 local key, rounds = arg[2], tonumber(arg[3])
 for _ = 1, rounds do
     while true do

@@ -2,7 +2,6 @@
 --   require("spec.support.lock_contract")(t, ctx)
 -- ctx.open(): a fresh store; ctx.target(): the target string of that same
 -- store, for child processes; ctx.name.
-local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 local helpers = require "spec.helpers"
 
@@ -34,7 +33,7 @@ return function(t, ctx)
         it("waits for a release within its timeout", function()
             local holder = assert(st:lock("k", { ttl = 10 }))
             local started = core.monotime()
-            local other = assert(cmpxchg.open(ctx.target()))
+            local other = assert(helpers.open_target(ctx.target()))
             -- nobody releases: the wait must end by the deadline, not before
             local l, err, code = other:lock("k", { timeout = 0.3 })
             local waited = core.monotime() - started
@@ -67,7 +66,7 @@ return function(t, ctx)
         end)
 
         it("release after the store was closed reports 'closed'", function()
-            local other = assert(cmpxchg.open(ctx.target()))
+            local other = assert(helpers.open_target(ctx.target()))
             local l = assert(other:lock("k", { ttl = 0.2 }))
             other:close()
             local ok, err, code = l:release()

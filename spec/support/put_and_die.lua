@@ -1,10 +1,9 @@
 -- Child process: one put, reports its result, then SIGKILLs itself at once,
 -- before any orderly shutdown could flush anything.
 --   lua put_and_die.lua TARGET KEY VALUE
-local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 
-local store = assert(cmpxchg.open(arg[1]))
+local store = assert(require("spec.helpers").open_target(arg[1]))
 local ok, index = store:put(arg[2], arg[3], 0)
 io.stdout:write(("%s %s\n"):format(tostring(ok), tostring(index)))
 io.stdout:flush()

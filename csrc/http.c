@@ -1,0 +1,390 @@
+/*
+** http.c: the libcurl engine behind lua/cmpxchg/transport/curl.lua. One
+** Http object owns one CURL easy handle, so its connection is kept alive
+** and reused across requests to one node.
+**
+** The transfer runs entirely in C: the write and header callbacks append to
+** C buffers owned by the object and never call into Lua, so a Lua error can
+** only happen after curl_easy_perform returned and every temporary (the
+** header list) was freed. This is for plain Lua only: it blocks the calling
+** thread, so inside nginx the cosocket transport is used instead.
+*/
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "compat.h"
+#include "cmpxchg_core.h"
+
+#define HTTP_MT         "cmpxchg.Http"
+#define MAX_BODY        (256u * 1024u * 1024u)  /* RavenDB allows 128 MB values */
+#define MAX_HEADERS     (64u * 1024u)
+
+typedef struct Buffer {
+    char *data;
+    size_t len, cap, limit;
+    int overflow;               /* set when the limit cut the transfer */
+} Buffer;
+
+typedef struct Http {
+    CURL *curl;                 /* NULL once closed */
+    Buffer body, headers;
+    char error[CURL_ERROR_SIZE];
+} Http;
+
+static int curl_ready = 0;      /* the one mutable global: a once-only flag */
+
+/*
+** {======================================================
+** Buffers (filled from libcurl's callbacks: no Lua here)
+** =======================================================
+*/
+
+static size_t buffer_append (Buffer *b, const char *p, size_t n) {
+    if (b->len + n > b->limit) {
+        b->overflow = 1;
+        return 0;               /* makes libcurl abort with CURLE_WRITE_ERROR */
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        char *d;
+        while (cap < b->len + n + 1) cap *= 2;
+        d = (char *)realloc(b->data, cap);
+        if (d == NULL) { b->overflow = 1; return 0; }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
+static void buffer_reset (Buffer *b) {
+    b->len = 0;
+    b->overflow = 0;
+    if (b->data) b->data[0] = '\0';
+}
+
+static void buffer_free (Buffer *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static size_t on_body (char *p, size_t size, size_t n, void *ud) {
+    return buffer_append(&((Http *)ud)->body, p, size * n);
+}
+
+static size_t on_header (char *p, size_t size, size_t n, void *ud) {
+    Buffer *b = &((Http *)ud)->headers;
+    /* a new status line starts a new response (after a 100 Continue, say):
+    ** only the last response's headers are reported */
+    if (size * n >= 5 && memcmp(p, "HTTP/", 5) == 0)
+        buffer_reset(b);
+    return buffer_append(b, p, size * n);
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Object life cycle
+** =======================================================
+*/
+
+static Http *check_http (lua_State *L) {
+    Http *h = (Http *)luaL_checkudata(L, 1, HTTP_MT);
+    if (h->curl == NULL)
+        luaL_error(L, "attempt to use a closed transport");
+    return h;
+}
+
+static int http_gc (lua_State *L) {
+    Http *h = (Http *)luaL_checkudata(L, 1, HTTP_MT);
+    CURL *curl = h->curl;
+    if (curl != NULL) {
+        h->curl = NULL;         /* closed before anything is freed */
+        curl_easy_cleanup(curl);
+        buffer_free(&h->body);
+        buffer_free(&h->headers);
+    }
+    return 0;
+}
+
+static int http_close (lua_State *L) {
+    http_gc(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int http_tostring (lua_State *L) {
+    Http *h = (Http *)luaL_checkudata(L, 1, HTTP_MT);
+    if (h->curl == NULL) lua_pushliteral(L, HTTP_MT " (closed)");
+    else lua_pushfstring(L, HTTP_MT " %p", (void *)h);
+    return 1;
+}
+
+/* reads string field `name` of the table at `idx`, or NULL */
+static const char *field_string (lua_State *L, int idx, const char *name) {
+    const char *s;
+    lua_getfield(L, idx, name);
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s' must be a string", name);
+    s = lua_tostring(L, -1);
+    lua_pop(L, 1);              /* still referenced by the table */
+    return s;
+}
+
+/*
+** core.http_new([{connect_timeout = s, tls = {ca =, cert =, key =,
+** verify = true}}]) -> Http. The TLS settings stay with the handle (and its
+** kept-alive connection) for its whole life.
+*/
+static int http_new (lua_State *L) {
+    Http *h;
+    lua_Number connect_timeout = 5;
+    const char *ca = NULL, *cert = NULL, *key = NULL;
+    int verify = 1;
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_getfield(L, 1, "connect_timeout");
+        connect_timeout = luaL_optnumber(L, -1, 5);
+        lua_pop(L, 1);
+        luaL_argcheck(L, connect_timeout > 0 && connect_timeout < 86400, 1,
+                      "connect_timeout out of range");
+        lua_getfield(L, 1, "tls");
+        if (!lua_isnil(L, -1)) {
+            int t = lua_gettop(L);
+            luaL_argcheck(L, lua_istable(L, t), 1, "tls must be a table");
+            ca = field_string(L, t, "ca");
+            cert = field_string(L, t, "cert");
+            key = field_string(L, t, "key");
+            lua_getfield(L, t, "verify");
+            if (!lua_isnil(L, -1)) verify = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return luaL_error(L, "curl_global_init failed");
+        curl_ready = 1;         /* never cleaned up: other libraries may share it */
+    }
+    h = (Http *)cx_newuserdata(L, sizeof(Http));
+    memset(h, 0, sizeof *h);
+    luaL_setmetatable(L, HTTP_MT);
+    h->body.limit = MAX_BODY;
+    h->headers.limit = MAX_HEADERS;
+    h->curl = curl_easy_init();
+    if (h->curl == NULL)
+        return luaL_error(L, "curl_easy_init failed");
+    curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h->curl, CURLOPT_ERRORBUFFER, h->error);
+    curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h->curl, CURLOPT_WRITEDATA, (void *)h);
+    curl_easy_setopt(h->curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h->curl, CURLOPT_HEADERDATA, (void *)h);
+    curl_easy_setopt(h->curl, CURLOPT_ACCEPT_ENCODING, "");     /* gzip, deflate... */
+    curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h->curl, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h->curl, CURLOPT_USERAGENT, "lua-cmpxchg");
+    curl_easy_setopt(h->curl, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+    curl_easy_setopt(h->curl, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    if (ca) curl_easy_setopt(h->curl, CURLOPT_CAINFO, ca);
+    if (cert) curl_easy_setopt(h->curl, CURLOPT_SSLCERT, cert);
+    if (key) curl_easy_setopt(h->curl, CURLOPT_SSLKEY, key);
+    return 1;
+}
+
+/* }====================================================== */
+
+/*
+** {======================================================
+** Requests
+** =======================================================
+*/
+
+/* the error contract's code for a failed transfer */
+static const char *error_code (CURLcode rc) {
+    switch (rc) {
+        case CURLE_OPERATION_TIMEDOUT:
+            return "timeout";
+        case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_CRL_BADFILE: case CURLE_SSL_ENGINE_NOTFOUND:
+        case CURLE_SSL_ENGINE_SETFAILED: case CURLE_USE_SSL_FAILED:
+        case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS:
+            return "tls";
+        default:
+            return "connect";   /* refused, reset, dropped, unresolvable */
+    }
+}
+
+/*
+** Adds the headers of table `idx` ({name = value}) to `list`. Returns the list,
+** or NULL with *bad set to the offending name when a header is not a pair of
+** strings or holds a line break (header injection).
+*/
+static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad) {
+    struct curl_slist *list = curl_slist_append(NULL, "Expect:");  /* no 100-continue */
+    if (list == NULL || lua_isnoneornil(L, idx)) return list;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {     /* no Lua allocation in here: nothing raises */
+        struct curl_slist *more = NULL;
+        size_t nlen, vlen;
+        const char *name, *value;
+        char *line;
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+            *bad = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            lua_pop(L, 2);
+            curl_slist_free_all(list);
+            return NULL;
+        }
+        name = lua_tolstring(L, -2, &nlen);
+        value = lua_tolstring(L, -1, &vlen);
+        if (nlen == 0 || strpbrk(name, "\r\n: ") || memchr(value, '\r', vlen) ||
+            memchr(value, '\n', vlen) || strlen(name) != nlen || strlen(value) != vlen) {
+            *bad = name;        /* header injection or an embedded zero */
+            lua_pop(L, 2);
+            curl_slist_free_all(list);
+            return NULL;
+        }
+        line = (char *)malloc(nlen + vlen + 3);
+        if (line != NULL) {
+            memcpy(line, name, nlen);
+            memcpy(line + nlen, ": ", 2);
+            memcpy(line + nlen + 2, value, vlen + 1);
+            more = curl_slist_append(list, line);
+            free(line);
+        }
+        lua_pop(L, 1);          /* the value; the key stays for lua_next */
+        if (more == NULL) {
+            lua_pop(L, 1);
+            curl_slist_free_all(list);
+            *bad = "(out of memory)";
+            return NULL;
+        }
+        list = more;
+    }
+    return list;
+}
+
+/* pushes the received headers as {lower-case name = value} */
+static void push_headers (lua_State *L, const Buffer *hb) {
+    const char *p = hb->data, *end = hb->data + hb->len;
+    lua_newtable(L);
+    if (p == NULL) return;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *colon, *v, *vend;
+        if (eol == NULL) eol = end;
+        colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon != NULL && colon > p) {
+            luaL_Buffer name;
+            const char *c;
+            luaL_buffinit(L, &name);
+            for (c = p; c < colon; c++)
+                luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
+            luaL_pushresult(&name);
+            v = colon + 1;
+            vend = eol;
+            while (v < vend && (*v == ' ' || *v == '\t')) v++;
+            while (vend > v && (vend[-1] == '\r' || vend[-1] == ' ')) vend--;
+            lua_pushlstring(L, v, (size_t)(vend - v));
+            lua_rawset(L, -3);
+        }
+        p = eol + 1;
+    }
+}
+
+/*
+** http:request(method, url, body, headers, timeout) -> status, body, headers
+**                                                   | nil, err, code
+** `body` may be nil; `headers` is {name = value}; `timeout` is in seconds for
+** the whole exchange. code: "connect", "timeout" or "tls".
+*/
+static int http_request (lua_State *L) {
+    Http *h = check_http(L);
+    const char *method = luaL_checkstring(L, 2);
+    const char *url = luaL_checkstring(L, 3);
+    size_t body_len = 0;
+    const char *body = luaL_optlstring(L, 4, NULL, &body_len);
+    lua_Number timeout = luaL_optnumber(L, 6, 30);
+    struct curl_slist *headers;
+    const char *bad = NULL;
+    CURLcode rc;
+    long status = 0;
+    luaL_argcheck(L, strcmp(method, "GET") == 0 || strcmp(method, "PUT") == 0 ||
+                     strcmp(method, "DELETE") == 0 || strcmp(method, "POST") == 0, 2,
+                  "method must be GET, PUT, DELETE or POST");
+    luaL_argcheck(L, lua_isnoneornil(L, 5) || lua_istable(L, 5), 5, "table expected");
+    luaL_argcheck(L, timeout > 0 && timeout < 86400, 6, "timeout out of range");
+    headers = build_headers(L, 5, &bad);
+    if (headers == NULL)
+        return luaL_argerror(L, 5, lua_pushfstring(L, "bad header '%s'", bad));
+
+    buffer_reset(&h->body);
+    buffer_reset(&h->headers);
+    h->error[0] = '\0';
+    curl_easy_setopt(h->curl, CURLOPT_URL, url);
+    curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);     /* resets any earlier body */
+    if (body != NULL) {
+        curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
+    }
+    curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST,
+                     strcmp(method, "GET") == 0 ? NULL : method);
+    rc = curl_easy_perform(h->curl);
+    curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, NULL);
+    curl_slist_free_all(headers);   /* freed before anything below can raise */
+
+    if (rc != CURLE_OK) {
+        const char *detail = h->error[0] ? h->error : curl_easy_strerror(rc);
+        if (h->body.overflow || h->headers.overflow)
+            return cx_push_error(L, "http", "reply from %s is too large", url);
+        return cx_push_error(L, error_code(rc), "%s %s: %s", method, url, detail);
+    }
+    curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
+    push_headers(L, &h->headers);
+    return 3;
+}
+
+/* }====================================================== */
+
+static const luaL_Reg http_methods[] = {
+    {"request", http_request},
+    {"close", http_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg http_meta[] = {
+    {"__gc", http_gc},
+    {"__close", http_gc},
+    {"__tostring", http_tostring},
+    {NULL, NULL}
+};
+
+int cx_http_new (lua_State *L) {
+    return http_new(L);
+}
+
+void cx_http_register (lua_State *L) {
+    luaL_newmetatable(L, HTTP_MT);
+    luaL_setfuncs(L, http_meta, 0);
+    luaL_newlib(L, http_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}

@@ -1,0 +1,399 @@
+--- The RavenDB backend: the /databases/{db}/cmpxchg protocol over a
+-- transport (libcurl in plain Lua, cosockets in nginx), with the topology,
+-- failover and raft-request-id handling of the official clients. Wire
+-- details and their sources: shared/ref/ravendb-protocol.md (§ below).
+--
+-- It implements the backend interface described in embedded.lua.
+local check = require "cmpxchg.check"
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+local runtime = require "cmpxchg.runtime"
+
+local tointeger = check.tointeger
+
+local RavenDB = {}
+RavenDB.__index = RavenDB
+
+local DEFAULT_TIMEOUT = 15      -- seconds: the server's own Cluster.OperationTimeoutInSec
+local LIST_PAGE = 1024          -- items per page when listing everything
+local MAX_QUERY = 12000         -- bytes of key= parameters per GET (Kestrel caps lines at 16 KB)
+
+-- statuses after which another node may succeed (§6.3)
+local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503] = true,
+                   [504] = true }
+
+--- RFC 3986 percent-encoding of everything but the unreserved set, so that
+-- "+" and "/" survive ASP.NET's query decoding (§1.1).
+local function escape(s)
+    return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+RavenDB.escape = escape
+
+--- At most 200 bytes of a reply, for messages.
+local function snippet(s)
+    s = tostring(s)
+    return #s > 200 and s:sub(1, 200) .. "..." or s
+end
+
+local function fail(code, fmt, ...)
+    return nil, code .. ": " .. fmt:format(...), code
+end
+
+--- Reads a JSON reply; a body that is not what RavenDB sends is a decode error.
+local function decode_reply(body, what)
+    local value, err = json.decode(body)
+    if type(value) ~= "table" then
+        return fail("decode", "%s: the server's reply is not a JSON object (%s): %s",
+            what, err or type(value), snippet(body))
+    end
+    return value
+end
+
+--- A RavenDB error reply ({"Type": ..., "Message": ...}) as readable text.
+local function error_text(status, body)
+    local reply = json.decode(body or "")
+    if type(reply) == "table" and type(reply.Message) == "string" then
+        local kind = type(reply.Type) == "string" and reply.Type:match("[%w_]+$") or "Error"
+        return ("HTTP %d %s: %s"):format(status, kind, reply.Message), reply.Type
+    end
+    return ("HTTP %d: %s"):format(status, snippet(body or "")), nil
+end
+
+--- The user's value inside a stored item: the "Object" member, or the whole
+-- item without its metadata when it was written without the wrapper (§2.2).
+local function unwrap(item)
+    if type(item) ~= "table" then return item end
+    if item.Object ~= nil then return item.Object end
+    local copy = {}
+    for k, v in pairs(item) do
+        if k ~= "@metadata" then copy[k] = v end
+    end
+    return copy
+end
+
+--- Parses a put/delete reply {Index, Successful, Value} (§2.2, §4).
+local function write_result(reply, is_delete)
+    local index = tointeger(reply.Index)
+    if index == nil or type(reply.Successful) ~= "boolean" then
+        return fail("decode", "reply without Index/Successful: %s",
+            snippet(json.encode(reply) or "?"))
+    end
+    local value = reply.Value
+    if value == json.null then value = nil end
+    if reply.Successful then
+        -- servers before PR 21644 report deleting an absent key as a success
+        -- with no value: it was absent, as newer servers say (§4)
+        if is_delete and value == nil then return false, 0, nil end
+        return true, index, is_delete and unwrap(value) or nil
+    end
+    if index == 0 then return false, 0, nil end     -- absent (§2.2, PR 18822)
+    return false, index, unwrap(value)
+end
+
+--- Opens a RavenDB store. `urls`: one URL or an array of them (cluster
+-- seeds); opts: database (required), timeout, tls; `transports`: a factory
+-- new(opts) -> object with request(method, url, body, headers, timeout).
+function RavenDB.open(urls, opts, transports)
+    local self = setmetatable({
+        database = opts.database,
+        timeout = opts.timeout or DEFAULT_TIMEOUT,
+        transports = transports,
+        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 5, 5) },
+        connections = {},       -- url -> transport: one kept-alive connection per node
+        nodes = {},             -- array of {url =, tag =}
+        preferred = 1,
+        topology_etag = -1,
+    }, RavenDB)
+    for i, url in ipairs(urls) do self.nodes[i] = { url = url:gsub("/+$", ""), tag = "?" } end
+    local ok, err, code = self:update_topology()
+    if not ok then
+        self:close()
+        return nil, err, code
+    end
+    return self
+end
+
+function RavenDB:describe()
+    local urls = {}
+    for i, node in ipairs(self.nodes) do urls[i] = node.url end
+    return ("ravendb %s/%s"):format(table.concat(urls, ","), self.database)
+end
+
+function RavenDB:connection(url)
+    local c = self.connections[url]
+    if c == nil then
+        c = self.transports.new(self.transport_opts)
+        self.connections[url] = c
+    end
+    return c
+end
+
+--- Fetches GET /topology?name=db from the nodes in turn, as the official
+-- clients' first topology update does (§6.1); stops at once on an answer
+-- every node would give (403, unknown database).
+function RavenDB:update_topology()
+    local last_err, last_code
+    for _, node in ipairs(self.nodes) do
+        local url = ("%s/topology?name=%s"):format(node.url, escape(self.database))
+        local status, body, headers = self:connection(node.url):request("GET", url, nil,
+            nil, self.timeout)
+        if status == 200 then
+            local reply, err, code = decode_reply(body, "topology")
+            if not reply then return nil, err, code end
+            return self:set_topology(reply)
+        elseif status == nil then
+            last_err, last_code = body, headers
+        else
+            local err, code = self:status_error(status, body, headers)
+            if not FAILOVER[status] or headers["database-missing"] then return nil, err, code end
+            last_err, last_code = err, code
+        end
+    end
+    return nil, last_err, last_code
+end
+
+function RavenDB:set_topology(reply)
+    if type(reply.Nodes) ~= "table" or #reply.Nodes == 0 then
+        return fail("decode", "topology without nodes")
+    end
+    local nodes = {}
+    for i, n in ipairs(reply.Nodes) do
+        if type(n) ~= "table" or type(n.Url) ~= "string" then
+            return fail("decode", "topology node %d has no Url", i)
+        end
+        nodes[i] = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?") }
+    end
+    local preferred_url = self.nodes[self.preferred] and self.nodes[self.preferred].url
+    self.nodes, self.preferred = nodes, 1
+    for i, n in ipairs(nodes) do
+        if n.url == preferred_url then self.preferred = i end
+    end
+    self.topology_etag = tointeger(reply.Etag) or -1
+    -- close connections to nodes that left the topology
+    local keep = {}
+    for _, n in ipairs(nodes) do keep[n.url] = true end
+    for url, c in pairs(self.connections) do
+        if not keep[url] then
+            c:close()
+            self.connections[url] = nil
+        end
+    end
+    return true
+end
+
+--- Maps an answered HTTP error to the contract: err, code.
+function RavenDB:status_error(status, body, headers)
+    local text, kind = error_text(status, body)
+    if (headers and headers["database-missing"]) or
+            (kind and kind:find("DatabaseDoesNotExistException", 1, true)) then
+        return ("not_found: database '%s' does not exist (%s)"):format(self.database, text),
+            "not_found"
+    elseif status == 401 or status == 403 then
+        return "auth: " .. text, "auth"
+    elseif status == 408 then
+        return "timeout: " .. text, "timeout"
+    end
+    return "http: " .. text, "http"
+end
+
+--- Sends one logical request: `path` is appended to a node URL. Writes carry
+-- one raft-request-id for all their attempts, so a write that reached the
+-- server before its reply was lost is applied once (§6.4). Tries the nodes
+-- in order from the preferred one; a single node is tried twice.
+-- Returns status, body, headers of an answer that is not a failover case.
+function RavenDB:send(method, path, body, is_write)
+    if is_write then
+        path = path .. "&raft-request-id=" .. runtime.uuid()
+    end
+    local headers = { ["Topology-Etag"] = ('"%d"'):format(self.topology_etag) }
+    if body then headers["Content-Type"] = "application/json" end
+    local n, first = #self.nodes, self.preferred
+    local attempts = math.max(n, 2)
+    local last_err, last_code
+    for attempt = 1, attempts do
+        local i = (first + attempt - 2) % n + 1
+        local node = self.nodes[i]
+        local status, rbody, rheaders = self:connection(node.url):request(method,
+            node.url .. path, body, headers, self.timeout)
+        if status == nil then
+            last_err, last_code = rbody, rheaders
+            if last_code == "tls" then break end        -- every node would say the same
+        elseif FAILOVER[status] and not (rheaders and rheaders["database-missing"]) then
+            last_err, last_code = self:status_error(status, rbody, rheaders)
+        else
+            self.preferred = i
+            if rheaders and rheaders["refresh-topology"] == "true" then
+                self:update_topology()      -- best effort: the answer stands either way
+            end
+            return status, rbody, rheaders
+        end
+        self.preferred = i % n + 1          -- the next call starts past a failed node
+    end
+    return nil, last_err, last_code
+end
+
+function RavenDB:cmpxchg_path(query)
+    return ("/databases/%s/cmpxchg?%s"):format(self.database, query)
+end
+
+--- Runs a request whose answer must be 200 with a JSON object.
+function RavenDB:call(method, query, body, is_write, what)
+    local status, rbody, headers = self:send(method, self:cmpxchg_path(query), body, is_write)
+    if status == nil then return nil, rbody, headers end
+    if status ~= 200 then
+        local err, code = self:status_error(status, rbody, headers)
+        return nil, err, code
+    end
+    return decode_reply(rbody, what)
+end
+
+function RavenDB:put(key, text, index, expires)
+    local body
+    if expires then
+        body = ('{"Object":%s,"@metadata":{"@expires":"%s"}}'):format(text,
+            core.format_time(expires))
+    else
+        body = '{"Object":' .. text .. "}"
+    end
+    local reply, err, code = self:call("PUT", ("key=%s&index=%d"):format(escape(key), index),
+        body, true, "put")
+    if not reply then return nil, err, code end
+    return write_result(reply, false)
+end
+
+function RavenDB:delete(key, index)
+    local reply, err, code = self:call("DELETE",
+        ("key=%s&index=%d"):format(escape(key), index), nil, true, "delete")
+    if not reply then return nil, err, code end
+    return write_result(reply, true)
+end
+
+--- The items of a GET reply: {Results = [{Key, Value, Index}]} (§3.2).
+local function results_of(reply)
+    if type(reply.Results) ~= "table" then
+        return fail("decode", "reply without Results")
+    end
+    for _, item in ipairs(reply.Results) do
+        if type(item) ~= "table" or type(item.Key) ~= "string" or tointeger(item.Index) == nil then
+            return fail("decode", "malformed item in Results")
+        end
+    end
+    return reply.Results
+end
+
+--- GET by keys: index, value per folded key; one request for up to
+-- MAX_QUERY bytes of keys. A single missing key is a 404 (§3.3).
+function RavenDB:get_keys(keys, found)
+    local query = {}
+    for i, key in ipairs(keys) do query[i] = "key=" .. escape(key) end
+    local status, body, headers = self:send("GET", self:cmpxchg_path(table.concat(query, "&")))
+    if status == nil then return nil, body, headers end
+    if status == 404 and #keys == 1 and not (headers or {})["database-missing"] then
+        return found
+    elseif status ~= 200 then
+        local err, code = self:status_error(status, body, headers)
+        return nil, err, code
+    end
+    local reply, err, code = decode_reply(body, "get")
+    if not reply then return nil, err, code end
+    local results
+    results, err, code = results_of(reply)
+    if not results then return nil, err, code end
+    for _, item in ipairs(results) do
+        local index = tointeger(item.Index)
+        if index > 0 then
+            local value = item.Value
+            found[core.fold_key(item.Key) or item.Key] = { index = index,
+                value = value ~= json.null and unwrap(value) or nil }
+        end
+    end
+    return found
+end
+
+function RavenDB:get(key)
+    local found, err, code = self:get_keys({ key }, {})
+    if not found then return nil, err, code end
+    local item = found[core.fold_key(key)]
+    if not item then return 0, nil end
+    return item.index, item.value
+end
+
+function RavenDB:get_many(keys)
+    local found, batch, size = {}, {}, 0
+    local err, code
+    for i = 1, #keys + 1 do
+        local key = keys[i]
+        local cost = key and #escape(key) + 5 or math.huge
+        if #batch > 0 and (key == nil or size + cost > MAX_QUERY) then
+            found, err, code = self:get_keys(batch, found)
+            if not found then return nil, err, code end
+            batch, size = {}, 0
+        end
+        if key then
+            batch[#batch + 1] = key
+            size = size + cost
+        end
+    end
+    local results = {}
+    for i, key in ipairs(keys) do
+        results[i] = found[core.fold_key(key)] or { index = 0 }
+    end
+    return results
+end
+
+--- One page of a prefix listing (§3.1): startsWith, start, pageSize.
+function RavenDB:list_page(prefix, start, page_size)
+    local reply, err, code = self:call("GET", ("startsWith=%s&start=%d&pageSize=%d")
+        :format(escape(prefix), start, page_size), nil, false, "list")
+    if not reply then return nil, err, code end
+    local results
+    results, err, code = results_of(reply)
+    if not results then return nil, err, code end
+    local items = {}
+    for i, item in ipairs(results) do
+        local value = item.Value
+        items[i] = { key = item.Key, index = tointeger(item.Index),
+                     value = value ~= json.null and unwrap(value) or nil }
+    end
+    return items
+end
+
+local GUARD = "rvn-atomic/"
+
+--- Lists a prefix. RavenDB counts its atomic guards in start/pageSize; when
+-- the prefix can match them, pages are read from the start and the guards
+-- skipped here, so start and page_size count only the items we return.
+function RavenDB:list(prefix, start, page_size)
+    local lower = core.fold_key(prefix)
+    local guards_possible = GUARD:sub(1, #lower) == lower
+    if not guards_possible and page_size then
+        return self:list_page(prefix, start, page_size)
+    end
+    local out, skipped, offset = {}, 0, guards_possible and 0 or start
+    while true do
+        local page, err, code = self:list_page(prefix, offset, LIST_PAGE)
+        if not page then return nil, err, code end
+        for _, item in ipairs(page) do
+            if item.key:lower():sub(1, #GUARD) ~= GUARD then
+                if guards_possible and skipped < start then
+                    skipped = skipped + 1
+                else
+                    out[#out + 1] = item
+                    if page_size and #out >= page_size then return out end
+                end
+            end
+        end
+        if #page < LIST_PAGE then return out end
+        offset = offset + #page
+    end
+end
+
+function RavenDB:close()
+    for url, c in pairs(self.connections) do
+        self.connections[url] = nil
+        c:close()
+    end
+    return true
+end
+
+return RavenDB

@@ -1,0 +1,126 @@
+-- The libcurl engine's contract (csrc/http.c), against a local Node server.
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+
+describe("cmpxchg.core.http_new", function()
+    local server, base, pid
+
+    setup(function()
+        server = assert(io.popen("exec node spec/support/http_test_server.js", "r"))
+        local line = assert(server:read("l"), "the test server did not start (is node installed?)")
+        local port
+        port, pid = line:match("^(%d+) (%d+)$")
+        base = "http://127.0.0.1:" .. port
+    end)
+
+    teardown(function()
+        os.execute("kill " .. pid)
+        server:close()
+    end)
+
+    it("sends method, headers and body, and returns status, body, headers", function()
+        local h = core.http_new()
+        local status, body, headers = h:request("PUT", base .. "/echo?a=1", '{"x":1}',
+            { ["Content-Type"] = "application/json", ["Topology-Etag"] = '"7"' }, 5)
+        assert.equal(200, status)
+        local echo = json.decode(body)
+        assert.equal("PUT", echo.method)
+        assert.equal("/echo?a=1", echo.url)
+        assert.equal('{"x":1}', echo.body)
+        assert.equal('"7"', echo.headers["topology-etag"])
+        assert.is_nil(echo.headers.expect)
+        assert.equal("application/json", headers["content-type"])
+        assert.equal("one", headers["x-multi"])
+        for _, method in ipairs({ "GET", "DELETE" }) do
+            status, body = h:request(method, base .. "/echo", nil, nil, 5)
+            assert.equal(200, status)
+            echo = json.decode(body)
+            assert.equal(method, echo.method)
+            assert.equal("", echo.body)
+        end
+        h:close()
+    end)
+
+    it("keeps one connection alive across requests", function()
+        local h = core.http_new()
+        local ports = {}
+        for i = 1, 5 do
+            local _, body = h:request("GET", base .. "/echo", nil, nil, 5)
+            ports[i] = json.decode(body).remotePort
+        end
+        for i = 2, 5 do assert.equal(ports[1], ports[i]) end
+        h:close()
+    end)
+
+    it("returns error statuses as statuses, not errors", function()
+        local h = core.http_new()
+        for _, status in ipairs({ 404, 408, 500, 503 }) do
+            local got, body = h:request("GET", base .. "/status/" .. status, nil, nil, 5)
+            assert.equal(status, got)
+            assert.equal("status " .. status, body)
+        end
+        h:close()
+    end)
+
+    it("decodes gzip replies", function()
+        local h = core.http_new()
+        local status, body = h:request("GET", base .. "/gzip", nil, nil, 5)
+        assert.equal(200, status)
+        assert.is_true(json.decode(body).compressed)
+        h:close()
+    end)
+
+    it("reports refused connections, timeouts and dropped replies with codes", function()
+        local h = core.http_new()
+        local ok, err, code = h:request("GET", "http://127.0.0.1:1/", nil, nil, 5)
+        assert.same({ nil, "connect" }, { ok, code })
+        assert.matches("^connect: GET http://127.0.0.1:1/", err)
+        local t0 = core.monotime()
+        ok, err, code = h:request("GET", base .. "/slow?ms=3000", nil, nil, 0.2)
+        assert.same({ nil, "timeout" }, { ok, code })
+        assert.matches("^timeout:", err)
+        assert.is_true(core.monotime() - t0 < 2)
+        ok, err, code = h:request("GET", base .. "/drop", nil, nil, 5)
+        assert.same({ nil, "connect" }, { ok, code })
+        assert.matches("^connect: GET .*/drop", err)
+        -- and the handle still works afterwards
+        assert.equal(200, (h:request("GET", base .. "/echo", nil, nil, 5)))
+        h:close()
+    end)
+
+    it("takes large bodies", function()
+        local h = core.http_new()
+        local status, body = h:request("GET", base .. "/big?bytes=3000000", nil, nil, 10)
+        assert.equal(200, status)
+        assert.equal(3000000, #body)
+        h:close()
+    end)
+
+    it("refuses bad arguments and header injection", function()
+        local h = core.http_new()
+        assert.has_error(function() h:request("PATCH", base, nil, nil, 1) end)
+        assert.has_error(function() h:request("GET", base, nil, "headers", 1) end)
+        assert.has_error(function() h:request("GET", base, nil, nil, -1) end)
+        assert.has_error(function() h:request("GET", base, nil, { ["A"] = "b\r\nEvil: 1" }, 1) end)
+        assert.has_error(function() h:request("GET", base, nil, { ["A: x"] = "b" }, 1) end)
+        assert.has_error(function() h:request("GET", base, nil, { [1] = "b" }, 1) end)
+        assert.has_error(function() core.http_new({ tls = "yes" }) end)
+        assert.has_error(function() core.http_new({ connect_timeout = 0 }) end)
+        h:close()
+    end)
+
+    it("raises after close, closes idempotently, and is collected", function()
+        local h = core.http_new()
+        assert.is_true(h:close())
+        assert.is_true(h:close())
+        assert.equal("cmpxchg.Http (closed)", tostring(h))
+        assert.has_error(function() h:request("GET", base, nil, nil, 1) end,
+            "attempt to use a closed transport")
+        local weak = setmetatable({}, { __mode = "v" })
+        weak[1] = core.http_new()
+        weak[1]:request("GET", base .. "/echo", nil, nil, 5)
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(weak[1])
+    end)
+end)

@@ -1,0 +1,61 @@
+--- A scripted transport for exact protocol tests: each request is recorded
+-- and answered by the next scripted reply, checked in order.
+--   local t = Scripted.new()
+--   t:reply(200, '{"Index":1}', {["refresh-topology"] = "true"})
+--   t:fail("connect: refused", "connect")
+--   ... t.requests[i] = {method =, url =, body =, headers =, timeout =, node =}
+local Scripted = {}
+Scripted.__index = Scripted
+
+function Scripted.new()
+    local self = setmetatable({ script = {}, requests = {}, opened = 0, closed = 0 }, Scripted)
+    -- the factory interface ravendb.lua expects: new(opts) -> connection
+    self.factory = {
+        new = function(opts)
+            self.opened = self.opened + 1
+            self.last_opts = opts
+            return {
+                request = function(_, method, url, body, headers, timeout)
+                    return self:answer(method, url, body, headers, timeout)
+                end,
+                close = function() self.closed = self.closed + 1 end,
+            }
+        end,
+    }
+    return self
+end
+
+function Scripted:reply(status, body, headers)
+    self.script[#self.script + 1] = { status, body or "", headers or {} }
+    return self
+end
+
+function Scripted:fail(err, code)
+    self.script[#self.script + 1] = { nil, err, code }
+    return self
+end
+
+--- Scripts the topology answer of a cluster of `urls`.
+function Scripted:topology(urls, etag)
+    local nodes = {}
+    for i, url in ipairs(urls) do
+        nodes[i] = ('{"Url":"%s","ClusterTag":"%s","ServerRole":"Member","Database":"db"}')
+            :format(url, string.char(64 + i))
+    end
+    return self:reply(200, ('{"Nodes":[%s],"Etag":%d}'):format(table.concat(nodes, ","),
+        etag or 1))
+end
+
+function Scripted:answer(method, url, body, headers, timeout)
+    self.requests[#self.requests + 1] = { method = method, url = url, body = body,
+        headers = headers, timeout = timeout }
+    local next_reply = table.remove(self.script, 1)
+    assert(next_reply, "unscripted request: " .. method .. " " .. url)
+    return next_reply[1], next_reply[2], next_reply[3]
+end
+
+function Scripted:last()
+    return self.requests[#self.requests]
+end
+
+return Scripted
