@@ -71,6 +71,13 @@ local function unwrap(item)
     return copy
 end
 
+--- The value of a GET result item (JSON null: no value).
+local function item_value(item)
+    local value = item.Value
+    if value == json.null then return nil end
+    return unwrap(value)        -- may be false: no `and/or` here
+end
+
 --- Parses a put/delete reply {Index, Successful, Value} (§2.2, §4).
 local function write_result(reply, is_delete)
     local index = tointeger(reply.Index)
@@ -302,9 +309,7 @@ function RavenDB:get_keys(keys, found)
     for _, item in ipairs(results) do
         local index = tointeger(item.Index)
         if index > 0 then
-            local value = item.Value
-            found[core.fold_key(item.Key) or item.Key] = { index = index,
-                value = value ~= json.null and unwrap(value) or nil }
+            found[core.fold_key(item.Key) or item.Key] = { index = index, value = item_value(item) }
         end
     end
     return found
@@ -351,9 +356,7 @@ function RavenDB:list_page(prefix, start, page_size)
     if not results then return nil, err, code end
     local items = {}
     for i, item in ipairs(results) do
-        local value = item.Value
-        items[i] = { key = item.Key, index = tointeger(item.Index),
-                     value = value ~= json.null and unwrap(value) or nil }
+        items[i] = { key = item.Key, index = tointeger(item.Index), value = item_value(item) }
     end
     return items
 end

@@ -96,11 +96,12 @@ return function(t, ctx)
             for _, k in ipairs({ "p/c", "p/A", "p/b", "q/a", "P/d" }) do
                 assert.is_true((st:put(k, k, 0)))
             end
+            -- RavenDB lists keys lower-cased (its storage keys): compare folded
             local function keys(items)
                 local out = {}
                 for i, item in ipairs(items) do
                     out[i] = item.key:lower()
-                    assert.equal(item.key, item.value)
+                    assert.equal(item.key:lower(), item.value:lower())
                     assert.is_true(item.index > 0)
                 end
                 return out

@@ -1,0 +1,89 @@
+--- Test harness for the RavenDB backend: the emulator (started by
+-- scripts/ravendb-emulator, driven through its control API), or a real
+-- server when RAVENDB_URL is set; a fresh database per test.
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+
+local harness = {}
+
+local function sh(cmd)
+    local p = assert(io.popen(cmd .. " 2>&1"))
+    local out = p:read("a")
+    local ok = p:close()
+    if not ok then error(("command failed: %s\n%s"):format(cmd, out), 2) end
+    return (out:gsub("%s+$", ""))
+end
+harness.sh = sh
+
+local function split(list)
+    local out = {}
+    for url in list:gmatch("[^,%s]+") do out[#out + 1] = url end
+    return out
+end
+
+--- A server to test against: {urls =, control = URL or nil, real = bool,
+-- tls = {ca =, cert =, key =} or nil}. `variant` "tls" starts a second
+-- emulator serving HTTPS that requires a client certificate.
+function harness.server(variant)
+    local real = os.getenv("RAVENDB_URL")
+    if real and real ~= "" and variant ~= "tls" then
+        return { urls = split(real), real = true, database = os.getenv("RAVENDB_DATABASE") }
+    end
+    local dir = (os.getenv("RAVENDB_EMULATOR_DIR") or "/tmp/cmpxchg-ravendb-emulator")
+        .. (variant == "tls" and "-tls" or "")
+    local env = "RAVENDB_EMULATOR_DIR=" .. dir .. " "
+    sh(env .. "scripts/ravendb-emulator start" .. (variant == "tls" and " --tls" or ""))
+    local server = {
+        urls = split(sh(env .. "scripts/ravendb-emulator urls")),
+        control = sh(env .. "scripts/ravendb-emulator control-url"),
+        dir = dir,
+    }
+    if variant == "tls" then
+        server.certs = dir .. "/certs"
+    end
+    return server
+end
+
+local control_http
+
+--- Sends a control request to the emulator: method, path, body table.
+function harness.control(server, method, path, body)
+    assert(server.control, "this test needs the emulator's control API")
+    control_http = control_http or core.http_new()
+    local status, reply = control_http:request(method, server.control .. path,
+        body and json.encode(body) or nil, { ["Content-Type"] = "application/json" }, 10)
+    assert(status == 200, ("control %s %s: %s %s"):format(method, path, tostring(status),
+        tostring(reply)))
+    return json.decode(reply)
+end
+
+local counter = 0
+
+-- one admin connection per server (and its TLS settings)
+local function admin(server, tls)
+    server.admin_http = server.admin_http or core.http_new({ tls = tls })
+    return server.admin_http
+end
+
+--- Creates a fresh database and returns its name.
+function harness.create_database(server, tls)
+    counter = counter + 1
+    local name = ("cmpxchg_test_%d_%d_%d"):format(core.pid(), counter, math.random(1e6))
+    local status, reply = admin(server, tls):request("PUT",
+        ("%s/admin/databases?name=%s&replicationFactor=1"):format(server.urls[1], name),
+        json.encode({ DatabaseName = name, Settings = {},
+                      Disabled = false, Encrypted = false,
+                      Topology = { DynamicNodesDistribution = false } }),
+        { ["Content-Type"] = "application/json" }, 30)
+    assert(status == 200 or status == 201, ("create database %s: %s %s"):format(name,
+        tostring(status), tostring(reply)))
+    return name
+end
+
+function harness.delete_database(server, name)
+    admin(server):request("DELETE", server.urls[1] .. "/admin/databases",
+        json.encode({ DatabaseNames = { name }, HardDelete = true }),
+        { ["Content-Type"] = "application/json" }, 30)
+end
+
+return harness
