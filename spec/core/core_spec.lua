@@ -171,7 +171,7 @@ describe("cmpxchg.core", function()
         end)
 
         it("refuses a SQLite file that belongs to another application", function()
-            local p = io.popen(("sqlite3 %s 'CREATE TABLE invoices (id INTEGER)'")
+            local p = io.popen(("env -u LD_PRELOAD sqlite3 %s 'CREATE TABLE invoices (id INTEGER)'")
                 :format(helpers.shell_quote(path)))
             p:close()
             local h, err, code = core.embedded_open(path)

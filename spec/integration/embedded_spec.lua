@@ -108,7 +108,7 @@ describe("embedded store", function()
     it("reports a database locked by another writer as a timeout", function()
         local st = assert(cmpxchg.open(path, { timeout = 0.2 }))
         local ready = path .. ".ready"
-        local holder = io.popen(("sqlite3 %s 'BEGIN IMMEDIATE;' "
+        local holder = io.popen(("env -u LD_PRELOAD sqlite3 %s 'BEGIN IMMEDIATE;' "
             .. "'UPDATE cmpxchg_meta SET value = value;' "
             .. "'.shell touch %s; sleep 2' 'COMMIT;' 2>&1")
             :format(helpers.shell_quote(path), helpers.shell_quote(ready)))
@@ -213,7 +213,7 @@ describe("embedded store", function()
     it("decodes a corrupted value as a decode error, not a crash", function()
         local st = assert(cmpxchg.open(path))
         assert.is_true((st:put("k", "fine", 0)))
-        local p = io.popen(("sqlite3 %s \"UPDATE cmpxchg_items SET value = '{broken'\"")
+        local p = io.popen(("env -u LD_PRELOAD sqlite3 %s \"UPDATE cmpxchg_items SET value = '{broken'\"")
             :format(helpers.shell_quote(path)))
         p:close()
         local v, err, code = st:get("k")
