@@ -230,6 +230,70 @@ static int core_hostname (lua_State *L) {
     return 1;
 }
 
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* core.b64encode(s) -> standard base64 with padding, as etcd's gateway wants */
+static int core_b64encode (lua_State *L) {
+    size_t len, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (i = 0; i + 2 < len; i += 3) {
+        unsigned long v = ((unsigned long)s[i] << 16) | ((unsigned long)s[i + 1] << 8) | s[i + 2];
+        luaL_addchar(&b, b64_alphabet[(v >> 18) & 63]);
+        luaL_addchar(&b, b64_alphabet[(v >> 12) & 63]);
+        luaL_addchar(&b, b64_alphabet[(v >> 6) & 63]);
+        luaL_addchar(&b, b64_alphabet[v & 63]);
+    }
+    if (i < len) {
+        unsigned long v = (unsigned long)s[i] << 16;
+        if (i + 1 < len) v |= (unsigned long)s[i + 1] << 8;
+        luaL_addchar(&b, b64_alphabet[(v >> 18) & 63]);
+        luaL_addchar(&b, b64_alphabet[(v >> 12) & 63]);
+        luaL_addchar(&b, i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=');
+        luaL_addchar(&b, '=');
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int b64_value (int c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/* core.b64decode(s) -> bytes, or nil when `s` is not padded standard base64 */
+static int core_b64decode (lua_State *L) {
+    size_t len, i;
+    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+    if (len % 4 != 0) { lua_pushnil(L); return 1; }
+    luaL_buffinit(L, &b);
+    for (i = 0; i < len; i += 4) {
+        int a = b64_value(s[i]), c1 = b64_value(s[i + 1]);
+        int pad2 = s[i + 2] == '=', pad3 = s[i + 3] == '=';
+        int c2 = pad2 ? 0 : b64_value(s[i + 2]), c3 = pad3 ? 0 : b64_value(s[i + 3]);
+        unsigned long v;
+        if (a < 0 || c1 < 0 || c2 < 0 || c3 < 0 || (pad2 && !pad3) ||
+            ((pad2 || pad3) && i + 4 != len)) {
+            lua_pushnil(L);
+            return 1;
+        }
+        v = ((unsigned long)a << 18) | ((unsigned long)c1 << 12) |
+            ((unsigned long)c2 << 6) | (unsigned long)c3;
+        luaL_addchar(&b, (char)((v >> 16) & 0xFF));
+        if (!pad2) luaL_addchar(&b, (char)((v >> 8) & 0xFF));
+        if (!pad3) luaL_addchar(&b, (char)(v & 0xFF));
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
 /*
 ** core.mkdir_p(path) -> true | nil, message. Creates `path` and its missing
 ** parents with mode 0700 (only the default store location is created).
@@ -274,6 +338,8 @@ static const luaL_Reg core_functions[] = {
     {"pid", core_pid},
     {"hostname", core_hostname},
     {"mkdir_p", core_mkdir_p},
+    {"b64encode", core_b64encode},
+    {"b64decode", core_b64decode},
     {"embedded_open", cx_embedded_open},
     {"http_new", cx_http_new},
     {NULL, NULL}

@@ -3,6 +3,7 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
+local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
 local lock = require "cmpxchg.lock"
 local ravendb = require "cmpxchg.ravendb"
@@ -33,16 +34,16 @@ function cmpxchg.default_path()
     return base .. "/cmpxchg/default.db"
 end
 
-local open_ravendb          -- defined below
+local open_server           -- defined below
 
-local EMBEDDED_OPTIONS = { database = "string", timeout = "number",
-                           sweep_interval = "number", sync = "string", tls = "table" }
+local OPTIONS = { database = "string", timeout = "number", sweep_interval = "number",
+                  sync = "string", tls = "table", user = "string", password = "string" }
 
 local function check_options(opts)
     if opts == nil then return {} end
     check.type(opts, "table", 2, "open")
     for k, v in pairs(opts) do
-        local want = EMBEDDED_OPTIONS[k]
+        local want = OPTIONS[k]
         if want == nil then
             argerror(2, "open", "unknown option '" .. tostring(k) .. "'")
         elseif type(v) ~= want then
@@ -72,34 +73,61 @@ local function check_tls(tls)
     end
 end
 
---- A RavenDB node URL or a table of them (one cluster, one scheme).
-open_ravendb = function(target, opts)
+--- The URLs of a server target (a URL or a table of them, one scheme for
+-- all) and that scheme.
+local function server_urls(target)
     local urls = type(target) == "table" and target or { target }
     if #urls == 0 then argerror(1, "open", "empty table of URLs") end
     local scheme
     for i, url in ipairs(urls) do
-        local s = type(url) == "string" and url:match("^(https?)://[^/]")
-        if not s then
-            argerror(1, "open", ("URL #%d is not an http(s) URL: %s"):format(i, tostring(url)))
+        local s = type(url) == "string" and url:match("^(%a+)://[^/]")
+        s = s and s:lower()
+        if not (s == "http" or s == "https" or s == "etcd" or s == "etcds") then
+            argerror(1, "open", ("URL #%d is not an http(s):// or etcd(s):// URL: %s")
+                :format(i, tostring(url)))
         elseif scheme and s ~= scheme then
-            argerror(1, "open", "http and https URLs cannot be mixed in one cluster")
+            argerror(1, "open", "URLs of one store must all have the same scheme")
         end
         scheme = s
     end
-    if type(opts.database) ~= "string" or opts.database == "" then
-        argerror(2, "open", "option 'database' (the RavenDB database name) is required")
-    elseif opts.database:find("[^%w%-%._]") then
-        argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
-    end
+    return urls, scheme
+end
+
+--- A RavenDB cluster or an etcd cluster, by the URLs' scheme.
+open_server = function(target, opts)
+    local urls, scheme = server_urls(target)
     check_tls(opts.tls)
-    local backend, err, code = ravendb.open(urls, opts, require("cmpxchg.transport.curl"))
+    local transport = require("cmpxchg.transport.curl")
+    local backend, err, code
+    if scheme == "etcd" or scheme == "etcds" then
+        if opts.database and opts.database:find("[^%w%-%._/]") then
+            argerror(2, "open", "the etcd key prefix (database) holds only letters, digits "
+                .. "and '-', '_', '.', '/'")
+        end
+        if (opts.user == nil) ~= (opts.password == nil) then
+            argerror(2, "open", "options 'user' and 'password' go together")
+        end
+        local endpoints = {}
+        for i, url in ipairs(urls) do
+            endpoints[i] = url:gsub("^%a+://", scheme == "etcds" and "https://" or "http://")
+        end
+        backend, err, code = etcd.open(endpoints, opts, transport)
+    else
+        if type(opts.database) ~= "string" or opts.database == "" then
+            argerror(2, "open", "option 'database' (the RavenDB database name) is required")
+        elseif opts.database:find("[^%w%-%._]") then
+            argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
+        end
+        backend, err, code = ravendb.open(urls, opts, transport)
+    end
     if not backend then return nil, err, code end
     return store.new(backend)
 end
 
 --- store, err, code = cmpxchg.open([target] [, opts])
 -- target: nil ($CMPXCHG_URL, else the default file), "http(s)://..." (RavenDB),
--- "etcd://..." (etcd), or a file path for the embedded store (":memory:" too).
+-- "etcd(s)://..." (etcd), a table of such URLs (a cluster), or a file path for
+-- the embedded store (":memory:" too).
 function cmpxchg.open(target, opts)
     opts = check_options(opts)
     if target == nil then
@@ -119,19 +147,11 @@ function cmpxchg.open(target, opts)
         end
     end
     local scheme = type(target) == "string" and target:match("^(%a[%w+.-]*)://")
-    if type(target) == "table" or (scheme and scheme:lower():match("^https?$")) then
-        return open_ravendb(target, opts)
+    if type(target) == "table" or scheme then
+        return open_server(target, opts)
     end
     check.type(target, "string", 1, "open")
     if target == "" then argerror(1, "open", "empty target") end
-    if scheme then
-        scheme = scheme:lower()
-        if scheme == "etcd" or scheme == "etcds" then
-            return nil, "connect: etcd targets need the etcd backend, which this version "
-                .. "does not have yet", "connect"
-        end
-        argerror(1, "open", "unknown target scheme '" .. scheme .. "://'")
-    end
     local backend, err, code = embedded.open(target, opts)
     if not backend then return nil, err, code end
     return store.new(backend)

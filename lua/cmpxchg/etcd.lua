@@ -1,0 +1,450 @@
+--- The etcd backend: compare-exchange on etcd v3's JSON gateway, with
+-- RavenDB's semantics. Wire details and their sources:
+-- shared/ref/etcd-v3-gateway.md (§ below). It implements the backend
+-- interface described in embedded.lua.
+--
+-- Mapping: index = the key's mod_revision (etcd's global revision);
+-- put(k, v, 0) = txn on create_revision == 0; put/delete with N = txn on
+-- mod_revision == N; the failure branch reads the key, so a failed compare
+-- returns the current value in the same round trip (§2.7). Keys are stored
+-- folded (etcd keys are case-sensitive bytes) under "<database>/", and the
+-- value is an envelope {"Key": original key, "Write": id, "Object": value}.
+-- expires = a lease, shared by writes whose expiries are close (§3).
+--
+-- etcd has no request de-duplication (§5.3): a conditional txn can run its
+-- success branch at most once however often it is sent, so retries re-send
+-- the identical txn, and a retry after an unknown outcome recognizes our own
+-- write by the envelope's Write id.
+local check = require "cmpxchg.check"
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+local runtime = require "cmpxchg.runtime"
+
+local b64, unb64 = core.b64encode, core.b64decode
+local tointeger = check.tointeger
+
+local Etcd = {}
+Etcd.__index = Etcd
+
+local DEFAULT_TIMEOUT = 5       -- seconds per request; etcd itself gives up after 7 s
+local MAX_TXN_OPS = 128         -- --max-txn-ops (§8)
+local PAGE = 512                -- keys per range page when listing
+
+--- At most 200 bytes of a reply, for messages.
+local function snippet(s)
+    s = tostring(s)
+    return #s > 200 and s:sub(1, 200) .. "..." or s
+end
+
+local function fail(code, fmt, ...)
+    return nil, code .. ": " .. fmt:format(...), code
+end
+
+--- An int64 of a reply (a JSON string, §1.3), or `default` when left out (§1.4).
+local function int(v, default)
+    if v == nil then return default end
+    return tointeger(tonumber(v))
+end
+
+--- A list field of a reply: the table, {} when left out (§1.4), or nil
+-- when it is something else (a malformed reply).
+local function list_of(v)
+    if v == nil then return {} end
+    if type(v) == "table" then return v end
+    return nil
+end
+
+local function malformed(what)
+    return fail("decode", "malformed %s in etcd's reply", what)
+end
+
+--- The exclusive end of the range of keys that start with `prefix` (§2.2).
+local function prefix_end(prefix)
+    local p = prefix:gsub("\255+$", "")
+    if p == "" then return "\0" end
+    return p:sub(1, -2) .. string.char(p:byte(-1) + 1)
+end
+Etcd.prefix_end = prefix_end
+
+--- Opens an etcd store: `endpoints` are http(s) URLs; opts: database (key
+-- prefix), timeout, tls, user and password (etcd auth); `transports` a
+-- factory new(opts) -> object with request(method, url, body, headers, timeout).
+function Etcd.open(endpoints, opts, transports)
+    local self = setmetatable({
+        endpoints = {},
+        prefix = (opts.database and opts.database ~= "") and opts.database .. "/" or "",
+        timeout = opts.timeout or DEFAULT_TIMEOUT,
+        transports = transports,
+        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 2, 2) },
+        connections = {},
+        preferred = 1,
+        user = opts.user, password = opts.password,
+        leases = {},            -- granted leases still good: {id =, ends =}
+    }, Etcd)
+    for i, url in ipairs(endpoints) do self.endpoints[i] = url:gsub("/+$", "") end
+    if self.user then
+        local ok, err, code = self:authenticate()
+        if not ok then
+            self:close()
+            return nil, err, code
+        end
+    end
+    -- one linearizable read: connectivity, TLS and permissions fail here
+    local reply, err, code = self:post("/v3/kv/range",
+        { key = b64(self.prefix ~= "" and self.prefix or "\0"), count_only = true })
+    if not reply then
+        self:close()
+        return nil, err, code
+    end
+    return self
+end
+
+function Etcd:describe()
+    return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix)
+end
+
+function Etcd:connection(url)
+    local c = self.connections[url]
+    if c == nil then
+        c = self.transports.new(self.transport_opts)
+        self.connections[url] = c
+    end
+    return c
+end
+
+--[[ Requests, failover and error classes ]]
+
+--- What an answer means: "ok", "final" (a definite error: not applied),
+-- "unavailable" (no leader: not applied, another member may serve it),
+-- "unknown" (the request may have been applied), "auth" (token expired).
+local function classify(status, reply)
+    if status == 200 then return "ok" end
+    local message = type(reply) == "table" and tostring(reply.message or reply.error) or ""
+    if status == 401 then return "auth" end
+    if status == 503 and message:find("no leader", 1, true) then return "unavailable" end
+    if status == 503 or status == 504 or (status == 500 and type(reply) == "table" and
+            reply.code == 2) or (status >= 500 and type(reply) ~= "table") then
+        return "unknown"
+    end
+    return "final"
+end
+
+--- The contract's err, code for an etcd error answer (§4.1).
+local function answer_error(status, reply, body)
+    local message = type(reply) == "table" and (reply.message or reply.error)
+    message = type(message) == "string" and message or snippet(body or "")
+    if status == 403 or message:find("user name is empty", 1, true) or
+            message:find("authentication failed", 1, true) or status == 401 then
+        return ("auth: HTTP %d: %s"):format(status, message), "auth"
+    elseif message:find("no leader", 1, true) or message:find("timed out", 1, true) or
+            message:find("deadline exceeded", 1, true) then
+        return ("timeout: HTTP %d: %s"):format(status, message), "timeout"
+    elseif message:find("requested lease not found", 1, true) then
+        return "lease: " .. message, "lease"      -- handled by put, never returned
+    end
+    return ("http: HTTP %d: %s"):format(status, message), "http"
+end
+
+function Etcd:headers()
+    local h = {
+        ["Content-Type"] = "application/json",
+        -- a member without a leader refuses at once instead of after 7 s,
+        -- and the write was then certainly not proposed (§4.3)
+        ["Grpc-Metadata-hasleader"] = "true",
+        -- the server answers just before our own timeout cuts the connection
+        ["Grpc-Timeout"] = ("%dm"):format(math.max(100, math.floor(self.timeout * 1000) - 300)),
+    }
+    if self.token then h.Authorization = self.token end     -- raw, no Bearer (§6.2)
+    return h
+end
+
+--- POSTs `body` (a table) to each endpoint in turn until one answers.
+-- Returns the decoded reply and whether an earlier attempt may have been
+-- applied (`unknown`), or nil, err, code.
+function Etcd:post(path, body, unauthenticated)
+    local text = assert(json.encode(body))
+    local n, first = #self.endpoints, self.preferred
+    local attempts = math.max(n, 2)
+    local unknown, reauthenticated = false, false
+    local last_err, last_code
+    local attempt = 1
+    while attempt <= attempts do
+        local i = (first + attempt - 2) % n + 1
+        local url = self.endpoints[i] .. path
+        local status, rbody, rheaders = self:connection(self.endpoints[i]):request("POST", url,
+            text, unauthenticated and { ["Content-Type"] = "application/json" }
+            or self:headers(), self.timeout)
+        if status == nil then
+            last_err, last_code = rbody, rheaders
+            if last_code == "tls" then break end
+            unknown = true      -- a dropped or timed-out request may have been applied
+        else
+            local reply = json.decode(rbody)
+            local class = classify(status, reply)
+            if class == "ok" then
+                if type(reply) ~= "table" then
+                    return fail("decode", "%s: the reply is not a JSON object: %s", path,
+                        snippet(rbody))
+                end
+                self.preferred = i
+                return reply, unknown
+            elseif class == "auth" and self.user and not reauthenticated then
+                -- the token expired (it is idle-timed, §6.2): once more with a new one
+                reauthenticated = true
+                local ok, err, code = self:authenticate()
+                if not ok then return nil, err, code end
+                attempt = attempt - 1
+            else
+                last_err, last_code = answer_error(status, reply, rbody)
+                if class == "final" or class == "auth" then return nil, last_err, last_code end
+                if class == "unknown" then unknown = true end
+            end
+        end
+        self.preferred = i % n + 1
+        attempt = attempt + 1
+    end
+    return nil, last_err, last_code
+end
+
+function Etcd:authenticate()
+    local reply, err, code = self:post("/v3/auth/authenticate",
+        { name = self.user, password = self.password or "" }, true)
+    if not reply then return nil, err, code end
+    if type(reply.token) ~= "string" then
+        return fail("decode", "authenticate: no token in the reply")
+    end
+    self.token = reply.token
+    return true
+end
+
+--[[ Values ]]
+
+function Etcd:key_of(key)
+    return self.prefix .. assert(core.fold_key(key))
+end
+
+--- The envelope written for `key`: its original spelling, a unique write
+-- id (to recognize our own write after an unknown outcome) and the value.
+local function envelope(key, text, write_id)
+    return ('{"Key":%s,"Write":"%s","Object":%s}'):format(json.encode(key), write_id, text)
+end
+
+--- original key, value, index, write id of a kv from a reply; nil, err,
+-- code when malformed (callers test the first result).
+local function read_kv(kv)
+    if type(kv) ~= "table" then return fail("decode", "malformed kv in a reply") end
+    local index = int(kv.mod_revision)
+    local raw = unb64(kv.value or "")        -- an empty value is left out (§1.4)
+    local env = raw and json.decode(raw)
+    if not index or type(env) ~= "table" or env.Object == nil or type(env.Key) ~= "string" then
+        return fail("decode", "a value under the store's prefix is not one of ours: %s",
+            snippet(raw))
+    end
+    return env.Key, env.Object, index, env.Write
+end
+
+--- The current kv in a failed txn's read branch (§2.7): index, value, write
+-- id, or 0 when the key is absent.
+local function current_of(reply)
+    local responses = list_of(reply.responses)
+    local r = responses and type(responses[1]) == "table" and responses[1].response_range
+    if type(r) ~= "table" then return malformed("txn responses") end
+    local kvs = list_of(r.kvs)
+    if kvs == nil then return malformed("kvs") end
+    local kv = kvs[1]
+    if kv == nil then return 0 end
+    local original, value, index, write_id = read_kv(kv)
+    if original == nil then return nil, value, index end       -- decode error
+    return index, value, write_id
+end
+
+--[[ Leases (§3) ]]
+
+--- A lease ending no earlier than `expires` and not much later, reused by
+-- writes whose expiries are close rather than one lease per write.
+function Etcd:lease_for(expires)
+    local now = runtime.time()
+    local slack = math.max(1, 0.1 * (expires - now))
+    local keep = {}
+    local found
+    for _, l in ipairs(self.leases) do
+        if l.ends > now then keep[#keep + 1] = l end
+        if not found and l.ends >= expires and l.ends <= expires + slack then found = l end
+    end
+    self.leases = keep
+    if found then return found.id end
+    local ttl = math.max(2, math.ceil(expires - now + slack / 2))
+    -- our own ID: a retried grant that finds it taken knows it was granted (§5.3)
+    local digits = { "1" }
+    for i = 2, 18 do digits[i] = tostring(math.random(0, 9)) end
+    local id = table.concat(digits)
+    local sent = runtime.time()
+    local reply, err, code = self:post("/v3/lease/grant", { ID = id, TTL = ttl })
+    if not reply and not (err and err:find("lease already exists", 1, true)) then
+        return nil, err, code
+    end
+    self.leases[#self.leases + 1] = { id = id, ends = sent + ttl }
+    return id
+end
+
+function Etcd:forget_lease(id)
+    for i, l in ipairs(self.leases) do
+        if l.id == id then table.remove(self.leases, i) return end
+    end
+end
+
+--[[ Operations ]]
+
+--- A conditional txn on `k`: index 0 = absent (create), else mod_revision.
+local function compare(k, index)
+    if index == 0 then
+        return { key = b64(k), target = "CREATE", result = "EQUAL", create_revision = "0" }
+    end
+    return { key = b64(k), target = "MOD", result = "EQUAL", mod_revision = tostring(index) }
+end
+
+function Etcd:put(key, text, index, expires)
+    local k = self:key_of(key)
+    local write_id = runtime.uuid()
+    local put = { key = b64(k), value = b64(envelope(key, text, write_id)) }
+    for _ = 1, 2 do                 -- a second time when the lease expired meanwhile
+        if expires then
+            local lease, err, code = self:lease_for(expires)
+            if not lease then return nil, err, code end
+            put.lease = lease
+        end
+        local reply, unknown, code = self:post("/v3/kv/txn", {
+            compare = { compare(k, index) },
+            success = { { request_put = put } },
+            failure = { { request_range = { key = b64(k) } } },
+        })
+        if reply then
+            if reply.succeeded then
+                local revision = type(reply.header) == "table" and int(reply.header.revision)
+                if not revision then return malformed("header") end
+                return true, revision
+            end
+            local cur, value, cur_write = current_of(reply)
+            if cur == nil then return nil, value, cur_write end
+            if unknown and cur_write == write_id then
+                return true, cur        -- our own write, applied by an earlier attempt
+            end
+            return false, cur, value
+        elseif code == "lease" and put.lease then
+            self:forget_lease(put.lease)
+        else
+            return nil, unknown, code
+        end
+    end
+    return fail("http", "the lease for '%s' expired twice while writing", key)
+end
+
+function Etcd:delete(key, index)
+    local k = self:key_of(key)
+    local reply, unknown, code = self:post("/v3/kv/txn", {
+        compare = { compare(k, index) },
+        success = { { request_delete_range = { key = b64(k), prev_kv = true } } },
+        failure = { { request_range = { key = b64(k) } } },
+    })
+    if not reply then return nil, unknown, code end
+    local revision = type(reply.header) == "table" and int(reply.header.revision)
+    if not revision then return malformed("header") end
+    if reply.succeeded then
+        if index == 0 then return false, 0, nil end     -- compared "absent": nothing deleted
+        local responses = list_of(reply.responses) or {}
+        local r = type(responses[1]) == "table" and responses[1].response_delete_range
+        local prev = type(r) == "table" and list_of(r.prev_kvs)
+        local original, value, dcode = read_kv(prev and prev[1])
+        if original == nil then return nil, value, dcode end
+        return true, revision, value
+    end
+    local cur, value, err_code = current_of(reply)
+    if cur == nil then return nil, value, err_code end
+    if unknown and cur == 0 then
+        -- an earlier attempt deleted it: revision N is gone, whoever removed it (§5.3)
+        return true, revision, nil
+    end
+    return false, cur, value
+end
+
+function Etcd:get(key)
+    local reply, err, code = self:post("/v3/kv/range", { key = b64(self:key_of(key)) })
+    if not reply then return nil, err, code end
+    local kvs = list_of(reply.kvs)
+    if kvs == nil then return malformed("kvs") end
+    if kvs[1] == nil then return 0, nil end
+    local original, value, index = read_kv(kvs[1])
+    if original == nil then return nil, value, index end
+    return index, value
+end
+
+--- Reads keys with range-only txns: one snapshot per 128 keys (§2.7, §8).
+function Etcd:get_many(keys)
+    local results = {}
+    for first = 1, #keys, MAX_TXN_OPS do
+        local ops = {}
+        for i = first, math.min(#keys, first + MAX_TXN_OPS - 1) do
+            ops[#ops + 1] = { request_range = { key = b64(self:key_of(keys[i])) } }
+        end
+        local reply, err, code = self:post("/v3/kv/txn", { success = ops })
+        if not reply then return nil, err, code end
+        local responses = list_of(reply.responses)
+        if responses == nil then return malformed("txn responses") end
+        for j = 1, #ops do
+            local r = type(responses[j]) == "table" and responses[j].response_range
+            local kvs = type(r) == "table" and list_of(r.kvs)
+            if not kvs then return malformed("txn responses") end
+            local kv = kvs[1]
+            if kv then
+                local original, value, index = read_kv(kv)
+                if original == nil then return nil, value, index end
+                results[first + j - 1] = { index = index, value = value }
+            else
+                results[first + j - 1] = { index = 0 }
+            end
+        end
+    end
+    return results
+end
+
+--- Lists by key range, paging by key on one pinned revision (§2.3); etcd
+-- has no offset, so `start` items are skipped here.
+function Etcd:list(prefix, start, page_size)
+    local p = self.prefix .. assert(core.fold_key(prefix))
+    local from, range_end = p ~= "" and p or "\0", prefix_end(p)
+    local out, skipped, revision = {}, 0, nil
+    while true do
+        local want = PAGE
+        if page_size then want = math.min(PAGE, page_size + start - skipped - #out) end
+        local reply, err, code = self:post("/v3/kv/range", { key = b64(from),
+            range_end = b64(range_end), limit = tostring(want), revision = revision })
+        if not reply then return nil, err, code end
+        revision = revision or (type(reply.header) == "table" and reply.header.revision or nil)
+        local kvs = list_of(reply.kvs)
+        if kvs == nil then return malformed("kvs") end
+        for _, kv in ipairs(kvs) do
+            local original, value, index = read_kv(kv)
+            if original == nil then return nil, value, index end
+            if skipped < start then
+                skipped = skipped + 1
+            else
+                out[#out + 1] = { key = original, value = value, index = index }
+                if page_size and #out >= page_size then return out end
+            end
+        end
+        if not reply.more or #kvs == 0 then return out end
+        local last = type(kvs[#kvs].key) == "string" and unb64(kvs[#kvs].key)
+        if not last then return malformed("key") end
+        from = last .. "\0"
+    end
+end
+
+function Etcd:close()
+    for url, c in pairs(self.connections) do
+        self.connections[url] = nil
+        c:close()
+    end
+    return true
+end
+
+return Etcd

@@ -1,0 +1,300 @@
+-- The etcd protocol layer over a scripted transport: the exact JSON of every
+-- request, the reading of replies with their omitted zero values, failover,
+-- leases, auth, and the settling of writes whose outcome was unknown.
+local core = require "cmpxchg.core"
+local etcd = require "cmpxchg.etcd"
+local json = require "cmpxchg.json"
+local store = require "cmpxchg.store"
+local Scripted = require "spec.support.scripted_transport"
+
+local A, B = "http://a:2379", "http://b:2379"
+local b64, unb64 = core.b64encode, core.b64decode
+
+local function H(rev) return ('"header":{"revision":"%d"}'):format(rev) end
+
+-- a value as the backend stores it
+local function stored(key, value, write_id)
+    return b64(('{"Key":%s,"Write":"%s","Object":%s}'):format(json.encode(key),
+        write_id or "w", json.encode(value)))
+end
+
+local function kv(key, folded, value, rev, write_id)
+    return ('{"key":"%s","create_revision":"%d","mod_revision":"%d","version":"1","value":"%s"}')
+        :format(b64(folded), rev, rev, stored(key, value, write_id))
+end
+
+local function open(t, endpoints, opts)
+    t.script = t.script or {}
+    table.insert(t.script, 1, { 200, "{" .. H(1) .. "}", {} })     -- the probe at open
+    opts = opts or {}
+    opts.database = opts.database or "app"
+    local backend = assert(etcd.open(endpoints or { A }, opts, t.factory))
+    return store.new(backend), backend
+end
+
+local function body(r) return json.decode(r.body) end
+
+describe("etcd protocol", function()
+    it("computes range_end for prefixes as etcd does, 0xff included", function()
+        assert.equal("p0", etcd.prefix_end("p/"))
+        assert.equal("y", etcd.prefix_end("x\255"))
+        assert.equal("\0", etcd.prefix_end("\255"))
+        assert.equal("\0", etcd.prefix_end(""))
+        assert.equal("app0", etcd.prefix_end("app/"))
+    end)
+
+    it("probes with one linearizable read on open, with the gateway headers", function()
+        local t = Scripted.new()
+        open(t, { A })
+        local r = t.requests[1]
+        assert.equal("POST", r.method)
+        assert.equal(A .. "/v3/kv/range", r.url)
+        assert.same({ key = b64("app/"), count_only = true }, body(r))
+        assert.equal("true", r.headers["Grpc-Metadata-hasleader"])
+        assert.equal("4700m", r.headers["Grpc-Timeout"])
+        assert.is_nil(r.headers.Authorization)
+    end)
+
+    describe("put", function()
+        it("creates with a txn on create_revision 0, the failure branch reading the key", function()
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(21) .. ',"succeeded":true,"responses":[{"response_put":{' .. H(21) .. "}}]}")
+            assert.same({ true, 21, { n = 1 } }, { st:put("Users/1", { n = 1 }, 0) })
+            local r = t:last()
+            assert.equal(A .. "/v3/kv/txn", r.url)
+            local b = body(r)
+            assert.same({ { key = b64("app/users/1"), target = "CREATE", result = "EQUAL",
+                            create_revision = "0" } }, b.compare)
+            assert.same({ { request_range = { key = b64("app/users/1") } } }, b.failure)
+            local put = b.success[1].request_put
+            assert.equal(b64("app/users/1"), put.key)
+            local env = json.decode(unb64(put.value))
+            assert.equal("Users/1", env.Key)
+            assert.same({ n = 1 }, env.Object)
+            assert.matches("^%x+%-", env.Write)
+            assert.is_nil(put.lease)
+        end)
+
+        it("compare-and-sets on mod_revision and reads a failed compare without 'succeeded'", function()
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(22) .. ',"responses":[{"response_range":{' .. H(22)
+                .. ',"kvs":[' .. kv("K", "app/k", "theirs", 22) .. '],"count":"1"}}]}')
+            assert.same({ false, 22, "theirs" }, { st:put("k", "mine", 21) })
+            assert.same({ { key = b64("app/k"), target = "MOD", result = "EQUAL",
+                            mod_revision = "21" } }, body(t:last()).compare)
+            t:reply(200, "{" .. H(22) .. ',"responses":[{"response_range":{' .. H(22) .. "}}]}")
+            assert.same({ false, 0 }, { st:put("k", "mine", 5) })
+        end)
+
+        it("attaches a lease of its own ID for expires, and reuses it for close expiries", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local now = os.time()
+            t:reply(200, "{" .. H(5) .. ',"ID":"1","TTL":"95"}')
+             :reply(200, "{" .. H(6) .. ',"succeeded":true}')
+             :reply(200, "{" .. H(7) .. ',"succeeded":true}')
+            assert.is_true((st:put("a", 1, 0, { expires = now + 90 })))
+            assert.is_true((st:put("b", 1, 0, { expires = now + 91 })))
+            local grant = body(t.requests[2])
+            assert.equal(A .. "/v3/lease/grant", t.requests[2].url)
+            assert.matches("^1%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d$", grant.ID)    -- a string
+            assert.is_true(grant.TTL >= 90 and grant.TTL <= 96)
+            assert.equal(grant.ID, body(t.requests[3]).success[1].request_put.lease)
+            assert.equal(grant.ID, body(t.requests[4]).success[1].request_put.lease)
+            -- a far expiry gets a lease of its own
+            t:reply(200, "{" .. H(8) .. ',"ID":"2","TTL":"3600"}'):reply(200, "{" .. H(9) .. ',"succeeded":true}')
+            st:put("c", 1, 0, { expires = now + 3600 })
+            assert.equal(A .. "/v3/lease/grant", t.requests[5].url)
+            assert.are_not.equal(grant.ID, body(t.requests[5]).ID)
+        end)
+
+        it("grants a new lease when the cached one is gone, and retries", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local now = os.time()
+            t:reply(200, "{" .. H(5) .. ',"ID":"1","TTL":"40"}'):reply(200, "{" .. H(6) .. ',"succeeded":true}')
+            st:put("a", 1, 0, { expires = now + 30 })
+            t:reply(404, '{"error":"etcdserver: requested lease not found","code":5}')
+             :reply(200, "{" .. H(7) .. ',"ID":"2","TTL":"40"}')
+             :reply(200, "{" .. H(8) .. ',"succeeded":true}')
+            assert.same({ true, 8, 2 }, { st:put("b", 2, 0, { expires = now + 30 }) })
+            assert.are_not.equal(body(t.requests[3]).success[1].request_put.lease,
+                body(t.requests[6]).success[1].request_put.lease)
+        end)
+    end)
+
+    describe("delete", function()
+        it("deletes on mod_revision and returns the deleted value", function()
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(23) .. ',"succeeded":true,"responses":[{"response_delete_range":{'
+                .. H(23) .. ',"deleted":"1","prev_kvs":[' .. kv("k", "app/k", { v = 1 }, 22) .. "]}}]}")
+            assert.same({ true, 23, { v = 1 } }, { st:delete("k", 22) })
+            local b = body(t:last())
+            assert.same({ { request_delete_range = { key = b64("app/k"), prev_kv = true } } }, b.success)
+            t:reply(200, "{" .. H(23) .. ',"responses":[{"response_range":{' .. H(23) .. "}}]}")
+            assert.same({ false, 0 }, { st:delete("k", 22) })
+        end)
+    end)
+
+    describe("reads", function()
+        it("get reads an absent key from a reply with no kvs", function()
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(4) .. "}")
+            assert.same({ nil, 0 }, { st:get("k") })
+            t:reply(200, "{" .. H(4) .. ',"kvs":[' .. kv("K", "app/k", true, 3) .. '],"count":"1"}')
+            assert.same({ true, 3 }, { st:get("K") })
+            assert.same({ key = b64("app/k") }, body(t:last()))
+        end)
+
+        it("get_many is one range-only txn per 128 keys", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local keys, responses = {}, {}
+            for i = 1, 130 do keys[i] = "k" .. i end
+            for i = 1, 128 do
+                responses[i] = i == 2
+                    and ('{"response_range":{' .. H(9) .. ',"kvs":[' .. kv("k2", "app/k2", 2, 7) .. "]}}")
+                    or ('{"response_range":{' .. H(9) .. "}}")
+            end
+            t:reply(200, "{" .. H(9) .. ',"succeeded":true,"responses":[' .. table.concat(responses, ",") .. "]}")
+            t:reply(200, "{" .. H(9) .. ',"succeeded":true,"responses":[{"response_range":{}},{"response_range":{}}]}')
+            assert.same({ k2 = { value = 2, index = 7 } }, st:get_many(keys))
+            assert.equal(128, #body(t.requests[2]).success)
+            assert.equal(2, #body(t.requests[3]).success)
+            assert.is_nil(body(t.requests[2]).compare)
+        end)
+
+        it("lists by key range, paging by key on a pinned revision, skipping start", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local function page(keys, more)
+                local kvs = {}
+                for i, k in ipairs(keys) do kvs[i] = kv(k, "app/" .. k, k, 10 + i) end
+                return "{" .. H(30) .. ',"kvs":[' .. table.concat(kvs, ",") .. "]"
+                    .. (more and ',"more":true' or "") .. "}"
+            end
+            t:reply(200, page({ "p/a", "p/b" }, true)):reply(200, page({ "p/c" }))
+            local items = st:list("P/", { start = 1, page_size = 2 })
+            assert.same({ "p/b", "p/c" }, { items[1].key, items[2].key })
+            local first, second = body(t.requests[2]), body(t.requests[3])
+            assert.same({ key = b64("app/p/"), range_end = b64("app/p0"), limit = "3" }, first)
+            assert.same({ key = b64("app/p/b\0"), range_end = b64("app/p0"), limit = "1",
+                          revision = "30" }, second)
+        end)
+    end)
+
+    describe("failover and unknown outcomes", function()
+        it("moves to the next endpoint on connect errors and 'no leader'", function()
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            t:fail("connect: refused", "connect"):reply(200, "{" .. H(4) .. "}")
+            assert.same({ nil, 0 }, { st:get("k") })
+            assert.matches("^http://b:", t:last().url)
+            t:reply(503, '{"error":"etcdserver: no leader","code":14}'):reply(200, "{" .. H(4) .. "}")
+            assert.same({ nil, 0 }, { st:get("k") })
+            assert.matches("^http://a:", t:last().url)
+        end)
+
+        it("answers 4xx at once, without failover, mapped to the contract", function()
+            local cases = {
+                { 403, '{"error":"etcdserver: permission denied","code":7}', "auth" },
+                { 400, '{"error":"etcdserver: user name is empty","code":3}', "auth" },
+                { 429, '{"error":"etcdserver: mvcc: database space exceeded","code":8}', "http" },
+                { 400, "not json", "http" },
+            }
+            for _, c in ipairs(cases) do
+                local t = Scripted.new()
+                local st = open(t, { A, B })
+                t:reply(c[1], c[2])
+                local ok, err, code = st:put("k", 1, 0)
+                assert.is_nil(ok)
+                assert.equal(c[3], code)
+                assert.matches("^" .. c[3] .. ": HTTP " .. c[1], err)
+                assert.equal(2, #t.requests)
+            end
+        end)
+
+        it("a create whose first attempt timed out is ours if the key holds our write", function()
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            t:fail("timeout: no answer", "timeout")
+            local our_id
+            t.answer_hook = nil
+            t:reply(200, "placeholder")
+            -- the retry finds the key created, by the first attempt: same Write id
+            local real = t.answer
+            t.answer = function(self, method, url, b, headers, timeout)
+                if #self.requests == 2 then
+                    our_id = json.decode(unb64(json.decode(b).success[1].request_put.value)).Write
+                    self.script[1] = { 200, "{" .. H(40) .. ',"responses":[{"response_range":{' .. H(40)
+                        .. ',"kvs":[' .. kv("k", "app/k", "v", 39, our_id) .. "]}}]}", {} }
+                end
+                return real(self, method, url, b, headers, timeout)
+            end
+            assert.same({ true, 39, "v" }, { st:put("k", "v", 0) })
+            assert.equal(t.requests[2].body, t.requests[3].body)       -- the identical txn
+            assert.matches("^http://b:", t:last().url)
+            -- and someone else's write is a plain compare failure
+            t.answer = real
+            t:fail("timeout: no answer", "timeout")
+            t:reply(200, "{" .. H(41) .. ',"responses":[{"response_range":{' .. H(41)
+                .. ',"kvs":[' .. kv("k", "app/k", "other", 41, "someone-else") .. "]}}]}")
+            assert.same({ false, 41, "other" }, { st:put("k", "v", 39) })
+        end)
+
+        it("a delete whose first attempt was lost is settled by the key being gone", function()
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            t:fail("connect: reset", "connect")
+             :reply(200, "{" .. H(50) .. ',"responses":[{"response_range":{' .. H(50) .. "}}]}")
+            assert.same({ true, 50 }, { st:delete("k", 44) })
+        end)
+    end)
+
+    describe("auth", function()
+        it("authenticates, sends the raw token, and re-authenticates once on 401", function()
+            local t = Scripted.new()
+            t:reply(200, "{" .. H(1) .. ',"token":"tok.1"}'):reply(200, "{" .. H(1) .. "}")
+            local st = store.new(assert(etcd.open({ A }, { database = "app", user = "appuser",
+                password = "apppw" }, t.factory)))
+            assert.equal(A .. "/v3/auth/authenticate", t.requests[1].url)
+            assert.same({ name = "appuser", password = "apppw" }, body(t.requests[1]))
+            assert.is_nil(t.requests[1].headers.Authorization)
+            assert.equal("tok.1", t.requests[2].headers.Authorization)
+            t:reply(401, '{"error":"etcdserver: invalid auth token","code":16}')
+             :reply(200, "{" .. H(1) .. ',"token":"tok.2"}')
+             :reply(200, "{" .. H(4) .. "}")
+            assert.same({ nil, 0 }, { st:get("k") })
+            assert.equal("tok.2", t:last().headers.Authorization)
+            -- a wrong password is an auth error at open
+            t = Scripted.new():reply(400, '{"error":"etcdserver: authentication failed, '
+                .. 'invalid user ID or password","code":3}')
+            local s, err, code = etcd.open({ A }, { user = "appuser", password = "no" }, t.factory)
+            assert.is_nil(s)
+            assert.equal("auth", code)
+            assert.matches("authentication failed", err)
+        end)
+    end)
+
+    it("never crashes on malformed replies", function()
+        for _, bad in ipairs({ "", "[]", "null", "{", '{"kvs":5}', '{"kvs":[5]}', '{"header":5}',
+                '{"kvs":[{"mod_revision":"x","value":"@@"}]}', '{"responses":[{"response_range":{"kvs":[{}]}}]}' }) do
+            for _, op in ipairs({ "get", "put", "delete", "get_many", "list" }) do
+                local t = Scripted.new()
+                local st = open(t)
+                t:reply(200, bad)
+                local args = { get = { "k" }, put = { "k", 1, 3 }, delete = { "k", 3 },
+                               get_many = { { "k" } }, list = { "k" } }
+                local ok, res, err, code = pcall(st[op], st, table.unpack(args[op]))
+                assert.is_true(ok, op .. " raised on " .. bad .. ": " .. tostring(res))
+                if bad ~= "{" .. "}" and res == nil and code ~= nil then
+                    assert.equal("decode", code, err)
+                end
+            end
+        end
+    end)
+end)
