@@ -34,6 +34,7 @@ build = {
         ["cmpxchg"] = "lua/cmpxchg/init.lua",
         ["cmpxchg.check"] = "lua/cmpxchg/check.lua",
         ["cmpxchg.embedded"] = "lua/cmpxchg/embedded.lua",
+        ["cmpxchg.etcd"] = "lua/cmpxchg/etcd.lua",
         ["cmpxchg.json"] = "lua/cmpxchg/json.lua",
         ["cmpxchg.lock"] = "lua/cmpxchg/lock.lua",
         ["cmpxchg.ravendb"] = "lua/cmpxchg/ravendb.lua",
