@@ -212,8 +212,15 @@ static int http_new (lua_State *L) {
 ** =======================================================
 */
 
-/* the error contract's code for a failed transfer */
-static const char *error_code (CURLcode rc) {
+/*
+** The error contract's code for a failed transfer. A server that refuses our
+** certificate (or lack of one) does so with a TLS alert that libcurl reports
+** as a failed read or write: that is "tls" too, not a lost connection.
+*/
+static const char *error_code (CURLcode rc, const char *detail) {
+    if ((rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR) &&
+        strstr(detail, "SSL") != NULL && strstr(detail, "alert") != NULL)
+        return "tls";
     switch (rc) {
         case CURLE_OPERATION_TIMEDOUT:
             return "timeout";
@@ -353,7 +360,7 @@ static int http_request (lua_State *L) {
         const char *detail = h->error[0] ? h->error : curl_easy_strerror(rc);
         if (h->body.overflow || h->headers.overflow)
             return cx_push_error(L, "http", "reply from %s is too large", url);
-        return cx_push_error(L, error_code(rc), "%s %s: %s", method, url, detail);
+        return cx_push_error(L, error_code(rc, detail), "%s %s: %s", method, url, detail);
     }
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, (lua_Integer)status);

@@ -1,0 +1,204 @@
+-- The etcd backend on a real 3-member Raft cluster started by
+-- scripts/etcd-cluster: the shared contracts, then leases, failures of
+-- members (killed leader, paused member, all gone), and TLS with etcd auth.
+local cmpxchg = require "cmpxchg"
+local core = require "cmpxchg.core"
+local harness = require "spec.support.etcd_harness"
+local helpers = require "spec.helpers"
+
+local cluster = harness.cluster()
+
+local t = { describe = describe, it = it, before_each = before_each,
+            after_each = after_each, assert = assert }
+local current
+local ctx = {
+    name = "etcd cluster",
+    open = function()
+        current = harness.fresh_prefix()
+        return cmpxchg.open(cluster.endpoints, { database = current, timeout = 3 })
+    end,
+    target = function() return cluster.endpoints[1] .. "#" .. current end,
+}
+
+require("spec.support.store_contract")(t, ctx)
+require("spec.support.lock_contract")(t, ctx)
+
+--- Runs `procs` lock contenders for `rounds` each (holding `hold` seconds);
+-- once `at` sections are done, calls disturb() and notes when. Returns the
+-- figures: attempted, acquired, failed cleanly, overlaps, acquired after the
+-- disturbance began.
+local function contend_while(prefix, procs, rounds, hold, at, disturb)
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. helpers.shell_quote(dir)))
+    local children = {}
+    for i = 1, procs do
+        children[i] = helpers.start("spec/support/etcd_contender.lua", {
+            table.concat(cluster.endpoints, ","), prefix, tostring(rounds), dir .. "/log." .. i,
+            tostring(hold) })
+    end
+    local function progress()
+        local n = 0
+        for i = 1, procs do
+            local f = io.open(dir .. "/log." .. i)
+            if f then
+                for _ in f:lines() do n = n + 1 end
+                f:close()
+            end
+        end
+        return n
+    end
+    helpers.wait_until(function() return progress() >= at end, 60, at .. " sections")
+    local disturbed_at = core.monotime()
+    disturb()
+    local sections, attempted, failed, after = {}, 0, 0, 0
+    for i = 1, procs do
+        local out = children[i]:read("a")
+        assert.is_true((children[i]:close()), "contender " .. i .. ": " .. out)
+        for line in io.lines(dir .. "/log." .. i) do
+            local kind, a, b, c = line:match("^(%a+) (%S+) ?(%S*) ?(%S*)$")
+            attempted = attempted + 1
+            if kind == "held" then
+                sections[#sections + 1] = { token = tonumber(a), t0 = tonumber(b), t1 = tonumber(c) }
+                if tonumber(b) > disturbed_at then after = after + 1 end
+            else
+                assert.matches("^failed", line)
+                failed = failed + 1
+            end
+        end
+    end
+    os.execute("rm -rf " .. helpers.shell_quote(dir))
+    table.sort(sections, function(x, y) return x.t0 < y.t0 end)
+    local overlaps = 0
+    for i = 2, #sections do
+        if sections[i].t0 < sections[i - 1].t1 or sections[i].token <= sections[i - 1].token then
+            overlaps = overlaps + 1
+        end
+    end
+    return attempted, #sections, failed, overlaps, after
+end
+
+local function report(what, attempted, acquired, failed, overlaps, after)
+    io.stderr:write(("\n[etcd] %s: %d attempted, %d acquired (%d after it began), %d failed "
+        .. "cleanly, %d overlaps\n"):format(what, attempted, acquired, after, failed, overlaps))
+end
+
+describe("etcd backend", function()
+    local st, prefix
+
+    before_each(function()
+        prefix = harness.fresh_prefix()
+        st = assert(cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 }))
+    end)
+
+    after_each(function() st:close() end)
+
+    it("expires items through a lease, which etcd really deletes", function()
+        local _, index = st:put("session", "s", 0, { expires = os.time() + 1 })
+        assert.same({ "s", index }, { st:get("session") })
+        helpers.wait_until(function() return select(2, st:get("session")) == 0 end, 15,
+            "the lease to expire")
+        assert.is_true((st:put("session", "again", 0)))
+    end)
+
+    it("shares leases between writes whose expiries are close", function()
+        local http = core.http_new()
+        local function leases()
+            local status, body = http:request("POST", (cluster.endpoints[1]:gsub("^etcd", "http"))
+                .. "/v3/lease/leases", "{}", nil, 5)
+            assert.equal(200, status)
+            local n = 0
+            for _ in body:gmatch('"ID"') do n = n + 1 end
+            return n
+        end
+        local before = leases()
+        local base = os.time() + 600
+        for i = 1, 10 do assert.is_true((st:put("item/" .. i, i, 0, { expires = base + i })) ) end
+        assert.is_true(leases() - before <= 2, "a lease per write")
+        http:close()
+    end)
+
+    it("a cluster that vanishes mid-request gives timeout, never a hang", function()
+        for i = 0, 2 do cluster.run("pause " .. i) end
+        local t0 = core.monotime()
+        local ok, err, code = st:put("k", 1, 0)
+        local took = core.monotime() - t0
+        for i = 0, 2 do cluster.run("resume " .. i) end
+        assert.is_nil(ok)
+        assert.equal("timeout", code, err)
+        assert.is_true(took < 3 * 3 + 2, "took " .. took)
+        helpers.wait_until(function() return st:put("k", 1, 0) ~= nil end, 20, "the cluster back")
+    end)
+
+    it("locks stay exclusive while the leader is killed mid-run", function()
+        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 30,
+            function()
+                local leader = cluster.run("kill-leader")
+                core.sleep(1.5)     -- acquisitions go on through the other members meanwhile
+                cluster.run("restart " .. leader)
+            end)
+        report("leader killed", attempted, acquired, failed, overlaps, after)
+        assert.equal(160, attempted)
+        assert.equal(0, overlaps)
+        assert.is_true(after >= 30, "too few acquisitions after the kill: " .. after)
+    end)
+
+    it("locks stay exclusive while a member is paused mid-run", function()
+        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 30,
+            function()
+                cluster.run("pause 0")
+                core.sleep(2.5)     -- longer than a request's timeout
+                cluster.run("resume 0")
+            end)
+        report("member 0 paused", attempted, acquired, failed, overlaps, after)
+        assert.equal(160, attempted)
+        assert.equal(0, overlaps)
+        assert.is_true(after >= 30, "too few acquisitions after the pause: " .. after)
+    end)
+end)
+
+describe("etcd with TLS and auth", function()
+    local tls = harness.cluster("tls")
+    local certs = tls.certs
+    local good = { ca = certs .. "/ca.crt", cert = certs .. "/client.crt", key = certs .. "/client.key" }
+    local function open(opts)
+        local o = { database = "app", user = "appuser", password = "apppw", tls = good, timeout = 3 }
+        for k, v in pairs(opts or {}) do o[k] = v end
+        return cmpxchg.open(tls.endpoints, o)
+    end
+
+    local function with_s(url) return (url:gsub("^etcd://", "etcds://")) end
+    for i, url in ipairs(tls.endpoints) do tls.endpoints[i] = with_s(url) end
+
+    it("works with the right certificate and password, within the role's prefix", function()
+        local st = assert(open())
+        local key = "k" .. harness.fresh_prefix()
+        local _, index = st:put(key, "secret", 0)
+        assert.same({ "secret", index }, { st:get(key) })
+        assert.is_true((st:delete(key, index)))
+        local l = assert(st:lock("lock" .. harness.fresh_prefix()))
+        assert.is_true(l:release())
+        st:close()
+    end)
+
+    it("refuses clearly, changing nothing: no certificate, wrong CA, wrong password, other prefix", function()
+        local cases = {
+            { { tls = { ca = good.ca } }, "tls" },
+            { { tls = { ca = certs .. "/wrong-ca.crt", cert = good.cert, key = good.key } }, "tls" },
+            { { tls = { ca = good.ca, cert = certs .. "/wrong-client.crt",
+                        key = certs .. "/wrong-client.key" } }, "tls" },
+            { { password = "wrong" }, "auth" },
+            { { database = "other" }, "auth" },
+        }
+        for i, c in ipairs(cases) do
+            local st, err, code = open(c[1])
+            assert.is_nil(st, "case " .. i)
+            assert.equal(c[2], code, ("case %d: %s"):format(i, tostring(err)))
+            assert.matches("^" .. c[2] .. ": ", err)
+        end
+        -- nothing was written: the role's prefix holds only what the tests left
+        local st = assert(open())
+        assert.same({}, st:list("refused/"))
+        st:close()
+    end)
+end)
