@@ -213,13 +213,21 @@ static int http_new (lua_State *L) {
 */
 
 /*
-** The error contract's code for a failed transfer. A server that refuses our
-** certificate (or lack of one) does so with a TLS alert that libcurl reports
-** as a failed read or write: that is "tls" too, not a lost connection.
+** The error contract's code for a failed transfer. With TLS 1.3 a server
+** checks our client certificate (or its absence) only after the handshake
+** has completed, then closes with an alert: libcurl reports that as a failed
+** send, or as a failed read that names the alert. On a connection made for
+** this very request, either one is the server refusing us: "tls". A read that
+** fails without an alert, after the request went out, is a dropped
+** connection ("connect"), whose write may have been applied.
 */
-static const char *error_code (CURLcode rc, const char *detail) {
-    if ((rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR) &&
-        strstr(detail, "SSL") != NULL && strstr(detail, "alert") != NULL)
+static const char *error_code (CURL *curl, CURLcode rc, const char *detail) {
+    curl_off_t handshake = 0;
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_APPCONNECT_TIME_T, &handshake);
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    if (handshake > 0 && status == 0 &&
+        (rc == CURLE_SEND_ERROR || (rc == CURLE_RECV_ERROR && strstr(detail, "alert"))))
         return "tls";
     switch (rc) {
         case CURLE_OPERATION_TIMEDOUT:
@@ -360,7 +368,12 @@ static int http_request (lua_State *L) {
         const char *detail = h->error[0] ? h->error : curl_easy_strerror(rc);
         if (h->body.overflow || h->headers.overflow)
             return cx_push_error(L, "http", "reply from %s is too large", url);
-        return cx_push_error(L, error_code(rc, detail), "%s %s: %s", method, url, detail);
+        const char *code = error_code(h->curl, rc, detail);
+        if (strcmp(code, "tls") == 0 && rc != CURLE_RECV_ERROR && strstr(detail, "SSL") == NULL)
+            return cx_push_error(L, code, "%s %s: the server closed the TLS connection after "
+                                 "the handshake, refusing our client certificate or its "
+                                 "absence (%s)", method, url, detail);
+        return cx_push_error(L, code, "%s %s: %s", method, url, detail);
     }
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, (lua_Integer)status);

@@ -157,13 +157,13 @@ describe("embedded store", function()
         assert.has_error(function() cmpxchg.open("ftp://x") end)
     end)
 
-    it("says plainly that etcd targets need a backend this version lacks", function()
-        for _, target in ipairs({ "etcd://127.0.0.1:2379", "etcds://127.0.0.1:2379" }) do
-            local s, err, code = cmpxchg.open(target)
-            assert.is_nil(s)
-            assert.equal("connect", code)
-            assert.matches("backend", err)
-        end
+    it("sends etcd targets to the etcd backend", function()
+        local s, err, code = cmpxchg.open("etcd://127.0.0.1:1", { timeout = 2 })
+        assert.is_nil(s)
+        assert.equal("connect", code)
+        assert.matches("^connect: POST http://127.0.0.1:1/v3/kv/range", err)
+        assert.has_error(function() cmpxchg.open({ "etcd://a:1", "http://b:2" }) end)
+        assert.has_error(function() cmpxchg.open("etcd://a:1", { user = "u" }) end)
     end)
 
     it("sends http(s) targets to the RavenDB backend, which needs a database", function()

@@ -190,11 +190,14 @@ describe("etcd with TLS and auth", function()
             { { password = "wrong" }, "auth" },
             { { database = "other" }, "auth" },
         }
-        for i, c in ipairs(cases) do
-            local st, err, code = open(c[1])
-            assert.is_nil(st, "case " .. i)
-            assert.equal(c[2], code, ("case %d: %s"):format(i, tostring(err)))
-            assert.matches("^" .. c[2] .. ": ", err)
+        -- the server's refusal races our first request (TLS 1.3): try each case often
+        for _ = 1, 8 do
+            for i, c in ipairs(cases) do
+                local st, err, code = open(c[1])
+                assert.is_nil(st, "case " .. i)
+                assert.equal(c[2], code, ("case %d: %s"):format(i, tostring(err)))
+                assert.matches("^" .. c[2] .. ": ", err)
+            end
         end
         -- nothing was written: the role's prefix holds only what the tests left
         local st = assert(open())
