@@ -58,6 +58,14 @@ local function options(opts, n, fname)
     if o.owner ~= nil and type(o.owner) ~= "string" then
         argerror(n, fname, "owner must be a string")
     end
+    o.on_lost = opts.on_lost
+    if o.on_lost ~= nil and type(o.on_lost) ~= "function" then
+        argerror(n, fname, "on_lost must be a function")
+    end
+    o.auto_renew = opts.auto_renew
+    if o.auto_renew ~= nil and type(o.auto_renew) ~= "boolean" then
+        argerror(n, fname, "auto_renew must be a boolean")
+    end
     return o
 end
 
@@ -93,11 +101,28 @@ end
 --- Writes a new lease with `index` (0: create). Returns the put's results
 -- and the monotonic and wall times taken *before* the request was sent: the
 -- lease is counted from then, so it is never thought longer than it is.
-local function write_lease(backend_store, key, o, owner, index)
+--
+-- A write whose outcome is unknown (a timeout or a dropped connection, after
+-- the backend's own retries with the same raft-request-id or the identical
+-- txn) is settled by reading the key back: the lease is ours exactly when the
+-- value there carries our owner id and the expiry we just wrote.
+local AMBIGUOUS = { timeout = true, connect = true }
+
+local function write_lease(st, key, o, owner, index)
     local mono, wall = runtime.monotime(), runtime.time()
     local ends = wall + o.ttl
-    local ok, idx, current = backend_store:put(key, lease_value(o, owner, ends), index,
-        { expires = ends + o.expires_grace })
+    local value = lease_value(o, owner, ends)
+    local ok, idx, current = st:put(key, value, index, { expires = ends + o.expires_grace })
+    if ok == nil and AMBIGUOUS[current] then
+        local now_value, now_index = st:get(key)
+        if type(now_index) == "number" then         -- the read worked: settled
+            if type(now_value) == "table" and now_value.Owner == owner and
+                    now_value[o.expires_field] == value[o.expires_field] then
+                return true, now_index, nil, mono, wall
+            end
+            return false, now_index, now_value, mono, wall
+        end
+    end
     return ok, idx, current, mono, wall
 end
 
@@ -108,6 +133,7 @@ local function new_lock(st, key, o, owner, idx, mono, wall, stats)
         valid_mono = mono + o.ttl - o.clock_skew,
         valid_wall = wall + o.ttl - o.clock_skew,
         attempts = stats.attempts, waited = stats.waited, takeovers = stats.takeovers,
+        on_lost = o.on_lost,
     }, lock_mt)
 end
 
@@ -145,10 +171,12 @@ function lock.acquire(st, key, opts)
             index = 0
             local left = deadline - runtime.monotime()
             if o.timeout == 0 or left <= 0 then
-                local waited = runtime.monotime() - start
-                return nil, ("timeout: lock '%s' is held by %s (%d attempts in %.3f s)")
+                stats.waited = runtime.monotime() - start
+                return nil, ("timeout: lock '%s' is held by %s (%d %s in %.3f s)")
                     :format(key, idx > 0 and describe_holder(current, o.expires_field)
-                        or "nobody now", stats.attempts, waited), "timeout"
+                        or "nobody now", stats.attempts,
+                        stats.attempts == 1 and "attempt" or "attempts", stats.waited),
+                    "timeout", stats
             end
             -- full jitter within [backoff_min, step], never past the deadline,
             -- and no later than just after the current lease ends
@@ -169,6 +197,17 @@ local function to_lock(self, fname)
     return self
 end
 
+--- Ends the lock with release `result`; when it was lost (`why`), calls the
+-- on_lost hook once, from Lua, never from a finalizer or another thread.
+function Lock:mark(result, why)
+    self.released = result
+    if why and self.on_lost then
+        local hook = self.on_lost
+        self.on_lost = nil
+        hook(self, why)
+    end
+end
+
 --- lock:release() -> true | false, "lost" | nil, err, code. Idempotent: a
 -- second call returns what the first did.
 function Lock:release()
@@ -180,8 +219,18 @@ function Lock:release()
                           "closed" }
     else
         local ok, idx, code = self.store:delete(self.key, self.index)
+        if ok == nil and AMBIGUOUS[code] then
+            -- unknown outcome: gone means deleted (by us, or it expired); another
+            -- index means it is someone else's now; ours still means not applied
+            local _, now_index = self.store:get(self.key)
+            if now_index == 0 then
+                ok = true
+            elseif type(now_index) == "number" and now_index ~= self.index then
+                ok = false
+            end
+        end
         if ok == nil then return nil, idx, code end     -- still held: may retry
-        self.released = ok and { true } or { false, "lost" }
+        self:mark(ok and { true } or { false, "lost" }, not ok and "taken over" or nil)
     end
     result = self.released
     return result[1], result[2], result[3]
@@ -203,9 +252,10 @@ function Lock:extend(ttl)
         self.index)
     if ok == nil then return nil, idx, current end
     if not ok then
-        self.released = { false, "lost" }
-        return nil, ("lost: lock '%s' is now held by %s"):format(self.key,
-            idx > 0 and describe_holder(current, o.expires_field) or "nobody"), "lost"
+        local why = ("lost: lock '%s' is now held by %s"):format(self.key,
+            idx > 0 and describe_holder(current, o.expires_field) or "nobody")
+        self:mark({ false, "lost" }, why)
+        return nil, why, "lost"
     end
     self.index = idx
     self.valid_mono = mono + o.ttl - o.clock_skew

@@ -85,6 +85,22 @@ describe("ravendb backend", function()
         assert.same({ nil, 0 }, { st:get("k") })
     end)
 
+    emulator_only("a lock whose every reply was lost after applying is settled, not doubled", function()
+        local nodes = #server.urls
+        harness.control(server, "POST", "/faults", { method = "PUT", path_contains = "cmpxchg",
+            action = "drop_after_apply", count = math.max(nodes, 2) })
+        local before = state().index
+        local l = assert(st:lock("printer", { ttl = 30 }))
+        assert.equal(before + 1, state().index)          -- one lease written, once
+        assert.equal(l:token(), select(2, st:get("printer")))
+        assert.equal(l.owner, st:get("printer").Owner)
+        -- and a release whose replies are all lost is settled too
+        harness.control(server, "POST", "/faults", { method = "DELETE", path_contains = "cmpxchg",
+            action = "drop_after_apply", count = math.max(nodes, 2) })
+        assert.is_true(l:release())
+        assert.same({ nil, 0 }, { st:get("printer") })
+    end)
+
     emulator_only("a deduplicated retry of a failed compare reports the same failure", function()
         assert.is_true((st:put("k", "first", 0)))
         harness.control(server, "POST", "/faults", { method = "PUT", action = "drop_after_apply" })

@@ -15,14 +15,21 @@ function Memory:fail_next(method, err, code)
     self.faults[method] = { err, code }
 end
 
+--- The next call of `method` is applied, then answers nil, err, code: a
+-- reply lost after the write happened.
+function Memory:fail_after_apply(method, err, code)
+    self.faults[method] = { err, code, after = true }
+end
+
 function Memory:record(method, ...)
     self.calls[#self.calls + 1] = { method = method, n = select("#", ...), ... }
     local fault = self.faults[method]
-    if fault then
+    if fault and not fault.after then
         self.faults[method] = nil
         return fault
     end
 end
+
 
 function Memory:count(method)
     local n = 0
@@ -56,6 +63,20 @@ function Memory:delete(key, index)
     self.last_index = self.last_index + 1
     self.items[k] = nil
     return true, self.last_index, json.decode(cur.text)
+end
+
+--- Wraps put/delete so that a fail_after_apply fault answers after applying.
+for _, method in ipairs({ "put", "delete" }) do
+    local apply = Memory[method]
+    Memory[method] = function(self, ...)
+        local fault = self.faults[method]
+        local a, b, c = apply(self, ...)
+        if fault and fault.after then
+            self.faults[method] = nil
+            return nil, fault[1], fault[2]
+        end
+        return a, b, c
+    end
 end
 
 function Memory:get(key)
