@@ -120,7 +120,8 @@ local function write_lease(st, key, o, owner, index)
                     now_value[o.expires_field] == value[o.expires_field] then
                 return true, now_index, nil, mono, wall
             end
-            return false, now_index, now_value, mono, wall
+            -- not applied: the caller may try again, and tells why if it gives up
+            return false, now_index, now_value, mono, wall, idx, current
         end
     end
     return ok, idx, current, mono, wall
@@ -150,7 +151,8 @@ function lock.acquire(st, key, opts)
     local index = 0             -- 0: create; else the expired lease's index
     while true do
         stats.attempts = stats.attempts + 1
-        local ok, idx, current, mono, wall = write_lease(st, key, o, owner, index)
+        local ok, idx, current, mono, wall, failure, failure_code =
+            write_lease(st, key, o, owner, index)
         if ok == nil then return nil, idx, current end
         if ok then
             if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
@@ -172,6 +174,7 @@ function lock.acquire(st, key, opts)
             local left = deadline - runtime.monotime()
             if o.timeout == 0 or left <= 0 then
                 stats.waited = runtime.monotime() - start
+                if failure then return nil, failure, failure_code, stats end
                 return nil, ("timeout: lock '%s' is held by %s (%d %s in %.3f s)")
                     :format(key, idx > 0 and describe_holder(current, o.expires_field)
                         or "nobody now", stats.attempts,
