@@ -9,6 +9,7 @@ PREFIX      ?= /usr/local
 DESTDIR     ?=
 LUA_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BINDIR      ?= $(PREFIX)/bin
 PKG_CONFIG  ?= pkg-config
 
 LUA_INCDIR  ?=
@@ -23,11 +24,11 @@ WARNINGS ?= -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arit
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 LIBFLAG ?= -shared
-ALL_CFLAGS = $(CFLAGS) -fPIC -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
+ALL_CFLAGS = $(CFLAGS) -fPIC -pthread -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
              $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
-SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/keycase.c
-HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h
+SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/keycase.c csrc/renew.c
+HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h csrc/embedded.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
 LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
@@ -39,7 +40,7 @@ all: $(CORE)
 
 $(CORE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(CURL_LIBS) $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(CURL_LIBS) -pthread $(LDFLAGS)
 
 # Debian packages the build, the tests and the demo need (installed when missing)
 deps:
@@ -56,7 +57,7 @@ bench: deps all
 	$(LUA) bench/run.lua
 
 lint: deps
-	luacheck lua spec examples bench
+	luacheck lua spec examples bin/cmpxchg
 
 asan: deps
 	@scripts/run-tests --only asan
@@ -69,11 +70,14 @@ install: all
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/
 	install -m 0644 $(LUA_TRANSPORTS) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 bin/cmpxchg $(DESTDIR)$(BINDIR)/cmpxchg
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/,$(notdir $(LUA_MODULES)))
 	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/,$(notdir $(LUA_TRANSPORTS)))
+	rm -f $(DESTDIR)$(BINDIR)/cmpxchg
 
 # Debian keeps curl.h under the multiarch include directory, where luarocks
 # does not look by itself

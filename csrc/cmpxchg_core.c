@@ -89,18 +89,24 @@ static int fill_random (unsigned char *buf, size_t n) {
     return 0;
 }
 
-/* core.uuid() -> a random (version 4) UUID, lower-case, 36 characters */
-static int core_uuid (lua_State *L) {
+int cx_uuid (char out[37]) {
     unsigned char b[16];
-    char s[37];
     if (fill_random(b, sizeof b) != 0)
-        return luaL_error(L, "cannot read random bytes: %s", strerror(errno));
+        return -1;
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    snprintf(s, sizeof s,
+    snprintf(out, 37,
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
              b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
              b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    return 0;
+}
+
+/* core.uuid() -> a random (version 4) UUID, lower-case, 36 characters */
+static int core_uuid (lua_State *L) {
+    char s[37];
+    if (cx_uuid(s) != 0)
+        return luaL_error(L, "cannot read random bytes: %s", strerror(errno));
     lua_pushlstring(L, s, 36);
     return 1;
 }
@@ -110,23 +116,26 @@ static int core_uuid (lua_State *L) {
 ** a DateTime.UtcNow value (7 fractional digits and Z), so C# readers compare
 ** our lease expiries exactly as they compare their own.
 */
-static int core_format_time (lua_State *L) {
-    lua_Number t = luaL_checknumber(L, 1);
-    double whole;
-    int ticks;
+void cx_format_time (double t, char out[40]) {
+    double whole = floor(t);
+    int ticks = (int)lround((t - whole) * 1e7);
     time_t secs;
     struct tm tm;
-    char buf[64];
-    luaL_argcheck(L, t >= 0 && t < 253402300800.0, 1, "time out of range");
-    whole = floor((double)t);
-    ticks = (int)lround(((double)t - whole) * 1e7);
     if (ticks >= 10000000) { whole += 1; ticks -= 10000000; }
+    if (ticks < 0) ticks = 0;
     secs = (time_t)whole;
-    if (gmtime_r(&secs, &tm) == NULL)
-        return luaL_argerror(L, 1, "time out of range");
-    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%07dZ",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, ticks);
+    memset(&tm, 0, sizeof tm);
+    gmtime_r(&secs, &tm);
+    snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%07dZ",
+             (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100, tm.tm_mday % 100,
+             tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100, ticks % 10000000);
+}
+
+static int core_format_time (lua_State *L) {
+    lua_Number t = luaL_checknumber(L, 1);
+    char buf[40];
+    luaL_argcheck(L, t >= 0 && t < 253402300800.0, 1, "time out of range");
+    cx_format_time((double)t, buf);
     lua_pushstring(L, buf);
     return 1;
 }
@@ -342,12 +351,14 @@ static const luaL_Reg core_functions[] = {
     {"b64decode", core_b64decode},
     {"embedded_open", cx_embedded_open},
     {"http_new", cx_http_new},
+    {"renewer_start", cx_renewer_start},
     {NULL, NULL}
 };
 
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L) {
     cx_embedded_register(L);
     cx_http_register(L);
+    cx_renewer_register(L);
     luaL_newlib(L, core_functions);
     lua_pushinteger(L, CX_MAX_KEY_BYTES);
     lua_setfield(L, -2, "MAX_KEY_BYTES");

@@ -19,9 +19,20 @@ double cx_wall_time (void);
 int cx_embedded_open (lua_State *L);
 void cx_embedded_register (lua_State *L);
 
+/* epoch seconds as C#'s DateTime.UtcNow writes them: 2024-01-02T03:04:05.1234567Z */
+void cx_format_time (double t, char out[40]);
+
+/* a random (version 4) UUID into `out`; -1 when no random bytes */
+int cx_uuid (char out[37]);
+
 /* the libcurl transport: core.http_new, and its metatable */
 int cx_http_new (lua_State *L);
 void cx_http_register (lua_State *L);
+void cx_http_global_init (void);      /* once per process, from the Lua thread */
+
+/* the renewal thread: core.renewer_start, and its metatable */
+int cx_renewer_start (lua_State *L);
+void cx_renewer_register (lua_State *L);
 
 /* the module's entry point */
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L);

@@ -23,6 +23,7 @@
 #include "compat.h"
 #include "keycase.h"
 #include "cmpxchg_core.h"
+#include "embedded.h"
 
 #define EMBEDDED_MT     "cmpxchg.Embedded"
 #define APPLICATION_ID  0x636d7078      /* "cmpx": marks files that are ours */
@@ -70,13 +71,13 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS cmpxchg_items_expires "
     "  ON cmpxchg_items (expires) WHERE expires IS NOT NULL;";
 
-typedef struct Embedded {
+struct Embedded {
     sqlite3 *db;                        /* NULL once closed */
     sqlite3_stmt *stmt[N_STATEMENTS];
     char *ns;                           /* namespace, malloc'd */
     char *path;                         /* for tostring and messages */
     double sweep_interval;              /* seconds; negative: never sweep */
-} Embedded;
+};
 
 /*
 ** {======================================================
@@ -136,14 +137,19 @@ static int embedded_tostring (lua_State *L) {
 ** =======================================================
 */
 
+/* ends a transaction that an error left open */
+static void rollback_open (Embedded *h) {
+    if (!sqlite3_get_autocommit(h->db))
+        sqlite3_step(h->stmt[S_ROLLBACK]), sqlite3_reset(h->stmt[S_ROLLBACK]);
+}
+
 /* the error contract for a failed SQLite call; rolls back an open write */
 static int push_sqlite_error (lua_State *L, Embedded *h, int rc) {
     const char *msg = sqlite3_errmsg(h->db);
     int primary = rc & 0xFF;
     lua_pushstring(L, msg);     /* copy it before ROLLBACK replaces it */
     msg = lua_tostring(L, -1);
-    if (!sqlite3_get_autocommit(h->db))
-        sqlite3_step(h->stmt[S_ROLLBACK]), sqlite3_reset(h->stmt[S_ROLLBACK]);
+    rollback_open(h);
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
         return cx_push_error(L, "timeout", "%s is locked by another writer (%s)",
                              h->path, msg);
@@ -270,7 +276,8 @@ static sqlite3_int64 check_index (lua_State *L, int arg) {
 
 /*
 ** Reads the current item of folded key `k` inside the open transaction.
-** Pushes its JSON (or nothing when absent) and sets *index (0 when absent).
+** Pushes its JSON when `L` is given and the key is present, and sets *index
+** (0 when absent).
 */
 static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
                          sqlite3_int64 *index, int *present) {
@@ -282,8 +289,9 @@ static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
     *index = 0;
     if (*present) {
         *index = sqlite3_column_int64(s, 0);
-        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 1),
-                        (size_t)sqlite3_column_bytes(s, 1));
+        if (L != NULL)
+            lua_pushlstring(L, (const char *)sqlite3_column_text(s, 1),
+                            (size_t)sqlite3_column_bytes(s, 1));
         rc = SQLITE_OK;
     }
     else if (rc == SQLITE_DONE)
@@ -292,12 +300,44 @@ static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
     return rc;
 }
 
-/* pushes false, current index, current JSON (or nil), ending the write */
-static int compare_failed (lua_State *L, Embedded *h, sqlite3_int64 current,
-                           int present) {
-    int rc = run(h, S_COMMIT);  /* keeps a sweep that ran in this transaction */
-    if (rc != SQLITE_OK)
-        return push_sqlite_error(L, h, rc);
+/*
+** The compare and the swap of a put, in one write transaction: index 0
+** creates only; N replaces only when the current index is N (so a non-zero
+** index never creates an absent key). Sets *swapped, and *result to the new
+** index, or to the current one (0: absent) when the compare failed; then,
+** when `L` is given, the current JSON is on its stack if *present.
+*/
+static int cas_put (Embedded *h, lua_State *L, const char *k, size_t klen, const char *key,
+                    const char *json, size_t jlen, sqlite3_int64 index, int has_expires,
+                    double expires, sqlite3_int64 *result, int *swapped, int *present) {
+    sqlite3_stmt *s = h->stmt[S_UPSERT];
+    sqlite3_int64 last = 0;
+    int rc;
+    *swapped = 0;
+    if ((rc = begin_write(h, &last)) != SQLITE_OK ||
+        (rc = read_current(L, h, k, klen, result, present)) != SQLITE_OK)
+        return rc;
+    if (index == 0 ? *present : (!*present || *result != index))
+        return run(h, S_COMMIT);    /* keeps a sweep that ran in this transaction */
+    if (*present && L != NULL) lua_pop(L, 1);
+    *present = 0;
+    bind_key(h, s, k, klen);
+    sqlite3_bind_text(s, 3, key, (int)strlen(key), SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, json, (int)jlen, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, last + 1);
+    if (has_expires) sqlite3_bind_double(s, 6, expires);
+    else sqlite3_bind_null(s, 6);
+    if ((rc = run(h, S_UPSERT)) != SQLITE_OK ||
+        (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
+        (rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return rc;
+    *swapped = 1;
+    *result = last + 1;
+    return SQLITE_OK;
+}
+
+/* pushes false, current index, current JSON (or nil) over the JSON on top */
+static int push_compare_failed (lua_State *L, sqlite3_int64 current, int present) {
     if (!present) lua_pushnil(L);
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
@@ -309,8 +349,7 @@ static int compare_failed (lua_State *L, Embedded *h, sqlite3_int64 current,
 /*
 ** h:put(key, json, index [, expires]) -> true, new index
 **                                      | false, current index, current JSON
-** index 0 creates only; N replaces only when the current index is N (so a
-** non-zero index never creates an absent key: false, 0, nil).
+** (0, nil when the key is absent)
 */
 static int embedded_put (lua_State *L) {
     Embedded *h = to_embedded(L);
@@ -318,29 +357,18 @@ static int embedded_put (lua_State *L) {
     size_t klen = check_key(L, 2, k), jlen;
     const char *key = lua_tostring(L, 2);
     const char *json = luaL_checklstring(L, 3, &jlen);
-    sqlite3_int64 index = check_index(L, 4), last, current;
-    int has_expires = !lua_isnoneornil(L, 5), present, rc;
+    sqlite3_int64 index = check_index(L, 4), result = 0;
+    int has_expires = !lua_isnoneornil(L, 5), present = 0, swapped = 0, rc;
     double expires = has_expires ? (double)luaL_checknumber(L, 5) : 0;
-    sqlite3_stmt *s = h->stmt[S_UPSERT];
     lua_settop(L, 5);
-    if ((rc = begin_write(h, &last)) != SQLITE_OK ||
-        (rc = read_current(L, h, k, klen, &current, &present)) != SQLITE_OK)
+    rc = cas_put(h, L, k, klen, key, json, jlen, index, has_expires, expires, &result,
+                 &swapped, &present);
+    if (rc != SQLITE_OK)
         return push_sqlite_error(L, h, rc);
-    if (index == 0 ? present : (!present || current != index))
-        return compare_failed(L, h, current, present);
-    if (present) lua_pop(L, 1);
-    bind_key(h, s, k, klen);
-    sqlite3_bind_text(s, 3, key, (int)strlen(key), SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, json, (int)jlen, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 5, last + 1);
-    if (has_expires) sqlite3_bind_double(s, 6, expires);
-    else sqlite3_bind_null(s, 6);
-    if ((rc = run(h, S_UPSERT)) != SQLITE_OK ||
-        (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
-        (rc = run(h, S_COMMIT)) != SQLITE_OK)
-        return push_sqlite_error(L, h, rc);
+    if (!swapped)
+        return push_compare_failed(L, result, present);
     lua_pushboolean(L, 1);
-    lua_pushinteger(L, (lua_Integer)(last + 1));
+    lua_pushinteger(L, (lua_Integer)result);
     return 2;
 }
 
@@ -358,8 +386,11 @@ static int embedded_delete (lua_State *L) {
     if ((rc = begin_write(h, &last)) != SQLITE_OK ||
         (rc = read_current(L, h, k, klen, &current, &present)) != SQLITE_OK)
         return push_sqlite_error(L, h, rc);
-    if (!present || current != index)
-        return compare_failed(L, h, current, present);
+    if (!present || current != index) {
+        if ((rc = run(h, S_COMMIT)) != SQLITE_OK)
+            return push_sqlite_error(L, h, rc);
+        return push_compare_failed(L, current, present);
+    }
     bind_key(h, h->stmt[S_DELETE], k, klen);
     if ((rc = run(h, S_DELETE)) != SQLITE_OK ||
         (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
@@ -600,13 +631,47 @@ static char *dup_string (const char *s) {
 **                           sync = "normal"|"full"}) -> handle | nil, err, code
 ** busy_timeout in milliseconds, sweep_interval in seconds (< 0: never).
 */
-int cx_embedded_open (lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    const char *ns, *sync, *problem = NULL;
-    lua_Number busy, sweep;
-    Embedded *h;
+/*
+** Opens `path` into the zeroed `h`: WAL, busy timeout, durability, schema,
+** prepared statements. Returns an SQLite code; on failure *detail says why
+** (valid until h is released) and the caller releases h.
+*/
+static int embedded_init (Embedded *h, const char *path, const char *ns, int busy_ms,
+                          double sweep_interval, const char *sync, const char **detail) {
+    const char *problem = NULL;
     char pragma[64];
     int rc, i;
+    h->sweep_interval = sweep_interval;
+    h->ns = dup_string(ns);
+    h->path = dup_string(path);
+    if (h->ns == NULL || h->path == NULL) {
+        *detail = "not enough memory";
+        return SQLITE_NOMEM;
+    }
+    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(h->db, busy_ms);
+        snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
+        if ((rc = exec_pragma_wal(h->db, busy_ms)) == SQLITE_OK &&
+            (rc = sqlite3_exec(h->db, pragma, NULL, NULL, NULL)) == SQLITE_OK &&
+            (rc = init_schema(h->db, &problem)) == SQLITE_OK) {
+            for (i = 0; i < N_STATEMENTS && rc == SQLITE_OK; i++)
+                rc = sqlite3_prepare_v3(h->db, statement_sql[i], -1,
+                                        SQLITE_PREPARE_PERSISTENT, &h->stmt[i], NULL);
+        }
+    }
+    if (rc != SQLITE_OK)
+        *detail = problem != NULL ? problem
+                : h->db != NULL ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc);
+    return rc;
+}
+
+int cx_embedded_open (lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    const char *ns, *sync, *detail = NULL;
+    lua_Number busy, sweep;
+    Embedded *h;
+    int rc;
     if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
     luaL_checktype(L, 2, LUA_TTABLE);
     ns = opt_string(L, "namespace", "");
@@ -621,30 +686,8 @@ int cx_embedded_open (lua_State *L) {
     h = (Embedded *)cx_newuserdata(L, sizeof(Embedded));
     memset(h, 0, sizeof *h);
     luaL_setmetatable(L, EMBEDDED_MT);
-    h->sweep_interval = (double)sweep;
-    h->ns = dup_string(ns);
-    h->path = dup_string(path);
-    if (h->ns == NULL || h->path == NULL) {
-        free(h->ns); free(h->path);
-        h->ns = h->path = NULL;
-        return luaL_error(L, "not enough memory");
-    }
-    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_busy_timeout(h->db, (int)busy);
-        snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
-        if ((rc = exec_pragma_wal(h->db, (int)busy)) == SQLITE_OK &&
-            (rc = sqlite3_exec(h->db, pragma, NULL, NULL, NULL)) == SQLITE_OK &&
-            (rc = init_schema(h->db, &problem)) == SQLITE_OK) {
-            for (i = 0; i < N_STATEMENTS && rc == SQLITE_OK; i++)
-                rc = sqlite3_prepare_v3(h->db, statement_sql[i], -1,
-                                        SQLITE_PREPARE_PERSISTENT, &h->stmt[i], NULL);
-        }
-    }
+    rc = embedded_init(h, path, ns, (int)busy, (double)sweep, sync, &detail);
     if (rc != SQLITE_OK) {
-        const char *detail = problem != NULL ? problem
-                           : h->db != NULL ? sqlite3_errmsg(h->db)
-                           : sqlite3_errstr(rc);
         const char *code = (rc & 0xFF) == SQLITE_BUSY ? "timeout" : "connect";
         lua_pushfstring(L, "cannot open %s: %s", path, detail);
         embedded_release(h);
@@ -652,6 +695,60 @@ int cx_embedded_open (lua_State *L) {
     }
     return 1;
 }
+
+/*
+** {======================================================
+** The C face, for the renewal thread: its own connection, no Lua state
+** =======================================================
+*/
+
+Embedded *cx_embedded_connect (const char *path, const char *ns, int busy_ms,
+                               const char *sync, char *err, size_t errlen) {
+    const char *detail = NULL;
+    Embedded *h = (Embedded *)calloc(1, sizeof(Embedded));
+    if (h == NULL) {
+        snprintf(err, errlen, "not enough memory");
+        return NULL;
+    }
+    /* a negative period: the thread never sweeps, the Lua handles do */
+    if (embedded_init(h, path, ns, busy_ms, -1, sync, &detail) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open %s: %s", path, detail);
+        embedded_release(h);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+int cx_embedded_swap (Embedded *h, const char *key, size_t klen, const char *json,
+                      size_t jlen, long long index, double expires, long long *result,
+                      char *err, size_t errlen) {
+    char k[CX_MAX_KEY_BYTES];
+    sqlite3_int64 r = 0;
+    int swapped = 0, present = 0, rc;
+    if (klen == 0 || klen > CX_MAX_KEY_BYTES || cx_key_fold(key, klen, k) != 0) {
+        snprintf(err, errlen, "invalid key");
+        return -1;
+    }
+    rc = cas_put(h, NULL, k, klen, key, json, jlen, (sqlite3_int64)index, 1, expires, &r,
+                 &swapped, &present);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", h->path, sqlite3_errmsg(h->db));
+        rollback_open(h);
+        return -1;
+    }
+    *result = (long long)r;
+    return swapped;
+}
+
+void cx_embedded_disconnect (Embedded *h) {
+    if (h != NULL) {
+        embedded_release(h);
+        free(h);
+    }
+}
+
+/* }====================================================== */
 
 static const luaL_Reg embedded_methods[] = {
     {"put", embedded_put},

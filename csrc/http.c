@@ -39,6 +39,13 @@ typedef struct Http {
 
 static int curl_ready = 0;      /* the one mutable global: a once-only flag */
 
+/* libcurl's global set-up, once, from the Lua thread; never cleaned up,
+** since other libraries in the process may share it */
+void cx_http_global_init (void) {
+    if (!curl_ready && curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK)
+        curl_ready = 1;
+}
+
 /*
 ** {======================================================
 ** Buffers (filled from libcurl's callbacks: no Lua here)
@@ -172,11 +179,7 @@ static int http_new (lua_State *L) {
         }
         lua_pop(L, 1);
     }
-    if (!curl_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            return luaL_error(L, "curl_global_init failed");
-        curl_ready = 1;         /* never cleaned up: other libraries may share it */
-    }
+    cx_http_global_init();
     h = (Http *)cx_newuserdata(L, sizeof(Http));
     memset(h, 0, sizeof *h);
     luaL_setmetatable(L, HTTP_MT);

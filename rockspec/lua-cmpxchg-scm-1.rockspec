@@ -22,16 +22,18 @@ external_dependencies = {
 }
 build = {
     type = "builtin",
+    install = { bin = { cmpxchg = "bin/cmpxchg" } },
     modules = {
         ["cmpxchg.core"] = {
             sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/http.c",
-                        "csrc/keycase.c" },
+                        "csrc/keycase.c", "csrc/renew.c" },
             defines = { "_DEFAULT_SOURCE" },
             incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
             libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
-            libraries = { "sqlite3", "curl" },
+            libraries = { "sqlite3", "curl", "pthread" },
         },
         ["cmpxchg"] = "lua/cmpxchg/init.lua",
+        ["cmpxchg.admin"] = "lua/cmpxchg/admin.lua",
         ["cmpxchg.check"] = "lua/cmpxchg/check.lua",
         ["cmpxchg.embedded"] = "lua/cmpxchg/embedded.lua",
         ["cmpxchg.etcd"] = "lua/cmpxchg/etcd.lua",

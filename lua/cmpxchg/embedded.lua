@@ -29,14 +29,15 @@ end
 -- write lock), sweep_interval (seconds between @expires sweeps, < 0: never),
 -- sync ("normal": survives a killed process; "full": survives power loss).
 function Embedded.open(path, opts)
-    local handle, err, code = core.embedded_open(path, {
+    local settings = {
         namespace = opts.database or "",
         busy_timeout = math.floor((opts.timeout or 5) * 1000),
         sweep_interval = opts.sweep_interval or 60,
         sync = opts.sync or "normal",
-    })
+    }
+    local handle, err, code = core.embedded_open(path, settings)
     if not handle then return nil, err, code end
-    return setmetatable({ handle = handle, path = path }, Embedded)
+    return setmetatable({ handle = handle, path = path, settings = settings }, Embedded)
 end
 
 function Embedded:describe()
@@ -94,6 +95,19 @@ function Embedded:list(prefix, start, page_size)
         row.value, row.json = value, nil
     end
     return rows
+end
+
+--- What the renewal thread repeats to keep a lease (csrc/renew.c): a put of
+-- the value `parts` (JSON text with date slots) on the held index, over a
+-- connection of its own to the same file. A ":memory:" store cannot be
+-- shared with another connection: nil then.
+function Embedded:renewal_plan(key, parts, grace)
+    if self.path == ":memory:" then return nil end
+    return {
+        kind = "embedded", path = self.path, namespace = self.settings.namespace, key = key,
+        sync = self.settings.sync, busy_ms = self.settings.busy_timeout,
+        parts = parts, expires_offset = grace,
+    }
 end
 
 function Embedded:sweep()

@@ -1,5 +1,6 @@
 --- cmpxchg: RavenDB-style compare-exchange and distributed locks for Lua.
 -- The public entry points: open, type, monitor, null, _VERSION.
+local admin = require "cmpxchg.admin"
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
@@ -170,5 +171,10 @@ end
 
 --- monitor = cmpxchg.monitor(store [, opts]): the seed's RavenDbProcessMonitor
 cmpxchg.monitor = lock.monitor
+
+--- The operator view: the locks under a prefix, and breaking a stale one by
+-- CAS on the index that was shown (bin/cmpxchg is their command line).
+cmpxchg.locks = admin.locks
+cmpxchg.break_lock = admin.break_lock
 
 return cmpxchg

@@ -10,6 +10,7 @@
 -- by a put with the index we were shown, exactly as the seeds do.
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
 local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
 
@@ -127,6 +128,67 @@ local function write_lease(st, key, o, owner, index)
     return ok, idx, current, mono, wall
 end
 
+--[[ Auto-renew, in plain Lua: a thread of the C core (csrc/renew.c) writes
+the lease again every ttl/3 over its own connection, from a plan the backend
+makes; the lock reads what the thread publishes at every call into it (or
+into its store), and a loss becomes `on_lost` there, in Lua. ]]
+
+local SLOT = "@@cmpxchg-expiry@@"
+
+--- The lease value as JSON text split around its expiry: {before, 0, after}
+-- (0: the slot takes the date "now + ttl" at each renewal).
+local function value_parts(o, owner)
+    local value = lease_value(o, owner, 0)
+    value[o.expires_field] = SLOT
+    local text = assert(json.encode(value))
+    local a, b = text:find(SLOT, 1, true)
+    return { text:sub(1, a - 1), 0, text:sub(b + 1) }
+end
+
+local function renewal_plan(st, key, o, owner)
+    local backend = st.backend
+    return backend.renewal_plan and backend:renewal_plan(key, value_parts(o, owner),
+        o.expires_grace)
+end
+
+function Lock:start_renewing()
+    local o = self.options
+    local plan = assert(renewal_plan(self.store, self.key, o, self.owner))
+    plan.index, plan.ttl, plan.clock_skew = self.index, o.ttl, o.clock_skew
+    plan.interval, plan.valid_mono = o.ttl / 3, self.valid_mono
+    self.renewer = core.renewer_start(plan)
+    local st = self.store
+    st.renewing = st.renewing or setmetatable({}, { __mode = "k" })
+    st.renewing[self] = true
+end
+
+--- Stops the renewal thread (waiting for it) and takes over its last state.
+function Lock:stop_renewing()
+    local r = self.renewer
+    if r == nil then return end
+    self:sync()
+    r:stop()
+    self:sync()
+    self.renewer = nil
+    if self.store.renewing then self.store.renewing[self] = nil end
+end
+
+--- Reads what the renewal thread published; a lease it found lost ends the
+-- lock here (and calls on_lost).
+function Lock:sync()
+    local r = self.renewer
+    if r == nil or self.released then return end
+    local index, valid, lost, reason = r:state()
+    self.index, self.valid_mono = index, valid
+    self.valid_wall = runtime.time() + (valid - runtime.monotime())
+    if lost then
+        self.renewer = nil
+        r:stop()
+        if self.store.renewing then self.store.renewing[self] = nil end
+        self:mark({ false, "lost" }, reason)
+    end
+end
+
 local function new_lock(st, key, o, owner, idx, mono, wall, stats)
     return setmetatable({
         store = st, key = key, owner = owner, options = o,
@@ -144,6 +206,10 @@ function lock.acquire(st, key, opts)
     check.key(key, 1, "lock")
     local o = options(opts, 2, "lock")
     local owner = o.owner or runtime.uuid()
+    if o.auto_renew and not renewal_plan(st, key, o, owner) then
+        argerror(2, "lock", "auto_renew is not available on this store ("
+            .. st.backend:describe() .. ")")
+    end
     local start = runtime.monotime()
     local deadline = start + o.timeout
     local step = o.backoff_min
@@ -157,7 +223,9 @@ function lock.acquire(st, key, opts)
         if ok then
             if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
             stats.waited = mono - start
-            return new_lock(st, key, o, owner, idx, mono, wall, stats)
+            local l = new_lock(st, key, o, owner, idx, mono, wall, stats)
+            if o.auto_renew then l:start_renewing() end
+            return l
         end
         -- lost the race: idx/current are the lease now in the store. Retry at
         -- once when it has expired (take it over) or has just vanished, but
@@ -215,6 +283,7 @@ end
 -- second call returns what the first did.
 function Lock:release()
     to_lock(self, "release")
+    self:stop_renewing()
     local result = self.released
     if result then return result[1], result[2], result[3] end
     if self.store.backend == nil then
@@ -243,6 +312,8 @@ end
 -- the held index; the token changes to the new index.
 function Lock:extend(ttl)
     to_lock(self, "extend")
+    local renewing = self.renewer ~= nil
+    self:stop_renewing()
     if self.released then check.raise("attempt to extend a released lock") end
     local o = self.options
     if ttl ~= nil then
@@ -263,25 +334,28 @@ function Lock:extend(ttl)
     self.index = idx
     self.valid_mono = mono + o.ttl - o.clock_skew
     self.valid_wall = wall + o.ttl - o.clock_skew
+    if renewing then self:start_renewing() end
     return true
 end
 
 --- lock:token() -> the index of the held lease: a fencing token that strictly
 -- increases with every acquisition (and extension) of the key.
 function Lock:token()
-    return to_lock(self, "token").index
+    to_lock(self, "token"):sync()
+    return self.index
 end
 
 --- lock:is_held() -> true while not released and the lease, counted on the
 -- monotonic clock from before the request was sent, has not run out.
 function Lock:is_held()
-    to_lock(self, "is_held")
+    to_lock(self, "is_held"):sync()
     return not self.released and runtime.monotime() < self.valid_mono
 end
 
 --- lock:valid_until() -> epoch seconds at which the lease ends.
 function Lock:valid_until()
-    return to_lock(self, "valid_until").valid_wall
+    to_lock(self, "valid_until"):sync()
+    return self.valid_wall
 end
 
 -- `local l <close> = store:lock(k)` releases at the end of the scope. A

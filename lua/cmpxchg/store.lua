@@ -29,6 +29,12 @@ local function backend_of(self, fname)
     if backend == nil then
         check.raise("attempt to use a closed store")
     end
+    -- locks renewed by a thread learn of a loss on the next call from Lua
+    if self.renewing and next(self.renewing) then
+        local locks = {}
+        for l in pairs(self.renewing) do locks[#locks + 1] = l end
+        for _, l in ipairs(locks) do l:sync() end
+    end
     return backend
 end
 store.backend_of = backend_of
@@ -147,6 +153,7 @@ function Store:close()
     end
     local backend = self.backend
     if backend ~= nil then
+        for l in pairs(self.renewing or {}) do l:stop_renewing() end
         self.backend = nil      -- closed before the backend is released
         backend:close()
     end

@@ -101,6 +101,57 @@ return function(t, ctx)
             assert.equal(l.owner, value.Owner)
         end)
 
+        if ctx.auto_renew == false then
+            it("refuses auto_renew clearly where it is not available", function()
+                assert.has_error(function() st:lock("k", { auto_renew = true }) end)
+                assert.same({ nil, 0 }, { st:get("k") })
+            end)
+        else
+            it("auto-renew keeps the lease past its ttl, from a thread", function()
+                local l = assert(st:lock("k", { ttl = 3, auto_renew = true }))
+                local first = l:token()
+                core.sleep(4.2)             -- time must pass: more than a ttl
+                local other = assert(helpers.open_target(ctx.target()))
+                assert.is_nil((other:lock("k", { timeout = 0 })))
+                assert.is_true(l:is_held())
+                assert.is_true(l:token() > first)
+                assert.equal(l:token(), select(2, other:get("k")))
+                assert.is_true(l:release())
+                assert.same({ nil, 0 }, { other:get("k") })
+                other:close()
+            end)
+
+            it("a renewal that finds the lease taken ends the lock and calls on_lost", function()
+                local calls = {}
+                local l = assert(st:lock("k", { ttl = 3, auto_renew = true,
+                    on_lost = function(lk, why) calls[#calls + 1] = { lk, why } end }))
+                local other = assert(helpers.open_target(ctx.target()))
+                helpers.wait_until(function()      -- break it, racing the renewals
+                    local _, index = other:get("k")
+                    return other:delete("k", index) == true
+                end, 10, "the lease deleted")
+                local rival = assert(other:lock("k", { timeout = 0 }))
+                helpers.wait_until(function() return not l:is_held() end, 10, "the loss seen")
+                assert.equal(1, #calls)
+                assert.equal(l, calls[1][1])
+                assert.matches("^lost: the lease was taken over", calls[1][2])
+                assert.same({ false, "lost" }, { l:release() })
+                assert.equal(rival:token(), select(2, other:get("k")))   -- untouched
+                assert.is_true(rival:release())
+                other:close()
+            end)
+
+            it("an unreferenced auto-renewed lock is collected, and stops renewing", function()
+                local weak = setmetatable({}, { __mode = "v" })
+                weak[1] = assert(st:lock("k", { ttl = 2, auto_renew = true }))
+                collectgarbage()
+                collectgarbage()
+                assert.is_nil(weak[1])
+                local l = assert(st:lock("k", { timeout = 6 }))
+                assert.equal(1, l.takeovers)
+            end)
+        end
+
         it("several processes contend for one lock with zero overlaps", function()
             local procs, rounds = 6, 25
             local dir = os.tmpname()
