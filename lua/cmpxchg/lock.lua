@@ -162,13 +162,7 @@ function Lock:start_renewing()
     st.renewing[self] = true
 end
 
---- Stops the renewal thread (waiting for it) and takes over its last state.
-function Lock:stop_renewing()
-    local r = self.renewer
-    if r == nil then return end
-    self:sync()
-    r:stop()
-    self:sync()
+local function drop_renewer(self)
     self.renewer = nil
     if self.store.renewing then self.store.renewing[self] = nil end
 end
@@ -182,11 +176,19 @@ function Lock:sync()
     self.index, self.valid_mono = index, valid
     self.valid_wall = runtime.time() + (valid - runtime.monotime())
     if lost then
-        self.renewer = nil
-        r:stop()
-        if self.store.renewing then self.store.renewing[self] = nil end
+        drop_renewer(self)
+        r:stop()                -- the thread has ended: this only reaps it
         self:mark({ false, "lost" }, reason)
     end
+end
+
+--- Stops the renewal thread, waiting for it, and takes over its final state.
+function Lock:stop_renewing()
+    local r = self.renewer
+    if r == nil then return end
+    r:stop()
+    self:sync()
+    drop_renewer(self)
 end
 
 local function new_lock(st, key, o, owner, idx, mono, wall, stats)
