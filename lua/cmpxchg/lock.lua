@@ -197,7 +197,8 @@ local function new_lock(st, key, o, owner, idx, mono, wall, stats)
         index = idx,
         valid_mono = mono + o.ttl - o.clock_skew,
         valid_wall = wall + o.ttl - o.clock_skew,
-        attempts = stats.attempts, waited = stats.waited, takeovers = stats.takeovers,
+        attempts = stats.attempts, writes = stats.writes, waited = stats.waited,
+        takeovers = stats.takeovers,
         on_lost = o.on_lost,
     }, lock_mt)
 end
@@ -215,26 +216,39 @@ function lock.acquire(st, key, opts)
     local start = runtime.monotime()
     local deadline = start + o.timeout
     local step = o.backoff_min
-    local stats = { attempts = 0, waited = 0, takeovers = 0 }
+    local stats = { attempts = 0, writes = 0, waited = 0, takeovers = 0 }
     local index = 0             -- 0: create; else the expired lease's index
+    local probe = false         -- after a wait: read first, write only when it can win
     while true do
+        local idx, current, failure, failure_code
         stats.attempts = stats.attempts + 1
-        local ok, idx, current, mono, wall, failure, failure_code =
-            write_lease(st, key, o, owner, index)
-        if ok == nil then return nil, idx, current end
-        if ok then
-            if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
-            stats.waited = mono - start
-            local l = new_lock(st, key, o, owner, idx, mono, wall, stats)
-            if o.auto_renew then l:start_renewing() end
-            return l
+        if probe then
+            -- waiting costs reads, not writes: on RavenDB a failed put still
+            -- takes a Raft index, on etcd a revision check
+            local value, now_index, code = st:get(key)
+            if type(now_index) ~= "number" then return nil, now_index, code end
+            idx, current = now_index, value
+        else
+            stats.writes = stats.writes + 1
+            local ok, mono, wall
+            ok, idx, current, mono, wall, failure, failure_code =
+                write_lease(st, key, o, owner, index)
+            if ok == nil then return nil, idx, current end
+            if ok then
+                if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
+                stats.waited = mono - start
+                local l = new_lock(st, key, o, owner, idx, mono, wall, stats)
+                if o.auto_renew then l:start_renewing() end
+                return l
+            end
         end
-        -- lost the race: idx/current are the lease now in the store. Retry at
-        -- once when it has expired (take it over) or has just vanished, but
-        -- never loop without waiting past the deadline.
+        -- lost the race (or read the lease): idx/current are the lease now in
+        -- the store. Write at once when it has expired (take it over) or is
+        -- gone, but never loop without waiting past the deadline.
         local ends = lease_end(current, o.expires_field)
         local now = runtime.time()
         local at_once = runtime.monotime() < deadline or stats.attempts < 3
+        probe = false
         if idx > 0 and ends and now > ends + o.clock_skew and at_once then
             index = idx
         elseif idx == 0 and at_once then
@@ -259,6 +273,7 @@ function lock.acquire(st, key, opts)
             end
             runtime.sleep(math.min(pause, left))
             step = math.min(step * 2, o.backoff_max)
+            probe = failure == nil      -- after an error, write again rather than read
         end
     end
 end

@@ -279,6 +279,16 @@ describe("lock (unit, fake clock)", function()
         assert.equal(l:token(), select(2, backend:item("k")))
     end)
 
+    it("waits with reads, and writes only to take a lease that is gone or expired", function()
+        foreign_lease("k", 1)                           -- 1 put
+        local l = assert(st:lock("k", { timeout = 5, backoff_min = 0.01, backoff_max = 0.2 }))
+        assert.equal(3, backend:count("put"))           -- ours that lost, and the takeover
+        assert.is_true(backend:count("get") >= 5)
+        assert.equal(2, l.writes)
+        assert.equal(l.attempts, l.writes + backend:count("get"))
+        assert.equal(1, l.takeovers)
+    end)
+
     it("a timeout failure reports its attempts and time waited", function()
         foreign_lease("k", 3600)
         local l, err, code, stats = st:lock("k", { timeout = 1 })
