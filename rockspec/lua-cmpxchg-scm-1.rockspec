@@ -39,6 +39,7 @@ build = {
         ["cmpxchg.etcd"] = "lua/cmpxchg/etcd.lua",
         ["cmpxchg.json"] = "lua/cmpxchg/json.lua",
         ["cmpxchg.lock"] = "lua/cmpxchg/lock.lua",
+        ["cmpxchg.nodes"] = "lua/cmpxchg/nodes.lua",
         ["cmpxchg.ravendb"] = "lua/cmpxchg/ravendb.lua",
         ["cmpxchg.runtime"] = "lua/cmpxchg/runtime.lua",
         ["cmpxchg.store"] = "lua/cmpxchg/store.lua",

@@ -43,6 +43,16 @@ function helpers.lua_command(script, args)
     return table.concat(parts, " ")
 end
 
+--- Runs a shell command to completion; its output, or raises. Without the
+-- ASan run's preload: servers, node and scripts are not what that run checks.
+function helpers.sh(cmd)
+    local p = assert(io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1"))
+    local out = p:read("a")
+    local ok = p:close()
+    if not ok then error(("command failed: %s\n%s"):format(cmd, out), 2) end
+    return (out:gsub("%s+$", ""))
+end
+
 --- Runs a Lua file to completion: output, exit code.
 function helpers.run(script, args)
     local p = assert(io.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))

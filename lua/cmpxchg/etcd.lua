@@ -18,10 +18,12 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local nodes = require "cmpxchg.nodes"
 local runtime = require "cmpxchg.runtime"
 
 local b64, unb64 = core.b64encode, core.b64decode
 local tointeger = check.tointeger
+local fail, snippet = nodes.fail, nodes.snippet
 
 local Etcd = {}
 Etcd.__index = Etcd
@@ -29,16 +31,6 @@ Etcd.__index = Etcd
 local DEFAULT_TIMEOUT = 5       -- seconds per request; etcd itself gives up after 7 s
 local MAX_TXN_OPS = 128         -- --max-txn-ops (§8)
 local PAGE = 512                -- keys per range page when listing
-
---- At most 200 bytes of a reply, for messages.
-local function snippet(s)
-    s = tostring(s)
-    return #s > 200 and s:sub(1, 200) .. "..." or s
-end
-
-local function fail(code, fmt, ...)
-    return nil, code .. ": " .. fmt:format(...), code
-end
 
 --- An int64 of a reply (a JSON string, §1.3), or `default` when left out (§1.4).
 local function int(v, default)
@@ -103,14 +95,7 @@ function Etcd:describe()
     return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix)
 end
 
-function Etcd:connection(url)
-    local c = self.connections[url]
-    if c == nil then
-        c = self.transports.new(self.transport_opts)
-        self.connections[url] = c
-    end
-    return c
-end
+Etcd.connection = nodes.connection
 
 --[[ Requests, failover and error classes ]]
 
@@ -439,12 +424,6 @@ function Etcd:list(prefix, start, page_size)
     end
 end
 
-function Etcd:close()
-    for url, c in pairs(self.connections) do
-        self.connections[url] = nil
-        c:close()
-    end
-    return true
-end
+Etcd.close = nodes.close
 
 return Etcd

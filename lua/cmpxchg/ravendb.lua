@@ -7,9 +7,11 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local nodes = require "cmpxchg.nodes"
 local runtime = require "cmpxchg.runtime"
 
 local tointeger = check.tointeger
+local fail, snippet = nodes.fail, nodes.snippet
 
 local RavenDB = {}
 RavenDB.__index = RavenDB
@@ -28,16 +30,6 @@ local function escape(s)
     return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
 end
 RavenDB.escape = escape
-
---- At most 200 bytes of a reply, for messages.
-local function snippet(s)
-    s = tostring(s)
-    return #s > 200 and s:sub(1, 200) .. "..." or s
-end
-
-local function fail(code, fmt, ...)
-    return nil, code .. ": " .. fmt:format(...), code
-end
 
 --- Reads a JSON reply; a body that is not what RavenDB sends is a decode error.
 local function decode_reply(body, what)
@@ -126,14 +118,7 @@ function RavenDB:describe()
     return ("ravendb %s/%s"):format(table.concat(urls, ","), self.database)
 end
 
-function RavenDB:connection(url)
-    local c = self.connections[url]
-    if c == nil then
-        c = self.transports.new(self.transport_opts)
-        self.connections[url] = c
-    end
-    return c
-end
+RavenDB.connection = nodes.connection
 
 --- Fetches GET /topology?name=db from the nodes in turn, as the official
 -- clients' first topology update does (§6.1); stops at once on an answer
@@ -163,22 +148,22 @@ function RavenDB:set_topology(reply)
     if type(reply.Nodes) ~= "table" or #reply.Nodes == 0 then
         return fail("decode", "topology without nodes")
     end
-    local nodes = {}
+    local members = {}
     for i, n in ipairs(reply.Nodes) do
         if type(n) ~= "table" or type(n.Url) ~= "string" then
             return fail("decode", "topology node %d has no Url", i)
         end
-        nodes[i] = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?") }
+        members[i] = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?") }
     end
     local preferred_url = self.nodes[self.preferred] and self.nodes[self.preferred].url
-    self.nodes, self.preferred = nodes, 1
-    for i, n in ipairs(nodes) do
+    self.nodes, self.preferred = members, 1
+    for i, n in ipairs(members) do
         if n.url == preferred_url then self.preferred = i end
     end
     self.topology_etag = tointeger(reply.Etag) or -1
     -- close connections to nodes that left the topology
     local keep = {}
-    for _, n in ipairs(nodes) do keep[n.url] = true end
+    for _, n in ipairs(members) do keep[n.url] = true end
     for url, c in pairs(self.connections) do
         if not keep[url] then
             c:close()
@@ -416,12 +401,6 @@ function RavenDB:renewal_plan(key, parts, grace)
     }
 end
 
-function RavenDB:close()
-    for url, c in pairs(self.connections) do
-        self.connections[url] = nil
-        c:close()
-    end
-    return true
-end
+RavenDB.close = nodes.close
 
 return RavenDB

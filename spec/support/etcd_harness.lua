@@ -5,15 +5,7 @@ local core = require "cmpxchg.core"
 
 local harness = {}
 
---- Runs a shell command; its output, or raises. Without the ASan run's
--- preload: etcd and the scripts are not what that run checks.
-local function sh(cmd)
-    local p = assert(io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1"))
-    local out = p:read("a")
-    local ok = p:close()
-    if not ok then error(("command failed: %s\n%s"):format(cmd, out), 2) end
-    return (out:gsub("%s+$", ""))
-end
+local sh = require("spec.helpers").sh
 harness.sh = sh
 
 local function script(variant, args)

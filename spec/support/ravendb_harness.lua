@@ -6,15 +6,7 @@ local json = require "cmpxchg.json"
 
 local harness = {}
 
---- Runs a shell command; its output, or raises. Without the ASan run's
--- preload: node and the scripts are not what that run checks.
-local function sh(cmd)
-    local p = assert(io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1"))
-    local out = p:read("a")
-    local ok = p:close()
-    if not ok then error(("command failed: %s\n%s"):format(cmd, out), 2) end
-    return (out:gsub("%s+$", ""))
-end
+local sh = require("spec.helpers").sh
 harness.sh = sh
 
 local function split(list)
