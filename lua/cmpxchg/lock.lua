@@ -203,6 +203,13 @@ local function new_lock(st, key, o, owner, idx, mono, wall, stats)
     }, lock_mt)
 end
 
+--- A failure worth waiting out within the lock's timeout: the store could
+-- not be reached or did not answer (a leader election, a node restarting).
+-- Wrong credentials, TLS, a missing database or a bad reply are final.
+local function transient(code, o, deadline)
+    return AMBIGUOUS[code] and o.timeout > 0 and runtime.monotime() < deadline
+end
+
 --- lock, err, code = store:lock(key [, opts])
 function lock.acquire(st, key, opts)
     backend_of(st, "lock")
@@ -226,15 +233,22 @@ function lock.acquire(st, key, opts)
             -- waiting costs reads, not writes: on RavenDB a failed put still
             -- takes a Raft index, on etcd a revision check
             local value, now_index, code = st:get(key)
-            if type(now_index) ~= "number" then return nil, now_index, code end
-            idx, current = now_index, value
+            if type(now_index) == "number" then
+                idx, current = now_index, value
+            elseif transient(code, o, deadline) then
+                failure, failure_code, idx = now_index, code, -1
+            else
+                return nil, now_index, code
+            end
         else
             stats.writes = stats.writes + 1
             local ok, mono, wall
             ok, idx, current, mono, wall, failure, failure_code =
                 write_lease(st, key, o, owner, index)
-            if ok == nil then return nil, idx, current end
-            if ok then
+            if ok == nil then
+                if not transient(current, o, deadline) then return nil, idx, current end
+                failure, failure_code, idx = idx, current, -1     -- wait, then write again
+            elseif ok then
                 if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
                 stats.waited = mono - start
                 local l = new_lock(st, key, o, owner, idx, mono, wall, stats)
@@ -247,7 +261,8 @@ function lock.acquire(st, key, opts)
         -- gone, but never loop without waiting past the deadline.
         local ends = lease_end(current, o.expires_field)
         local now = runtime.time()
-        local at_once = runtime.monotime() < deadline or stats.attempts < 3
+        -- after an error, always back off: a store in trouble is not hammered
+        local at_once = failure == nil and (runtime.monotime() < deadline or stats.attempts < 3)
         probe = false
         if idx > 0 and ends and now > ends + o.clock_skew and at_once then
             index = idx

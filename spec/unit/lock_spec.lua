@@ -250,10 +250,36 @@ describe("lock (unit, fake clock)", function()
         assert.equal(l:token(), select(2, backend:item("k")))
     end)
 
+    it("waits out transient failures within its timeout, and reports the last one after", function()
+        local real_put, failures = backend.put, 3
+        backend.put = function(...)
+            if failures > 0 then
+                failures = failures - 1
+                return nil, "connect: no leader", "connect"
+            end
+            return real_put(...)
+        end
+        backend:fail_next("get", "connect: down too", "connect")
+        local l = assert(st:lock("k", { timeout = 5 }))
+        assert.equal(4, l.writes)
+        assert.is_true(#sleeps >= 3)
+        -- a store that stays unreachable: the last error, when the time is up
+        failures = math.huge
+        local ok, err, code, stats = st:lock("k2", { timeout = 1 })
+        assert.is_nil(ok)
+        assert.same({ "connect: no leader", "connect" }, { err, code })
+        assert.is_true(stats.writes > 3)
+        assert.is_true(math.abs(stats.waited - 1) < 1e-6)
+        -- and final errors are never waited out
+        backend.put = real_put
+        backend:fail_next("put", "auth: permission denied", "auth")
+        assert.same({ nil, "auth: permission denied", "auth" }, { st:lock("k3", { timeout = 5 }) })
+    end)
+
     it("never takes a lease it cannot settle", function()
         backend:fail_after_apply("put", "timeout: no reply", "timeout")
         backend:fail_next("get", "timeout: still down", "timeout")
-        assert.same({ nil, "timeout: no reply", "timeout" }, { st:lock("k") })
+        assert.same({ nil, "timeout: no reply", "timeout" }, { st:lock("k", { timeout = 0 }) })
     end)
 
     it("settles a release whose reply was lost, and never deletes someone else's lease", function()

@@ -1,0 +1,157 @@
+-- Fencing tokens on every backend: examples/fencing.lua runs and shows the refusal,
+-- and a holder paused (SIGSTOP) past its lease has its late write refused by a
+-- resource that checks tokens (the rule of spec/support/fenced_writer.lua).
+local cmpxchg = require "cmpxchg"
+local core = require "cmpxchg.core"
+local fenced = require "spec.support.fenced_writer"
+local helpers = require "spec.helpers"
+
+local function proc_state(pid)
+    local f = io.open("/proc/" .. pid .. "/stat", "r")
+    if not f then return nil end
+    local stat = f:read("a")
+    f:close()
+    return stat:match("%) (%a)")
+end
+
+--- The fencing examples for one backend. ctx: name; open() -> a store in a fresh
+-- database; target() -> the string that child processes open for that store;
+-- example_args() -> the --store (and --database) arguments of the example.
+local function fencing_contract(ctx)
+    describe("fencing (" .. ctx.name .. ")", function()
+        local st
+
+        before_each(function() st = assert(ctx.open()) end)
+        after_each(function()
+            st:close()
+            helpers.cleanup()
+        end)
+
+        it("examples/fencing.lua refuses the late write of the expired holder", function()
+            local args = ctx.example_args()
+            for i, a in ipairs(args) do args[i] = helpers.shell_quote(a) end
+            local p = assert(io.popen(("timeout 60 %s examples/fencing.lua %s 2>&1")
+                :format(helpers.lua, table.concat(args, " "))))
+            local out = p:read("a")
+            local _, _, code = p:close()
+            assert.equal(0, code, out)
+            local a = tonumber(out:match("A holds locks/reports/daily with token (%d+)"))
+            local b = tonumber(out:match("B took over the expired lease: token (%d+) %(takeovers 1%)"))
+            assert.truthy(a and b, out)
+            assert.is_true(b > a)
+            assert.matches("A writes reports/daily: accepted", out)
+            assert.matches("B writes reports/daily: accepted", out)
+            assert.matches(("A's late write with token %d: refused, token %d is recorded")
+                :format(a, b), out)
+            assert.matches('reports/daily now holds "report by B"', out)
+            assert.matches("A releases: false %(lost%)", out)
+            assert.same({}, assert(st:list("")))      -- it cleans up after itself
+        end)
+
+        it("refuses the late write of a holder paused past its lease", function()
+            local go = os.tmpname()
+            os.remove(go)
+            local child = helpers.start("spec/support/fenced_writer.lua",
+                { ctx.target(), "locks/resource", "resource", "1", go })
+            local pid, closed = nil, false
+            finally(function()
+                if not closed then      -- never signal a pid that may have been reused
+                    if pid then
+                        helpers.kill(pid, "KILL")
+                        helpers.kill(pid, "CONT")
+                    end
+                    child:close()
+                end
+                os.remove(go)
+            end)
+            local line = child:read("l")
+            local token
+            token, pid = tostring(line):match("^held (%d+) (%d+)$")
+            assert.truthy(token, "the holder said: " .. tostring(line))
+            token, pid = tonumber(token), tonumber(pid)
+            -- the holder made its write before it said "held"
+            assert.equal(token, (st:get("resource")).Token)
+
+            helpers.kill(pid, "STOP")
+            helpers.wait_until(function() return proc_state(pid) == "T" end, 5,
+                "the holder to be stopped")
+            -- the lease runs out while the holder is stopped; we take it over
+            local started = core.monotime()
+            local l = assert(st:lock("locks/resource", { ttl = 30, timeout = 10 }))
+            assert.equal(1, l.takeovers)
+            assert.is_true(l:token() > token)
+            assert.is_true(core.monotime() - started < 3, "the takeover took too long")
+            assert.is_true((fenced.write(st, "resource", l:token(), "new holder")))
+
+            -- the holder wakes up and writes with its old token: refused
+            assert(io.open(go, "w")):close()
+            helpers.kill(pid, "CONT")
+            local out = child:read("a")
+            local _, _, code = child:close()
+            closed = true
+            assert.equal(0, code, out)
+            assert.matches("release false lost", out)
+            assert.matches("refused " .. l:token(), out)
+            local value = st:get("resource")
+            assert.equal(l:token(), value.Token)
+            assert.equal("new holder", value.Data)
+
+            -- the same holder writing again with its token is accepted
+            local ok, index = fenced.write(st, "resource", l:token(), "again")
+            assert.is_true(ok)
+            assert.same({ false, l:token() }, { fenced.write(st, "resource", token, "stale") })
+            assert.is_true(l:release())
+            assert.is_true((st:delete("resource", index)))
+        end)
+    end)
+end
+
+-- embedded
+local path
+fencing_contract({
+    name = "embedded",
+    open = function()
+        path = helpers.tmpdb()
+        return cmpxchg.open(path)
+    end,
+    target = function() return path end,
+    example_args = function() return { "--store", path } end,
+})
+
+-- the RavenDB emulator (a real server when RAVENDB_URL is set)
+do
+    local harness = require "spec.support.ravendb_harness"
+    local server = harness.server()
+    local databases, db = {}, nil
+    fencing_contract({
+        name = server.real and "ravendb " .. server.urls[1] or "ravendb emulator",
+        open = function()
+            db = harness.create_database(server)
+            databases[#databases + 1] = db
+            return cmpxchg.open(server.urls, { database = db, timeout = 5 })
+        end,
+        target = function() return server.urls[1] .. "#" .. db end,
+        example_args = function() return { "--store", server.urls[1], "--database", db } end,
+    })
+    teardown(function()
+        for _, name in ipairs(databases) do harness.delete_database(server, name) end
+    end)
+end
+
+-- a 3-member etcd cluster
+do
+    local harness = require "spec.support.etcd_harness"
+    local cluster = harness.cluster()
+    local prefix
+    fencing_contract({
+        name = "etcd cluster",
+        open = function()
+            prefix = harness.fresh_prefix()
+            return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
+        end,
+        target = function() return cluster.endpoints[1] .. "#" .. prefix end,
+        example_args = function()
+            return { "--store", cluster.endpoints[1], "--database", prefix }
+        end,
+    })
+end

@@ -1,0 +1,384 @@
+--- The lock torture test, for any backend:
+--   local figures = require("spec.support.torture").run(ctx)
+-- Runs ctx.workers (8) worker processes (spec/support/torture_worker.lua) that
+-- take one lock ctx.rounds (40) times each with a short lease (ctx.ttl, 1 s) and
+-- make a fenced write to a protected resource in every critical section. Meanwhile
+-- this process follows their shared log and, at points spread over the run, picks
+-- the worker that holds the lock right then and either SIGKILLs it (a replacement
+-- takes on the rounds it had left) or SIGSTOPs it until its lease has run out and
+-- a newer holder has written, then SIGCONTs it, so that its late write comes.
+--
+-- ctx: name; target (the string workers open: a file, or "URL[,URL...]#database");
+-- open() -> a store on the same target, for the final checks and the clean-up;
+-- optional workers, rounds, ttl, kills, stops (mid-section kills and stops to
+-- make, 4 each), deadline (seconds, 150), keep_log (true: the shared log stays,
+-- its path in the figures' log); disturb(), called once when a third of
+-- the sections are done (the etcd leader kill): it may return a function that is
+-- called at the end to wait for the disturbance to be over, and may return what
+-- happened, for the report.
+--
+-- Returns the figures: acquisitions, expected (workers * rounds), takeovers, kills
+-- and stops (signals sent), kills_mid and stops_mid (those that hit a holder before
+-- its write), planned and done_events (of those), disturbed_at (acquisitions then)
+-- and disturbance (what disturb's function returned), overlaps (of valid leases),
+-- order (sections whose token does not exceed the one before in time), accepted,
+-- refused, stale_refused (late writes of stopped holders refused), stale_expected,
+-- stale_accepted (accepted writes whose token is lower than one accepted before
+-- them on the resource), bad_refusals (refusals no higher accepted token explains),
+-- write_failures, lock_failures, lost (releases that did not return true),
+-- failure_codes and lost_codes (how many of each code),
+-- final_token, max_accepted, seconds, problems (what failed, in words).
+--
+-- A section's lease is valid from its enter line to the earlier of its leave line
+-- and its lease end: a holder stopped past its lease no longer holds it, so its
+-- late leave line is no overlap; but its late write must be refused.
+local core = require "cmpxchg.core"
+local helpers = require "spec.helpers"
+
+local torture = {}
+
+local LOCK_KEY, RESOURCE_KEY = "torture/lock", "torture/resource"
+
+--- Follows an append-only log file: returns a function that hands out the
+-- complete lines added since its last call (a line being written is left for
+-- the next call).
+local function follower(path)
+    local pos, pending = 0, ""
+    return function()
+        local f = io.open(path, "r")
+        if not f then return {} end
+        f:seek("set", pos)
+        local chunk = f:read("a") or ""
+        f:close()
+        pos = pos + #chunk
+        chunk = pending .. chunk
+        local lines, last = {}, 1
+        for line, stop in chunk:gmatch("([^\n]*)\n()") do
+            lines[#lines + 1] = line
+            last = stop
+        end
+        pending = chunk:sub(last)
+        return lines
+    end
+end
+
+local function proc_state(pid)
+    local f = io.open("/proc/" .. pid .. "/stat", "r")
+    if not f then return nil end
+    local stat = f:read("a")
+    f:close()
+    return stat:match("%) (%a)")
+end
+
+--- Whether `pid` is (still) one of our workers, not a process that got its pid.
+local function is_worker(pid)
+    local f = io.open("/proc/" .. pid .. "/cmdline", "r")
+    if not f then return false end
+    local cmdline = f:read("a")
+    f:close()
+    return cmdline:find("torture_worker.lua", 1, true) ~= nil
+end
+
+local function shuffle(list)
+    for i = #list, 2, -1 do
+        local j = math.random(i)
+        list[i], list[j] = list[j], list[i]
+    end
+    return list
+end
+
+local function run(ctx, workers)
+    local nworkers, rounds, ttl = ctx.workers or 8, ctx.rounds or 40, ctx.ttl or 1
+    local total = nworkers * rounds
+    local started_at = core.monotime()
+    local deadline = started_at + (ctx.deadline or 150)
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. helpers.shell_quote(dir)))
+    local logfile = dir .. "/log"
+    local next_lines = follower(logfile)
+
+    local fig = { acquisitions = 0, expected = total, takeovers = 0, kills = 0, stops = 0,
+        overlaps = 0, order = 0, accepted = 0, refused = 0, stale_refused = 0,
+        stale_expected = 0, stale_accepted = 0, bad_refusals = 0, write_failures = 0,
+        lock_failures = 0, lost = 0, kills_mid = 0, stops_mid = 0,
+        failure_codes = {}, lost_codes = {} }
+
+    -- workers: by id {handle, rounds, pid, done, killed}; pid -> worker
+    local by_pid, nextid = {}, 0
+    local function spawn(n)
+        nextid = nextid + 1
+        local id = "w" .. nextid
+        workers[id] = { id = id, rounds = n, entered = 0,
+            handle = helpers.start("spec/support/torture_worker.lua", { ctx.target, LOCK_KEY,
+                RESOURCE_KEY, logfile, tostring(n), tostring(ttl), id }) }
+    end
+    for _ = 1, nworkers do spawn(rounds) end
+
+    local sections, order = {}, {}     -- by token; tokens in enter order
+    local accepted, refused = {}, {}
+    local problems = {}
+    local function problem(fmt, ...) problems[#problems + 1] = fmt:format(...) end
+
+    local function consume()
+        for _, line in ipairs(next_lines()) do
+            local kind, rest = line:match("^(%a+) ?(.*)$")
+            local f = {}
+            for w in rest:gmatch("%S+") do f[#f + 1] = w end
+            if kind == "start" then
+                local w = workers[f[1]]
+                w.pid = tonumber(f[2])
+                by_pid[w.pid] = w
+            elseif kind == "enter" then
+                local token = tonumber(f[1])
+                local s = { token = token, pid = tonumber(f[2]), t0 = tonumber(f[3]),
+                    lease_end = tonumber(f[4]) }
+                if sections[token] then problem("token %d entered twice", token) end
+                sections[token] = s
+                order[#order + 1] = s
+                fig.acquisitions = fig.acquisitions + 1
+                fig.takeovers = fig.takeovers + tonumber(f[5])
+                by_pid[s.pid].entered = by_pid[s.pid].entered + 1
+            elseif kind == "write" then
+                local s = sections[tonumber(f[1])]
+                s.write = f[2]
+                if f[2] == "accepted" then
+                    fig.accepted = fig.accepted + 1
+                    accepted[#accepted + 1] = { token = s.token, index = tonumber(f[3]) }
+                elseif f[2] == "refused" then
+                    fig.refused = fig.refused + 1
+                    refused[#refused + 1] = s.token
+                else
+                    fig.write_failures = fig.write_failures + 1
+                end
+            elseif kind == "leave" then
+                sections[tonumber(f[1])].t1 = tonumber(f[3])
+            elseif kind == "lost" then
+                fig.lost = fig.lost + 1
+                fig.lost_codes[f[3]] = (fig.lost_codes[f[3]] or 0) + 1
+            elseif kind == "failed" then
+                fig.lock_failures = fig.lock_failures + 1
+                fig.failure_codes[f[2]] = (fig.failure_codes[f[2]] or 0) + 1
+            elseif kind == "done" then
+                by_pid[tonumber(f[1])].done = true
+            elseif kind == "crash" then
+                by_pid[tonumber(f[1])].done = true
+                problem("worker %s crashed: %s", f[1], rest)
+            else
+                problem("unexpected log line: %s", line)
+            end
+        end
+    end
+
+    -- the disturbances: mid-section kills and stops at points spread over the run
+    local plan = {}
+    for _ = 1, ctx.kills or 4 do plan[#plan + 1] = "kill" end
+    for _ = 1, ctx.stops or 4 do plan[#plan + 1] = "stop" end
+    shuffle(plan)
+    local at = {}
+    for j = 1, #plan do
+        at[j] = math.floor(total * (0.1 + 0.75 * (j - 1) / math.max(#plan - 1, 1)))
+    end
+    local step, stopped, signals = 1, nil, 0
+    fig.planned, fig.done_events = #plan, 0
+    local disturbed, settle = false, nil
+    local victims = {}       -- stopped sections whose late write is expected refused
+
+    --- The section held right now by a worker that runs: the last one entered,
+    -- when it has not left and has not written yet.
+    local function victim()
+        local s = order[#order]
+        if not s or s.t1 or s.write then return nil end
+        local w = by_pid[s.pid]
+        if w.killed or w.done or (stopped and stopped.pid == s.pid) then return nil end
+        return s, w
+    end
+
+    local function newer_write(token)
+        for i = #accepted, 1, -1 do
+            if accepted[i].token > token then return true end
+        end
+        return false
+    end
+
+    local function finished()
+        for _, w in pairs(workers) do
+            if not (w.done or w.killed) then return false end
+        end
+        return true
+    end
+
+    while not (finished() and not stopped) do
+        if core.monotime() > deadline then
+            error(("[%s] torture run did not finish in time: %d of %d sections")
+                :format(ctx.name, fig.acquisitions, total))
+        end
+        consume()
+        if ctx.disturb and not disturbed and fig.acquisitions >= total // 3 then
+            disturbed = true
+            fig.disturbed_at = fig.acquisitions
+            settle = ctx.disturb()
+        end
+        if stopped then
+            -- let it go once its lease is over and a newer holder has written, or
+            -- after a while in any case (a disturbed cluster may be slow)
+            local now = core.time()
+            if (now > stopped.section.lease_end + 0.05 and newer_write(stopped.section.token))
+                    or now > stopped.section.lease_end + ttl + 10 then
+                if newer_write(stopped.section.token) then
+                    victims[#victims + 1] = stopped.section
+                end
+                helpers.kill(stopped.pid, "CONT")
+                stopped = nil
+            end
+        elseif step <= #plan and fig.acquisitions >= at[step] and signals < 4 * #plan then
+            local s, w = victim()
+            if s then
+                signals = signals + 1
+                local kind = plan[step]
+                helpers.kill(s.pid, kind == "kill" and "KILL" or "STOP")
+                helpers.wait_until(function()
+                    local state = proc_state(s.pid)
+                    if kind == "kill" then return state == nil or state == "Z" end
+                    return state == "T" or state == "t"
+                end, 10, "worker " .. s.pid .. " to be signalled")
+                consume()
+                local mid = not s.t1 and (kind == "kill" or not s.write)
+                if kind == "kill" then
+                    fig.kills = fig.kills + 1
+                    if mid then fig.kills_mid = fig.kills_mid + 1 end
+                    w.killed = true
+                    local output = w.handle:read("a")
+                    w.handle:close()
+                    w.output = output
+                    if w.rounds > w.entered then spawn(w.rounds - w.entered) end
+                else
+                    fig.stops = fig.stops + 1
+                    if mid then
+                        fig.stops_mid = fig.stops_mid + 1
+                        stopped = { pid = s.pid, section = s }
+                    else
+                        helpers.kill(s.pid, "CONT")
+                    end
+                end
+                if mid then step = step + 1 end
+                fig.done_events = step - 1
+            end
+        end
+        core.sleep(0.003)
+    end
+    if ctx.disturb and not disturbed then problem("the run ended before its disturbance") end
+    if settle then fig.disturbance = settle() end
+    consume()
+
+    -- every worker that was not killed finished cleanly
+    for id, w in pairs(workers) do
+        if not w.killed then
+            local output = w.handle:read("a")
+            local ok, how, code = w.handle:close()
+            w.done, w.killed = true, true       -- closed: nothing left to clean up
+            if not ok then
+                problem("worker %s (pid %s) ended %s %s: %s", id, tostring(w.pid), tostring(how),
+                    tostring(code), output)
+            end
+        end
+    end
+
+    -- overlaps of valid leases, and tokens in time order
+    local valid = {}
+    for _, s in ipairs(order) do
+        local t1 = s.lease_end
+        if s.t1 and s.t1 < t1 then t1 = s.t1 end
+        if t1 > s.t0 then valid[#valid + 1] = { token = s.token, t0 = s.t0, t1 = t1 } end
+    end
+    table.sort(valid, function(a, b) return a.t0 < b.t0 end)
+    local reach, last_token = -math.huge, -math.huge
+    for _, v in ipairs(valid) do
+        if v.t0 < reach then
+            fig.overlaps = fig.overlaps + 1
+            problem("section %d overlaps a valid lease by %.6f s", v.token, reach - v.t0)
+        end
+        if v.token <= last_token then fig.order = fig.order + 1 end
+        reach, last_token = math.max(reach, v.t1), v.token
+    end
+
+    -- fencing: in the resource's own order (its indexes), accepted tokens never go down
+    table.sort(accepted, function(a, b) return a.index < b.index end)
+    local highest = -math.huge
+    for _, a in ipairs(accepted) do
+        if a.token < highest then
+            fig.stale_accepted = fig.stale_accepted + 1
+            problem("write with token %d accepted after one with token %d", a.token, highest)
+        end
+        highest = math.max(highest, a.token)
+    end
+    fig.max_accepted = highest
+    for _, token in ipairs(refused) do
+        if token >= highest then
+            fig.bad_refusals = fig.bad_refusals + 1
+            problem("write with token %d refused though no higher token was accepted", token)
+        end
+    end
+    for _, s in ipairs(victims) do
+        fig.stale_expected = fig.stale_expected + 1
+        if s.write == "refused" then fig.stale_refused = fig.stale_refused + 1 end
+    end
+
+    -- what the resource holds, then no stray keys
+    local st = assert(ctx.open())
+    local value, index = st:get(RESOURCE_KEY)
+    fig.final_token = type(value) == "table" and value.Token or nil
+    if not fig.final_token or fig.final_token < fig.max_accepted then
+        problem("the resource holds token %s, below the highest accepted, %d",
+            tostring(fig.final_token), fig.max_accepted)
+    end
+    if type(index) == "number" and index > 0 then st:delete(RESOURCE_KEY, index) end
+    local _, lock_index = st:get(LOCK_KEY)
+    if type(lock_index) == "number" and lock_index > 0 then st:delete(LOCK_KEY, lock_index) end
+    st:close()
+    if ctx.keep_log then fig.log = logfile else os.execute("rm -rf " .. helpers.shell_quote(dir)) end
+
+    fig.seconds = core.monotime() - started_at
+    fig.problems = problems
+    return fig
+end
+
+--- Runs the test (see above); whatever happens, no worker is left behind, stopped
+-- or running.
+function torture.run(ctx)
+    local workers = {}
+    local ok, fig = xpcall(run, debug.traceback, ctx, workers)
+    for _, w in pairs(workers) do
+        if not (w.done or w.killed) then
+            if w.pid and is_worker(w.pid) then
+                helpers.kill(w.pid, "KILL")
+                helpers.kill(w.pid, "CONT")
+            end
+            w.handle:close()
+        end
+    end
+    if not ok then error(fig, 0) end
+    return fig
+end
+
+local function tally(codes)
+    local parts = {}
+    for code, n in pairs(codes) do parts[#parts + 1] = code .. " " .. n end
+    table.sort(parts)
+    return #parts > 0 and " (" .. table.concat(parts, ", ") .. ")" or ""
+end
+
+--- One line of figures, for stderr.
+function torture.report(name, fig)
+    return ("\n[%s] torture: %d acquisitions (of %d) in %.1f s, %d takeovers, %d kills, %d stops, "
+        .. "%d overlaps, %d writes accepted, %d refused (%d of %d paused holders' late writes), "
+        .. "%d stale accepted, %d lock attempts failed%s, %d releases lost%s%s\n")
+        :format(name, fig.acquisitions, fig.expected, fig.seconds, fig.takeovers, fig.kills,
+            fig.stops, fig.overlaps, fig.accepted, fig.refused, fig.stale_refused,
+            fig.stale_expected, fig.stale_accepted, fig.lock_failures, tally(fig.failure_codes),
+            fig.lost, tally(fig.lost_codes),
+            fig.disturbed_at and (", disturbed after %d acquisitions%s"):format(fig.disturbed_at,
+                fig.disturbance and " (" .. fig.disturbance .. ")" or "") or "")
+end
+
+return torture
