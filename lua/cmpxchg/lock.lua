@@ -334,7 +334,8 @@ function Lock:release()
             end
         end
         if ok == nil then return nil, idx, code end     -- still held: may retry
-        self:mark(ok and { true } or { false, "lost" }, not ok and "taken over" or nil)
+        self:mark(ok and { true } or { false, "lost" }, not ok and
+            ("lost: lock '%s' was taken over before its release"):format(self.key) or nil)
     end
     result = self.released
     return result[1], result[2], result[3]
@@ -346,7 +347,12 @@ function Lock:extend(ttl)
     to_lock(self, "extend")
     local renewing = self.renewer ~= nil
     self:stop_renewing()
-    if self.released then check.raise("attempt to extend a released lock") end
+    local released = self.released
+    if released and released[2] == "lost" then
+        return nil, ("lost: lock '%s' was taken over"):format(self.key), "lost"
+    elseif released then
+        check.raise("attempt to extend a released lock")
+    end
     local o = self.options
     if ttl ~= nil then
         check.seconds(ttl, "ttl", 1, "extend")
