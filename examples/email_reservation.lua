@@ -14,10 +14,7 @@ package.cpath = "./?.so;" .. package.cpath
 
 local cmpxchg = require "cmpxchg"
 
-local function finish(code, message)
-    (code == 3 and io.stderr or io.stdout):write(message, "\n")
-    os.exit(code)
-end
+local finish = require("examples.flags").finish
 
 local flags, bad = require("examples.flags").parse(arg, { store = "string", email = "string",
     user = "string", name = "string", ["fail-save"] = "switch" })

@@ -1,4 +1,5 @@
---- Command-line flags for the examples: `--name VALUE` pairs and switches.
+--- Command-line flags for the examples: `--name VALUE` pairs and switches,
+-- and how an example ends.
 --   local args, err = require("examples.flags").parse(arg, {store = "string",
 --       ttl = "number", vanish = "switch"})
 -- Returns the flags by name, or nil and what is wrong with the command line.
@@ -20,6 +21,13 @@ function flags.parse(argv, kinds)
         end
     end
     return out
+end
+
+--- Ends the example with exit status `code`, saying why (store failures,
+-- status 3, on stderr).
+function flags.finish(code, message)
+    (code == 3 and io.stderr or io.stdout):write(message, "\n")
+    os.exit(code)
 end
 
 return flags

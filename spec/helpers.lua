@@ -96,6 +96,16 @@ function helpers.open_target(target, opts)
     return cmpxchg.open(target, opts)
 end
 
+--- A process's state letter from /proc ("R", "S", "T" when stopped, "Z"),
+-- or nil when it is gone.
+function helpers.proc_state(pid)
+    local f = io.open("/proc/" .. pid .. "/stat", "r")
+    if not f then return nil end
+    local stat = f:read("a")
+    f:close()
+    return stat:match("%) (%a)")
+end
+
 function helpers.file_exists(path)
     local f = io.open(path, "r")
     if f then f:close() return true end

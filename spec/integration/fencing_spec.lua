@@ -6,13 +6,7 @@ local core = require "cmpxchg.core"
 local fenced = require "spec.support.fenced_writer"
 local helpers = require "spec.helpers"
 
-local function proc_state(pid)
-    local f = io.open("/proc/" .. pid .. "/stat", "r")
-    if not f then return nil end
-    local stat = f:read("a")
-    f:close()
-    return stat:match("%) (%a)")
-end
+local proc_state = helpers.proc_state
 
 --- The fencing examples for one backend. ctx: name; open() -> a store in a fresh
 -- database; target() -> the string that child processes open for that store;

@@ -62,13 +62,7 @@ local function follower(path)
     end
 end
 
-local function proc_state(pid)
-    local f = io.open("/proc/" .. pid .. "/stat", "r")
-    if not f then return nil end
-    local stat = f:read("a")
-    f:close()
-    return stat:match("%) (%a)")
-end
+local proc_state = helpers.proc_state
 
 --- Whether `pid` is (still) one of our workers, not a process that got its pid.
 local function is_worker(pid)
