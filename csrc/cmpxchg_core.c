@@ -242,26 +242,27 @@ static int core_hostname (lua_State *L) {
 static const char b64_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/* base64 of 1 to 3 bytes into out[4], padded with '=' */
+void cx_b64_quad (const unsigned char *s, size_t n, char out[4]) {
+    unsigned long v = (unsigned long)s[0] << 16;
+    if (n > 1) v |= (unsigned long)s[1] << 8;
+    if (n > 2) v |= s[2];
+    out[0] = b64_alphabet[(v >> 18) & 63];
+    out[1] = b64_alphabet[(v >> 12) & 63];
+    out[2] = n > 1 ? b64_alphabet[(v >> 6) & 63] : '=';
+    out[3] = n > 2 ? b64_alphabet[v & 63] : '=';
+}
+
 /* core.b64encode(s) -> standard base64 with padding, as etcd's gateway wants */
 static int core_b64encode (lua_State *L) {
     size_t len, i;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (i = 0; i + 2 < len; i += 3) {
-        unsigned long v = ((unsigned long)s[i] << 16) | ((unsigned long)s[i + 1] << 8) | s[i + 2];
-        luaL_addchar(&b, b64_alphabet[(v >> 18) & 63]);
-        luaL_addchar(&b, b64_alphabet[(v >> 12) & 63]);
-        luaL_addchar(&b, b64_alphabet[(v >> 6) & 63]);
-        luaL_addchar(&b, b64_alphabet[v & 63]);
-    }
-    if (i < len) {
-        unsigned long v = (unsigned long)s[i] << 16;
-        if (i + 1 < len) v |= (unsigned long)s[i + 1] << 8;
-        luaL_addchar(&b, b64_alphabet[(v >> 18) & 63]);
-        luaL_addchar(&b, b64_alphabet[(v >> 12) & 63]);
-        luaL_addchar(&b, i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=');
-        luaL_addchar(&b, '=');
+    for (i = 0; i < len; i += 3) {
+        char quad[4];
+        cx_b64_quad(s + i, len - i < 3 ? len - i : 3, quad);
+        luaL_addlstring(&b, quad, 4);
     }
     luaL_pushresult(&b);
     return 1;

@@ -22,6 +22,9 @@ void cx_embedded_register (lua_State *L);
 /* epoch seconds as C#'s DateTime.UtcNow writes them: 2024-01-02T03:04:05.1234567Z */
 void cx_format_time (double t, char out[40]);
 
+/* base64 of 1 to 3 bytes into out[4], padded with '=' (standard alphabet) */
+void cx_b64_quad (const unsigned char *s, size_t n, char out[4]);
+
 /* a random (version 4) UUID into `out`; -1 when no random bytes */
 int cx_uuid (char out[37]);
 

@@ -6,9 +6,15 @@
 ** renewer:state(), under a mutex.
 **
 ** The protocol stays in Lua: a backend hands over a *plan*, the request to
-** repeat, with slots where the new expiry dates go (as C# writes them) and
-** the reply fields that say whether the swap happened and its new index.
+** repeat as templates (the value, the URL, the body) with slots where the
+** new expiry dates, the held index, a per-renewal id and a lease go, and the
+** reply fields that say whether the swap happened and its new index.
 ** Inside nginx none of this is used: renewal there is an ngx.timer.
+**
+** A renewal whose outcome is unknown is sent again unchanged (same dates,
+** same id: RavenDB recognizes its raft-request-id) and, where the plan names
+** the current value in a failed reply (etcd), a value equal to the one sent
+** is our own earlier write: the renewal succeeded.
 */
 
 #define _GNU_SOURCE     /* timegm, pthread_condattr_setclock */
@@ -34,12 +40,17 @@
 
 enum { PLAN_EMBEDDED, PLAN_HTTP };
 
-typedef struct Part {           /* a literal, or a date slot */
-    char *text;
+/* a template part: a literal, or a slot filled at each renewal */
+enum { PART_TEXT, PART_DATE, PART_INDEX, PART_ID, PART_LEASE, PART_VALUE };
+
+typedef struct Part {
+    int kind;
+    char *text;                 /* PART_TEXT */
     size_t len;
-    int is_date;
-    double offset;              /* date = now + ttl + offset */
+    double offset;              /* PART_DATE: date = now + ttl + offset */
 } Part;
+
+typedef struct Template { Part *parts; int n; } Template;
 
 typedef struct Buf { char *data; size_t len, cap; } Buf;
 
@@ -57,12 +68,16 @@ typedef struct Renewer {
     /* the plan: read-only once the thread runs */
     int kind;
     double ttl, skew, interval, expires_offset, timeout;
-    Part *parts;
-    int nparts;
+    Template value;             /* the value written (the lease) */
     char *path, *ns, *key, *sync;
     int busy_ms;
-    char *method, *url_prefix, *url_suffix, *success_field, *index_field;
-    int raft;
+    Template url, body;         /* url: after a base; body: the value when empty */
+    char **bases;               /* the nodes, tried in turn after an error */
+    int nbases, base;
+    int value_base64;
+    char *method, *success_field, *index_field, *current_value_field, *current_index_field;
+    char *lease_path;           /* a lease granted before each attempt (etcd) */
+    long lease_ttl;
     struct curl_slist *headers;
     char *ca, *cert, *keyfile;
     int verify;
@@ -127,38 +142,72 @@ static const char *skip_value (const char *p, const char *end) {
     return p;
 }
 
-/*
-** Finds member `name` of the top-level object of `s`; sets [*v, *vend) to its
-** value. Returns 0 when found. Nested members of the same name are skipped
-** with their containing values.
-*/
-static int top_field (const char *s, size_t n, const char *name, const char **v,
-                      const char **vend) {
-    const char *p = skip_ws(s, s + n), *end = s + n;
-    size_t nlen = strlen(name);
-    if (p >= end || *p != '{') return -1;
+/* finds member `name` (nlen bytes) of the object at p; its value start */
+static const char *member (const char *p, const char *end, const char *name, size_t nlen) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return NULL;
     p++;
     while (1) {
         const char *k, *kend;
         p = skip_ws(p, end);
-        if (p >= end || *p != '"') return -1;
+        if (p >= end || *p != '"') return NULL;
         k = ++p;
         while (p < end && *p != '"') { if (*p == '\\') p++; p++; }
-        if (p >= end) return -1;
+        if (p >= end) return NULL;
         kend = p;
         p = skip_ws(p + 1, end);
-        if (p >= end || *p != ':') return -1;
+        if (p >= end || *p != ':') return NULL;
         p = skip_ws(p + 1, end);
-        if ((size_t)(kend - k) == nlen && memcmp(k, name, nlen) == 0) {
-            *v = p;
-            *vend = skip_value(p, end);
-            return *vend ? 0 : -1;
-        }
-        if ((p = skip_value(p, end)) == NULL) return -1;
+        if ((size_t)(kend - k) == nlen && memcmp(k, name, nlen) == 0) return p;
+        if ((p = skip_value(p, end)) == NULL) return NULL;
         p = skip_ws(p, end);
         if (p < end && *p == ',') { p++; continue; }
-        return -1;
+        return NULL;
     }
+}
+
+/* finds element `i` (from 0) of the array at p; its value start */
+static const char *element (const char *p, const char *end, long i) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[') return NULL;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']') return NULL;
+    for (; i > 0; i--) {
+        if ((p = skip_value(p, end)) == NULL) return NULL;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ',') return NULL;
+        p = skip_ws(p + 1, end);
+    }
+    return p;
+}
+
+/*
+** Finds the value at `path` in the JSON text s[0..n): names and array
+** positions separated by dots ("responses.0.response_range.kvs.0.value");
+** sets [*v, *vend). Returns 0 when found, -1 when absent or malformed.
+*/
+static int json_path (const char *s, size_t n, const char *path, const char **v,
+                      const char **vend) {
+    const char *p = s, *end = s + n;
+    while (p != NULL) {
+        size_t len = strcspn(path, ".");
+        if (len > 0 && path[0] >= '0' && path[0] <= '9')
+            p = element(p, end, strtol(path, NULL, 10));
+        else
+            p = member(p, end, path, len);
+        if (path[len] == '\0') break;
+        path += len + 1;
+    }
+    if (p == NULL || (*vend = skip_value(p, end)) == NULL) return -1;
+    *v = p;
+    return 0;
+}
+
+/* the integer at `path` (a JSON number or a string holding one); 0 when none */
+static long long json_int (const Buf *reply, const char *path) {
+    const char *v, *vend;
+    if (json_path(reply->data, reply->len, path, &v, &vend) != 0) return 0;
+    return strtoll(*v == '"' ? v + 1 : v, NULL, 10);
 }
 
 /* }====================================================== */
@@ -169,87 +218,218 @@ static int top_field (const char *s, size_t n, const char *name, const char **v,
 ** =======================================================
 */
 
-static int build_body (Renewer *r, double wall, Buf *body) {
-    int i;
-    body->len = 0;
-    for (i = 0; i < r->nparts; i++) {
-        Part *p = &r->parts[i];
-        if (p->is_date) {
-            char date[40];
-            cx_format_time(wall + r->ttl + p->offset, date);
-            if (buf_add(body, date, strlen(date)) != 0) return -1;
-        }
-        else if (buf_add(body, p->text, p->len) != 0) return -1;
+/* what one renewal writes, kept for its retries */
+typedef struct Attempt {
+    double mono, wall;          /* read before the first request */
+    char id[37];                /* a random id: RavenDB's raft-request-id, etcd's write id */
+    char lease[20];
+    long long index;
+    Buf value, encoded;         /* the value, and as the body carries it */
+} Attempt;
+
+static int add_b64 (Buf *b, const Buf *src) {
+    size_t i;
+    for (i = 0; i < src->len; i += 3) {
+        char quad[4];
+        cx_b64_quad((const unsigned char *)src->data + i, src->len - i < 3 ? src->len - i : 3,
+                    quad);
+        if (buf_add(b, quad, 4) != 0) return -1;
     }
-    return buf_add(body, "", 0);
+    return buf_add(b, "", 0);
 }
 
-static int renew_http (Renewer *r, CURL *curl, long long *index, const char *raft,
-                       const Buf *body, char *err, size_t errlen) {
-    char url[4096];
-    Buf reply = { NULL, 0, 0 };
-    const char *v, *vend;
+/* fills a template into `out` (emptied first) */
+static int fill (const Renewer *r, const Template *t, const Attempt *a, Buf *out) {
+    int i;
+    out->len = 0;
+    for (i = 0; i < t->n; i++) {
+        const Part *p = &t->parts[i];
+        char text[40];
+        const char *add = text;
+        size_t len;
+        switch (p->kind) {
+            case PART_TEXT: add = p->text; len = p->len; break;
+            case PART_DATE: cx_format_time(a->wall + r->ttl + p->offset, text);
+                            len = strlen(text); break;
+            case PART_INDEX: len = (size_t)snprintf(text, sizeof text, "%lld", a->index); break;
+            case PART_ID: add = a->id; len = strlen(a->id); break;
+            case PART_LEASE: add = a->lease; len = strlen(a->lease); break;
+            default: add = a->encoded.data; len = a->encoded.len; break;
+        }
+        if (buf_add(out, add ? add : "", add ? len : 0) != 0) return -1;
+    }
+    return buf_add(out, "", 0);
+}
+
+/* starts a renewal: its times, id and value; -1 when out of memory or random bytes */
+static int prepare (const Renewer *r, Attempt *a, long long index, char *err, size_t errlen) {
+    a->mono = mono_now();
+    a->wall = cx_wall_time();
+    a->index = index;
+    a->lease[0] = '\0';
+    if (cx_uuid(a->id) != 0) {
+        snprintf(err, errlen, "cannot read random bytes");
+        return -1;
+    }
+    if (fill(r, &r->value, a, &a->value) != 0) goto nomem;
+    a->encoded.len = 0;
+    if (r->value_base64 ? add_b64(&a->encoded, &a->value)
+                        : buf_add(&a->encoded, a->value.data, a->value.len)) goto nomem;
+    return 0;
+nomem:
+    snprintf(err, errlen, "not enough memory");
+    return -1;
+}
+
+/* one request; the HTTP status, or 0 with err set when none came */
+static long request (Renewer *r, CURL *curl, const Buf *url, const Buf *body, Buf *reply,
+                     char *err, size_t errlen) {
     long status = 0;
     CURLcode rc;
-    int outcome = -1;
-    snprintf(url, sizeof url, "%s%lld%s%s%s", r->url_prefix, *index, r->url_suffix,
-             r->raft ? "&raft-request-id=" : "", r->raft ? raft : "");
-    curl_easy_setopt(curl, CURLOPT_URL, url);
+    reply->len = 0;
+    curl_easy_setopt(curl, CURLOPT_URL, url->data);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)body->len);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->data);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, (void *)&reply);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, (void *)reply);
     rc = curl_easy_perform(curl);
-    if (rc != CURLE_OK)
-        snprintf(err, errlen, "%s", curl_easy_strerror(rc));
-    else if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status), status != 200)
-        snprintf(err, errlen, "HTTP %ld", status);
-    else if (reply.data == NULL || top_field(reply.data, reply.len, r->success_field, &v, &vend) != 0)
-        snprintf(err, errlen, "a reply without %s", r->success_field);
-    else if (vend - v == 5 && memcmp(v, "false", 5) == 0)
-        outcome = 0;
-    else if (vend - v != 4 || memcmp(v, "true", 4) != 0)
-        snprintf(err, errlen, "a reply with a strange %s", r->success_field);
-    else if (top_field(reply.data, reply.len, r->index_field, &v, &vend) != 0)
-        snprintf(err, errlen, "a reply without %s", r->index_field);
-    else {
-        char *stop;
-        long long n = strtoll(*v == '"' ? v + 1 : v, &stop, 10);
+    if (rc != CURLE_OK) {
+        snprintf(err, errlen, "%s: %s", r->bases[r->base], curl_easy_strerror(rc));
+        return 0;
+    }
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        const char *v, *vend;
+        if (reply->data && json_path(reply->data, reply->len, "message", &v, &vend) == 0)
+            snprintf(err, errlen, "%s: HTTP %ld: %.*s", r->bases[r->base], status,
+                     (int)(vend - v > 200 ? 200 : vend - v), v);
+        else
+            snprintf(err, errlen, "%s: HTTP %ld", r->bases[r->base], status);
+    }
+    return status;
+}
+
+/*
+** A lease for this attempt (etcd): our own random ID, so that a grant whose
+** reply was lost and is sent again finds the lease there and knows it exists.
+*/
+static int grant_lease (Renewer *r, CURL *curl, Attempt *a, Buf *url, Buf *body, Buf *reply,
+                        char *err, size_t errlen) {
+    char id[37];
+    int i;
+    long status;
+    if (cx_uuid(id) != 0) {
+        snprintf(err, errlen, "cannot read random bytes");
+        return -1;
+    }
+    a->lease[0] = '1';                  /* 18 digits: below 2^63, never 0 */
+    for (i = 1; i < 18; i++) a->lease[i] = (char)('0' + (id[i + 1] % 10));
+    a->lease[18] = '\0';
+    url->len = 0;
+    body->len = 0;
+    if (buf_add(url, r->bases[r->base], strlen(r->bases[r->base])) != 0 ||
+        buf_add(url, r->lease_path, strlen(r->lease_path)) != 0) return -1;
+    {
+        char text[80];
+        int n = snprintf(text, sizeof text, "{\"ID\":\"%s\",\"TTL\":\"%ld\"}", a->lease,
+                         r->lease_ttl);
+        if (buf_add(body, text, (size_t)n) != 0) return -1;
+    }
+    status = request(r, curl, url, body, reply, err, errlen);
+    if (status == 200 || (reply->data && strstr(reply->data, "lease already exists")))
+        return 0;
+    return -1;
+}
+
+static int renew_http (Renewer *r, CURL *curl, Attempt *a, long long *index, char *err,
+                       size_t errlen) {
+    Buf url = { NULL, 0, 0 }, body = { NULL, 0, 0 }, reply = { NULL, 0, 0 };
+    const char *v, *vend;
+    int outcome = -1;
+    if (r->lease_path && grant_lease(r, curl, a, &url, &body, &reply, err, errlen) != 0)
+        goto done;
+    url.len = 0;
+    if (buf_add(&url, r->bases[r->base], strlen(r->bases[r->base])) != 0) goto nomem;
+    {
+        Buf tail = { NULL, 0, 0 };
+        int bad = fill(r, &r->url, a, &tail) != 0 || buf_add(&url, tail.data, tail.len) != 0;
+        free(tail.data);
+        if (bad) goto nomem;
+    }
+    if (r->body.n > 0 ? fill(r, &r->body, a, &body) != 0
+                      : (body.len = 0, buf_add(&body, a->encoded.data, a->encoded.len) != 0))
+        goto nomem;
+    if (request(r, curl, &url, &body, &reply, err, errlen) != 200) goto done;
+    if (json_path(reply.data, reply.len, r->success_field, &v, &vend) != 0) {
+        if (!r->current_value_field) {  /* RavenDB always says; etcd leaves out false */
+            snprintf(err, errlen, "a reply without %s", r->success_field);
+            goto done;
+        }
+        v = "false"; vend = v + 5;
+    }
+    if (vend - v == 4 && memcmp(v, "true", 4) == 0) {
+        long long n = json_int(&reply, r->index_field);
         if (n > 0) { *index = n; outcome = 1; }
         else snprintf(err, errlen, "a reply with a strange %s", r->index_field);
     }
+    else if (vend - v != 5 || memcmp(v, "false", 5) != 0)
+        snprintf(err, errlen, "a reply with a strange %s", r->success_field);
+    else if (r->current_value_field &&
+             json_path(reply.data, reply.len, r->current_value_field, &v, &vend) == 0 &&
+             (size_t)(vend - v) == a->encoded.len + 2 &&
+             memcmp(v + 1, a->encoded.data, a->encoded.len) == 0) {
+        /* our own write, applied by an attempt whose reply was lost */
+        long long n = json_int(&reply, r->current_index_field);
+        if (n > 0) { *index = n; outcome = 1; }
+        else snprintf(err, errlen, "a reply with a strange %s", r->current_index_field);
+    }
+    else outcome = 0;
+    goto done;
+nomem:
+    snprintf(err, errlen, "not enough memory");
+done:
+    if (outcome < 0 && r->nbases > 1) r->base = (r->base + 1) % r->nbases;
+    free(url.data);
+    free(body.data);
     free(reply.data);
     return outcome;
+}
+
+static CURL *connect_http (const Renewer *r) {
+    CURL *curl = curl_easy_init();
+    if (curl == NULL) return NULL;
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, r->method);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_reply);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)(r->timeout * 1000));
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, r->verify ? 1L : 0L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, r->verify ? 2L : 0L);
+    if (r->ca) curl_easy_setopt(curl, CURLOPT_CAINFO, r->ca);
+    if (r->cert) curl_easy_setopt(curl, CURLOPT_SSLCERT, r->cert);
+    if (r->keyfile) curl_easy_setopt(curl, CURLOPT_SSLKEY, r->keyfile);
+    return curl;
 }
 
 static void *renew_main (void *arg) {
     Renewer *r = (Renewer *)arg;
     Embedded *db = NULL;
     CURL *curl = NULL;
-    Buf body = { NULL, 0, 0 };
-    char err[400] = "", raft[37] = "";
+    Attempt a;
+    int pending = 0;            /* a renewal under way (its retries reuse a) */
+    char err[400] = "";
     double next = mono_now() + r->interval;
+    memset(&a, 0, sizeof a);
     if (r->kind == PLAN_EMBEDDED)
         db = cx_embedded_connect(r->path, r->ns, r->busy_ms, r->sync, err, sizeof err);
-    else if ((curl = curl_easy_init()) != NULL) {
-        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, r->method);
-        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, r->headers);
-        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_reply);
-        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)(r->timeout * 1000));
-        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-        curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
-        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, r->verify ? 1L : 0L);
-        curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, r->verify ? 2L : 0L);
-        if (r->ca) curl_easy_setopt(curl, CURLOPT_CAINFO, r->ca);
-        if (r->cert) curl_easy_setopt(curl, CURLOPT_SSLCERT, r->cert);
-        if (r->keyfile) curl_easy_setopt(curl, CURLOPT_SSLKEY, r->keyfile);
-    }
-    else snprintf(err, sizeof err, "curl_easy_init failed");
+    else if ((curl = connect_http(r)) == NULL)
+        snprintf(err, sizeof err, "curl_easy_init failed");
     while (db != NULL || curl != NULL) {
         struct timespec until;
         long long index, result = 0;
-        double mono, wall, valid;
+        double valid;
         int outcome;
         pthread_mutex_lock(&r->mu);
         until.tv_sec = (time_t)next;
@@ -261,32 +441,20 @@ static void *renew_main (void *arg) {
         valid = r->valid_mono;
         pthread_mutex_unlock(&r->mu);
 
-        mono = mono_now();
-        wall = cx_wall_time();
-        if (raft[0] == '\0' && cx_uuid(raft) != 0) {   /* one per renewal, kept on retries */
-            snprintf(err, sizeof err, "cannot read random bytes");
-            raft[0] = '\0';
-        }
-        if (build_body(r, wall, &body) != 0) {
-            snprintf(err, sizeof err, "not enough memory");
-            outcome = -1;
-        }
-        else if (db != NULL) {
-            outcome = cx_embedded_swap(db, r->key, strlen(r->key), body.data, body.len, index,
-                                       wall + r->ttl + r->expires_offset, &result, err,
-                                       sizeof err);
-        }
-        else {
-            result = index;
-            outcome = renew_http(r, curl, &result, raft, &body, err, sizeof err);
-        }
+        if (!pending && prepare(r, &a, index, err, sizeof err) != 0) outcome = -1;
+        else if (pending = 1, db != NULL)
+            outcome = cx_embedded_swap(db, r->key, strlen(r->key), a.value.data, a.value.len,
+                                       index, a.wall + r->ttl + r->expires_offset, &result,
+                                       err, sizeof err);
+        else
+            outcome = renew_http(r, curl, &a, &result, err, sizeof err);
         pthread_mutex_lock(&r->mu);
         if (outcome == 1) {
             r->index = result;
-            r->valid_mono = mono + r->ttl - r->skew;
+            r->valid_mono = a.mono + r->ttl - r->skew;
             r->renewals++;
-            raft[0] = '\0';
-            next = mono + r->interval;
+            pending = 0;
+            next = a.mono + r->interval;
         }
         else if (outcome == 0) {
             r->lost = 1;
@@ -309,7 +477,8 @@ static void *renew_main (void *arg) {
     }
     cx_embedded_disconnect(db);
     if (curl) curl_easy_cleanup(curl);
-    free(body.data);
+    free(a.value.data);
+    free(a.encoded.data);
     return NULL;
 }
 
@@ -321,13 +490,22 @@ static void *renew_main (void *arg) {
 ** =======================================================
 */
 
+static void template_free (Template *t) {
+    int i;
+    for (i = 0; i < t->n; i++) free(t->parts[i].text);
+    free(t->parts);
+}
+
 static void renewer_free (Renewer *r) {
     int i;
-    for (i = 0; i < r->nparts; i++) free(r->parts[i].text);
-    free(r->parts);
+    template_free(&r->value);
+    template_free(&r->url);
+    template_free(&r->body);
+    for (i = 0; i < r->nbases; i++) free(r->bases[i]);
+    free(r->bases);
     free(r->path); free(r->ns); free(r->key); free(r->sync);
-    free(r->method); free(r->url_prefix); free(r->url_suffix);
-    free(r->success_field); free(r->index_field);
+    free(r->method); free(r->success_field); free(r->index_field);
+    free(r->current_value_field); free(r->current_index_field); free(r->lease_path);
     free(r->ca); free(r->cert); free(r->keyfile);
     curl_slist_free_all(r->headers);
     pthread_mutex_destroy(&r->mu);
@@ -385,17 +563,23 @@ static int renewer_state (lua_State *L) {
     return 5;
 }
 
-static char *plan_string (lua_State *L, const char *name, int required) {
-    const char *s;
+static char *copy_string (lua_State *L, int idx, size_t *len) {
     size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    char *d = (char *)malloc(n + 1);
+    if (d == NULL) luaL_error(L, "not enough memory");
+    memcpy(d, s, n + 1);
+    if (len) *len = n;
+    return d;
+}
+
+static char *plan_string (lua_State *L, const char *name, int required) {
     char *d;
     lua_getfield(L, 1, name);
     if (lua_isnil(L, -1) && !required) { lua_pop(L, 1); return NULL; }
-    s = lua_tolstring(L, -1, &n);
-    if (s == NULL) luaL_error(L, "renewal plan: '%s' must be a string", name);
-    d = (char *)malloc(n + 1);
-    if (d == NULL) luaL_error(L, "not enough memory");
-    memcpy(d, s, n + 1);
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "renewal plan: '%s' must be a string", name);
+    d = copy_string(L, -1, NULL);
     lua_pop(L, 1);
     return d;
 }
@@ -409,17 +593,109 @@ static double plan_number (lua_State *L, const char *name, double def) {
 }
 
 /*
+** Reads template `name` of the plan: an array of strings (literals), numbers
+** (date slots: now + ttl + the number) and {slot = "index"|"id"|"lease"|"value"}.
+*/
+static void plan_template (lua_State *L, const char *name, Template *t, int required) {
+    static const char *const slots[] = { "index", "id", "lease", "value", NULL };
+    int i, n;
+    lua_getfield(L, 1, name);
+    if (lua_isnil(L, -1) && !required) { lua_pop(L, 1); return; }
+    if (!lua_istable(L, -1)) luaL_error(L, "renewal plan: '%s' must be a table", name);
+    n = (int)lua_rawlen(L, -1);
+    t->parts = (Part *)calloc((size_t)(n > 0 ? n : 1), sizeof(Part));
+    if (t->parts == NULL) luaL_error(L, "not enough memory");
+    for (i = 1; i <= n; i++) {
+        Part *p = &t->parts[i - 1];
+        lua_rawgeti(L, -1, i);
+        t->n = i;
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            p->kind = PART_DATE;
+            p->offset = (double)lua_tonumber(L, -1);
+        }
+        else if (lua_type(L, -1) == LUA_TSTRING) {
+            p->kind = PART_TEXT;
+            p->text = copy_string(L, -1, &p->len);
+        }
+        else if (lua_istable(L, -1)) {
+            int k;
+            lua_getfield(L, -1, "slot");
+            k = luaL_checkoption(L, -1, NULL, slots);
+            p->kind = PART_INDEX + k;
+            lua_pop(L, 1);
+        }
+        else luaL_error(L, "renewal plan: a strange part in '%s'", name);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void plan_http (lua_State *L, Renewer *r) {
+    int i, n;
+    plan_template(L, "url", &r->url, 1);
+    plan_template(L, "body", &r->body, 0);
+    r->method = plan_string(L, "method", 1);
+    r->success_field = plan_string(L, "success_field", 1);
+    r->index_field = plan_string(L, "index_field", 1);
+    r->current_value_field = plan_string(L, "current_value_field", 0);
+    r->current_index_field = plan_string(L, "current_index_field", r->current_value_field != NULL);
+    r->lease_path = plan_string(L, "lease_path", 0);
+    /* the lease outlives the expiry the value carries: ttl + lease_grace */
+    r->lease_ttl = (long)ceil(r->ttl + plan_number(L, "lease_grace", 0));
+    r->ca = plan_string(L, "ca", 0);
+    r->cert = plan_string(L, "cert", 0);
+    r->keyfile = plan_string(L, "key_file", 0);
+    lua_getfield(L, 1, "verify");
+    r->verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "value_base64");
+    r->value_base64 = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "bases");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    n = (int)lua_rawlen(L, -1);
+    luaL_argcheck(L, n > 0, 1, "renewal plan: no bases");
+    r->bases = (char **)calloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+    if (r->bases == NULL) luaL_error(L, "not enough memory");
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        luaL_checktype(L, -1, LUA_TSTRING);
+        r->bases[i - 1] = copy_string(L, -1, NULL);
+        r->nbases = i;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    r->headers = curl_slist_append(NULL, "Expect:");
+    lua_getfield(L, 1, "headers");
+    if (lua_istable(L, -1)) {
+        n = (int)lua_rawlen(L, -1);
+        for (i = 1; i <= n; i++) {
+            struct curl_slist *more;
+            lua_rawgeti(L, -1, i);
+            more = curl_slist_append(r->headers, luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+            if (more == NULL) luaL_error(L, "not enough memory");
+            r->headers = more;
+        }
+    }
+    lua_pop(L, 1);
+    cx_http_global_init();
+}
+
+/*
 ** core.renewer_start(plan) -> Renewer. plan: kind ("embedded"|"http"),
-** index, ttl, clock_skew, interval, parts (strings and date offsets);
+** index, ttl, clock_skew, interval, valid_mono, value (a template);
 ** embedded: path, namespace, key, busy_ms, sync, expires_offset; http:
-** method, url_prefix, url_suffix, raft, headers, timeout, ca, cert, key_file,
-** verify, success_field, index_field.
+** bases (URLs tried in turn), url and body (templates; the body is the
+** value when left out), value_base64, method, headers, timeout, ca, cert,
+** key_file, verify, success_field, index_field (dotted JSON paths of the
+** reply), current_value_field and current_index_field (a failed reply's
+** current value and index), lease_path and lease_grace.
 */
 static int renewer_start (lua_State *L) {
     Renewer **rp, *r;
     pthread_condattr_t ca;
     const char *kind;
-    int i, n;
     luaL_checktype(L, 1, LUA_TTABLE);
     rp = (Renewer **)cx_newuserdata(L, sizeof(Renewer *));
     *rp = NULL;
@@ -445,28 +721,7 @@ static int renewer_start (lua_State *L) {
     r->valid_mono = plan_number(L, "valid_mono", mono_now() + r->ttl - r->skew);
     luaL_argcheck(L, r->ttl > 0 && r->interval > 0 && r->interval < r->ttl, 1,
                   "renewal plan: interval must be positive and shorter than ttl");
-    lua_getfield(L, 1, "parts");
-    luaL_checktype(L, -1, LUA_TTABLE);
-    n = (int)lua_rawlen(L, -1);
-    r->parts = (Part *)calloc((size_t)(n > 0 ? n : 1), sizeof(Part));
-    if (r->parts == NULL) return luaL_error(L, "not enough memory");
-    for (i = 1; i <= n; i++) {
-        Part *p = &r->parts[i - 1];
-        lua_rawgeti(L, -1, i);
-        r->nparts = i;
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            p->is_date = 1;
-            p->offset = (double)lua_tonumber(L, -1);
-        }
-        else {
-            const char *s = luaL_checklstring(L, -1, &p->len);
-            p->text = (char *)malloc(p->len + 1);
-            if (p->text == NULL) return luaL_error(L, "not enough memory");
-            memcpy(p->text, s, p->len + 1);
-        }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
+    plan_template(L, "value", &r->value, 1);
     if (r->kind == PLAN_EMBEDDED) {
         r->path = plan_string(L, "path", 1);
         r->ns = plan_string(L, "namespace", 1);
@@ -474,37 +729,7 @@ static int renewer_start (lua_State *L) {
         r->sync = plan_string(L, "sync", 1);
         r->busy_ms = (int)plan_number(L, "busy_ms", 5000);
     }
-    else {
-        r->method = plan_string(L, "method", 1);
-        r->url_prefix = plan_string(L, "url_prefix", 1);
-        r->url_suffix = plan_string(L, "url_suffix", 1);
-        r->success_field = plan_string(L, "success_field", 1);
-        r->index_field = plan_string(L, "index_field", 1);
-        r->ca = plan_string(L, "ca", 0);
-        r->cert = plan_string(L, "cert", 0);
-        r->keyfile = plan_string(L, "key_file", 0);
-        lua_getfield(L, 1, "verify");
-        r->verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        lua_getfield(L, 1, "raft");
-        r->raft = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        r->headers = curl_slist_append(NULL, "Expect:");
-        lua_getfield(L, 1, "headers");
-        if (lua_istable(L, -1)) {
-            n = (int)lua_rawlen(L, -1);
-            for (i = 1; i <= n; i++) {
-                struct curl_slist *more;
-                lua_rawgeti(L, -1, i);
-                more = curl_slist_append(r->headers, luaL_checkstring(L, -1));
-                lua_pop(L, 1);
-                if (more == NULL) return luaL_error(L, "not enough memory");
-                r->headers = more;
-            }
-        }
-        lua_pop(L, 1);
-        cx_http_global_init();
-    }
+    else plan_http(L, r);
     if (pthread_create(&r->thread, NULL, renew_main, r) != 0)
         return luaL_error(L, "cannot start the renewal thread: %s", strerror(errno));
     r->started = 1;

@@ -106,7 +106,7 @@ function Embedded:renewal_plan(key, parts, grace)
     return {
         kind = "embedded", path = self.path, namespace = self.settings.namespace, key = key,
         sync = self.settings.sync, busy_ms = self.settings.busy_timeout,
-        parts = parts, expires_offset = grace,
+        value = parts, expires_offset = grace,
     }
 end
 

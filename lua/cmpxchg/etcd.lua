@@ -424,6 +424,45 @@ function Etcd:list(prefix, start, page_size)
     end
 end
 
+--- What the renewal thread repeats to keep a lease (csrc/renew.c): a lease
+-- grant with our own ID (§3, §5.3), then the txn of Etcd.put on the held
+-- revision, with the value `parts` (JSON text with date slots) in an envelope
+-- whose write id changes at each renewal. A renewal of unknown outcome is
+-- sent again unchanged; when its compare fails, a current value equal to the
+-- one sent is its own earlier write. Endpoints are tried in turn after errors.
+-- The auth token of now is reused: each request keeps it from idling out.
+function Etcd:renewal_plan(key, parts, grace)
+    local k = b64(self:key_of(key))
+    local value = { ('{"Key":%s,"Write":"'):format(json.encode(key)), { slot = "id" },
+                    '","Object":' }
+    for _, part in ipairs(parts) do value[#value + 1] = part end
+    value[#value + 1] = "}"
+    local bases = {}
+    for i = 0, #self.endpoints - 1 do
+        bases[#bases + 1] = self.endpoints[(self.preferred + i - 1) % #self.endpoints + 1]
+    end
+    local headers = {}
+    for name, v in pairs(self:headers()) do headers[#headers + 1] = name .. ": " .. v end
+    local tls = self.transport_opts.tls or {}
+    return {
+        kind = "http", method = "POST", bases = bases,
+        lease_path = "/v3/lease/grant", lease_grace = grace + 1,
+        url = { "/v3/kv/txn" },
+        value = value, value_base64 = true,
+        body = { ('{"compare":[{"key":"%s","target":"MOD","result":"EQUAL","mod_revision":"')
+                     :format(k), { slot = "index" },
+                 ('"}],"success":[{"request_put":{"key":"%s","value":"'):format(k),
+                 { slot = "value" }, '","lease":"', { slot = "lease" },
+                 ('"}}],"failure":[{"request_range":{"key":"%s"}}]}'):format(k) },
+        headers = headers,
+        timeout = self.timeout,
+        ca = tls.ca, cert = tls.cert, key_file = tls.key, verify = tls.verify,
+        success_field = "succeeded", index_field = "header.revision",
+        current_value_field = "responses.0.response_range.kvs.0.value",
+        current_index_field = "responses.0.response_range.kvs.0.mod_revision",
+    }
+end
+
 Etcd.close = nodes.close
 
 return Etcd

@@ -377,27 +377,27 @@ function RavenDB:list(prefix, start, page_size)
 end
 
 --- What the renewal thread repeats to keep a lease (csrc/renew.c): the put of
--- RavenDB.put, on the preferred node, with the value `parts` (JSON text with
--- date slots) and @expires `grace` seconds after the lease end. The thread
--- sends one raft-request-id per renewal, kept on its retries.
+-- RavenDB.put with the value `parts` (JSON text with date slots) and
+-- @expires `grace` seconds after the lease end, to the preferred node first
+-- and to the next node after an error.
 function RavenDB:renewal_plan(key, parts, grace)
-    local body = { '{"Object":' }
-    for _, part in ipairs(parts) do body[#body + 1] = part end
-    body[#body + 1] = ',"@metadata":{"@expires":"'
-    body[#body + 1] = grace
-    body[#body + 1] = '"}}'
-    local node = self.nodes[self.preferred]
+    local bases = {}
+    for i = 0, #self.nodes - 1 do
+        bases[#bases + 1] = self.nodes[(self.preferred + i - 1) % #self.nodes + 1].url
+    end
     local tls = self.transport_opts.tls or {}
     return {
-        kind = "http", method = "PUT", raft = true,
-        url_prefix = ("%s%s"):format(node.url,
-            self:cmpxchg_path(("key=%s&index="):format(escape(key)))),
-        url_suffix = "",
+        kind = "http", method = "PUT", bases = bases,
+        -- one raft-request-id per renewal, kept on its retries and failover (§6.4)
+        url = { self:cmpxchg_path(("key=%s&index="):format(escape(key))), { slot = "index" },
+                "&raft-request-id=", { slot = "id" } },
+        value = parts,
+        body = { '{"Object":', { slot = "value" }, ',"@metadata":{"@expires":"', grace, '"}}' },
         headers = { "Content-Type: application/json",
                     ('Topology-Etag: "%d"'):format(self.topology_etag) },
         timeout = math.min(self.timeout, 5),
         ca = tls.ca, cert = tls.cert, key_file = tls.key, verify = tls.verify,
-        parts = body, success_field = "Successful", index_field = "Index",
+        success_field = "Successful", index_field = "Index",
     }
 end
 

@@ -5,6 +5,7 @@ local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 local harness = require "spec.support.etcd_harness"
 local helpers = require "spec.helpers"
+local json = require "cmpxchg.json"
 
 local cluster = harness.cluster()
 
@@ -13,7 +14,6 @@ local t = { describe = describe, it = it, before_each = before_each,
 local current
 local ctx = {
     name = "etcd cluster",
-    auto_renew = false,         -- not yet on etcd
     open = function()
         current = harness.fresh_prefix()
         return cmpxchg.open(cluster.endpoints, { database = current, timeout = 3 })
@@ -131,6 +131,71 @@ describe("etcd backend", function()
         helpers.wait_until(function() return st:put("k", 1, 0) ~= nil end, 20, "the cluster back")
     end)
 
+    describe("auto-renew", function()
+        local proxy, proxy_pid, proxy_url
+
+        --- A fault proxy (spec/support/fault_proxy.js) in front of member 0.
+        local function start_proxy()
+            local upstream = cluster.endpoints[1]:gsub("^etcd", "http")
+            proxy = assert(io.popen("exec env -u LD_PRELOAD node spec/support/fault_proxy.js "
+                .. helpers.shell_quote(upstream), "r"))
+            local line = assert(proxy:read("l"), "the fault proxy did not start")
+            local port
+            port, proxy_pid = line:match("^(%d+) (%d+)$")
+            proxy_url = "http://127.0.0.1:" .. port
+        end
+
+        local function faults(body)
+            local http = core.http_new()
+            local status, reply = http:request(body and "POST" or "GET", proxy_url .. "/__faults",
+                body and json.encode(body) or nil, nil, 5)
+            http:close()
+            assert.equal(200, status)
+            return json.decode(reply)
+        end
+
+        after_each(function()
+            if proxy then
+                os.execute("kill " .. proxy_pid)
+                proxy:close()
+                proxy = nil
+            end
+        end)
+
+        it("a renewal whose reply was lost after it applied is recognized as ours", function()
+            start_proxy()
+            local via = assert(cmpxchg.open(proxy_url:gsub("^http", "etcd"),
+                { database = prefix, timeout = 3 }))
+            local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
+            local first = l:token()
+            faults({ path_contains = "/v3/kv/txn", count = 1 })
+            core.sleep(4.2)                 -- more than a ttl: at least two renewals
+            assert.equal(1, faults().dropped)
+            assert.is_true(l:is_held())
+            assert.is_true(l:token() > first)
+            assert.equal(l:token(), select(2, st:get("k")))
+            assert.equal(l.owner, st:get("k").Owner)
+            assert.is_nil((st:lock("k", { timeout = 0 })))
+            assert.is_true(l:release())
+            assert.same({ nil, 0 }, { st:get("k") })
+            via:close()
+        end)
+
+        it("renewal goes on through another member while the preferred one is down", function()
+            local l = assert(st:lock("k", { ttl = 3, auto_renew = true }))
+            local first = l:token()
+            cluster.run("kill 0")           -- endpoint 1, where the renewals go first
+            local ok, err = pcall(function()
+                core.sleep(4.2)
+                assert.is_true(l:is_held())
+                assert.is_true(l:token() > first)
+            end)
+            cluster.run("restart 0")
+            assert(ok, err)
+            assert.is_true(l:release())
+        end)
+    end)
+
     it("locks stay exclusive while the leader is killed mid-run", function()
         local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 30,
             function()
@@ -178,6 +243,13 @@ describe("etcd with TLS and auth", function()
         assert.same({ "secret", index }, { st:get(key) })
         assert.is_true((st:delete(key, index)))
         local l = assert(st:lock("lock" .. harness.fresh_prefix()))
+        assert.is_true(l:release())
+        -- the renewal thread brings its own certificate and token
+        l = assert(st:lock("lock" .. harness.fresh_prefix(), { ttl = 3, auto_renew = true }))
+        local first = l:token()
+        core.sleep(4.2)
+        assert.is_true(l:is_held())
+        assert.is_true(l:token() > first)
         assert.is_true(l:release())
         st:close()
     end)

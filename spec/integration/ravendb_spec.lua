@@ -2,6 +2,7 @@
 -- RAVENDB_URL is set): the shared contracts, then what only a cluster behind
 -- HTTP has (failover, node restarts, injected faults, TLS, old servers).
 local cmpxchg = require "cmpxchg"
+local core = require "cmpxchg.core"
 local harness = require "spec.support.ravendb_harness"
 local helpers = require "spec.helpers"
 
@@ -99,6 +100,42 @@ describe("ravendb backend", function()
             action = "drop_after_apply", count = math.max(nodes, 2) })
         assert.is_true(l:release())
         assert.same({ nil, 0 }, { st:get("printer") })
+    end)
+
+    emulator_only("an auto-renewal whose reply was lost is sent again with its raft id, applied once", function()
+        local l = assert(st:lock("printer", { ttl = 3, auto_renew = true }))
+        local first = l:token()
+        harness.control(server, "POST", "/requests/clear")
+        harness.control(server, "POST", "/faults", { method = "PUT", path_contains = "cmpxchg",
+            action = "drop_after_apply", count = 1 })
+        core.sleep(4.2)                     -- more than a ttl: at least two renewals
+        assert.is_true(l:is_held())
+        assert.is_true(l:token() > first)
+        assert.equal(l:token(), select(2, st:get("printer")))
+        local ids, seen = {}, {}
+        for _, r in ipairs(state().requests) do
+            if r.method == "PUT" and r.url:find("/cmpxchg?", 1, true) then
+                ids[#ids + 1] = r.raft_request_id
+                seen[r.raft_request_id] = (seen[r.raft_request_id] or 0) + 1
+            end
+        end
+        assert.is_true(#ids >= 3, "renewals seen: " .. #ids)
+        assert.equal(2, seen[ids[1]])       -- the lost one, sent again with its id
+        assert.is_true(l:release())
+    end)
+
+    emulator_only("auto-renewal fails over to the next node when the preferred one stops", function()
+        local l = assert(st:lock("printer", { ttl = 3, auto_renew = true }))
+        local first = l:token()
+        harness.control(server, "POST", "/nodes/0/stop")
+        local ok, err = pcall(function()
+            core.sleep(4.2)
+            assert.is_true(l:is_held())
+            assert.is_true(l:token() > first)
+        end)
+        harness.control(server, "POST", "/nodes/0/start")
+        assert(ok, err)
+        assert.is_true(l:release())
     end)
 
     emulator_only("a deduplicated retry of a failed compare reports the same failure", function()
