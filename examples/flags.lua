@@ -1,5 +1,5 @@
 --- Command-line flags for the examples: `--name VALUE` pairs and switches,
--- and how an example ends.
+-- waiting for a go-ahead, and how an example ends.
 --   local args, err = require("examples.flags").parse(arg, {store = "string",
 --       ttl = "number", vanish = "switch"})
 -- Returns the flags by name, or nil and what is wrong with the command line.
@@ -21,6 +21,22 @@ function flags.parse(argv, kinds)
         end
     end
     return out
+end
+
+--- Waits until the file at `path` exists (at most `timeout` seconds, default 60): a
+-- signal from whoever runs the example (a test starting processes together).
+function flags.wait_for_file(path, timeout)
+    local core = require "cmpxchg.core"
+    local deadline = core.monotime() + (timeout or 60)
+    while core.monotime() < deadline do
+        local f = io.open(path, "r")
+        if f then
+            f:close()
+            return true
+        end
+        core.sleep(0.001)
+    end
+    return false
 end
 
 --- Ends the example with exit status `code`, saying why (store failures,

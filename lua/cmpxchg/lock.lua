@@ -282,12 +282,12 @@ function lock.acquire(st, key, opts)
             end
             -- full jitter within [backoff_min, step], never past the deadline,
             -- and no later than just after the current lease ends
-            local pause = o.backoff_min + math.random() * (step - o.backoff_min)
+            local pause
+            pause, step = store.backoff(step, o.backoff_min, o.backoff_max)
             if ends then
                 pause = math.min(pause, math.max(ends + o.clock_skew - now, 0) + 0.001)
             end
             runtime.sleep(math.min(pause, left))
-            step = math.min(step * 2, o.backoff_max)
             probe = failure == nil      -- after an error, write again rather than read
         end
     end

@@ -4,6 +4,7 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local runtime = require "cmpxchg.runtime"
 
 local argerror = check.argerror
 
@@ -143,6 +144,79 @@ function Store:delete(key, index)
     check.key(key, 1, "delete")
     index = check.index(index, 2, "delete")
     return backend:delete(key, index)
+end
+
+--[[ Read-modify-write. A lost race is retried after a pause with full jitter
+(uniform in [BACKOFF_MIN, step], step doubling up to BACKOFF_MAX: the lock's
+defaults), taken through the runtime seam so that it yields where sleeping
+must not block. ]]
+
+local UPDATE_RETRIES = 10
+local BACKOFF_MIN, BACKOFF_MAX = 0.005, 0.1
+local UPDATE_OPTIONS = { retries = true, expires = true }
+
+--- The pause before the next attempt, and the step after it.
+function store.backoff(step, min, max)
+    return min + math.random() * (step - min), math.min(step * 2, max)
+end
+
+local function update_options(opts)
+    if opts == nil then return UPDATE_RETRIES, nil end
+    check.type(opts, "table", 3, "update")
+    for k in pairs(opts) do
+        if not UPDATE_OPTIONS[k] then
+            argerror(3, "update", "unknown option '" .. tostring(k) .. "'")
+        end
+    end
+    local retries = UPDATE_RETRIES
+    if opts.retries ~= nil then
+        local r = opts.retries
+        if type(r) ~= "number" or r ~= r or r < 0 or (r ~= math.huge and r ~= math.floor(r)) then
+            argerror(3, "update", "retries must be a non-negative integer, got " .. tostring(r))
+        end
+        retries = r
+    end
+    return retries, check_expires(opts, 3, "update")
+end
+
+--- value, index = store:update(key, fn [, {retries = 10, expires = epoch}])
+-- Compare-and-set read-modify-write: reads the value and its index, writes
+-- fn(value) (fn gets nil when the key is absent) with the index just read (0
+-- when absent). When another writer got in between, waits (backoff with full
+-- jitter), reads again and calls fn again, at most `retries` more times.
+-- Returns the value written and its new index; when fn returns nil, nothing is
+-- written and the current value and index are returned (nil, 0 when absent).
+-- After the last lost race: nil, "conflict: ...", "conflict". A store failure:
+-- nil, err, code (for a write that failed so, the outcome is unknown). Errors
+-- raised by fn propagate unchanged, and nothing is written then.
+function Store:update(key, fn, opts)
+    backend_of(self, "update")
+    check.key(key, 1, "update")
+    check.type(fn, "function", 2, "update")
+    local retries, expires = update_options(opts)
+    local step, attempts = BACKOFF_MIN, 0
+    while true do
+        local index, current, code = backend_of(self, "update"):get(key)
+        if index == nil then return nil, current, code end
+        local value = fn(current)
+        if value == nil then return current, index end
+        local text, why = json.encode(value)
+        if text == nil then
+            argerror(2, "update", "fn returned a value JSON cannot encode: " .. why)
+        end
+        -- fn may have used (or closed) the store: check it again
+        local ok, new_index, failure = backend_of(self, "update"):put(key, text, index, expires)
+        if ok then return value, new_index end
+        if ok == nil then return nil, new_index, failure end
+        attempts = attempts + 1
+        if attempts > retries then
+            return nil, ("conflict: '%s' was changed by another writer at each of %d %s")
+                :format(key, attempts, attempts == 1 and "attempt" or "attempts"), "conflict"
+        end
+        local pause
+        pause, step = store.backoff(step, BACKOFF_MIN, BACKOFF_MAX)
+        runtime.sleep(pause)
+    end
 end
 
 --- store:close() -> true; idempotent. Locks taken from the store stay in the

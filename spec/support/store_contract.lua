@@ -149,6 +149,73 @@ return function(t, ctx)
             assert.equal(2, (st:get(wide:upper())))
         end)
 
+        it("update creates, then read-modify-writes on the index it read", function()
+            local seen = {}
+            local v1, i1 = st:update("counters/A", function(v)
+                seen[#seen + 1] = v == nil and "absent" or v
+                return { n = 1 }
+            end)
+            assert.same({ n = 1 }, v1)
+            assert.same({ "absent" }, seen)
+            assert.same({ { n = 1 }, i1 }, { st:get("counters/a") })
+            local v2, i2 = st:update("COUNTERS/a", function(v) return { n = v.n + 1 } end)
+            assert.same({ n = 2 }, v2)
+            assert.is_true(i2 > i1)
+            assert.same({ { n = 2 }, i2 }, { st:get("counters/a") })
+            assert.is_true((st:delete("counters/a", i2)))
+        end)
+
+        it("update retries a lost race with the value the rival wrote", function()
+            local _, i0 = st:put("counters/r", 10, 0)
+            local calls = {}
+            local value, index = st:update("counters/r", function(v)
+                calls[#calls + 1] = v
+                if #calls == 1 then      -- a rival writes between our read and our write
+                    assert.is_true((st:put("counters/r", v + 5, i0)))
+                end
+                return v + 1
+            end)
+            assert.same({ 10, 15 }, calls)
+            assert.equal(16, value)
+            assert.same({ 16, index }, { st:get("counters/r") })
+            assert.is_true((st:delete("counters/r", index)))
+        end)
+
+        it("update gives up with conflict after its retries, and leaves the key alone on nil", function()
+            local _, index = st:put("counters/c", 0, 0)
+            local calls = 0
+            local value, err, code = st:update("counters/c", function(v)
+                calls = calls + 1
+                local ok, idx = st:put("counters/c", v + 100, index)   -- always a rival first
+                assert.is_true(ok)
+                index = idx
+                return v + 1
+            end, { retries = 2 })
+            assert.is_nil(value)
+            assert.equal("conflict", code)
+            assert.matches("^conflict: 'counters/c' was changed by another writer at each of 3 attempts", err)
+            assert.equal(3, calls)
+            assert.same({ 300, index }, { st:get("counters/c") })
+            assert.same({ 300, index }, { st:update("counters/c", function() return nil end) })
+            assert.same({ nil, 0 }, { st:update("counters/none", function() end) })
+            assert.same({ 300, index }, { st:get("counters/c") })
+            assert.is_true((st:delete("counters/c", index)))
+            assert.equal(0, #st:list(""))
+        end)
+
+        it("update writes with expires as put does, and lets an error raised by fn through", function()
+            local expires = os.time() + 3600
+            local value, index = st:update("counters/e", function() return "v" end,
+                { expires = expires })
+            assert.equal("v", value)
+            assert.same({ "v", index }, { st:get("counters/e") })
+            local ok, err = pcall(st.update, st, "counters/e", function() error({ why = "fn" }) end)
+            assert.is_false(ok)
+            assert.same({ why = "fn" }, err)
+            assert.same({ "v", index }, { st:get("counters/e") })
+            assert.is_true((st:delete("counters/e", index)))
+        end)
+
         it("raises on misuse and changes nothing", function()
             local misuse = {
                 { "put", 42, "v", 0 }, { "put", "", "v", 0 }, { "put", "   ", "v", 0 },
@@ -166,6 +233,10 @@ return function(t, ctx)
                 { "get_many", "k" }, { "get_many", { "a", "" } }, { "get_many", { "a", 1 } },
                 { "list", 42 }, { "list", "p", { start = -1 } }, { "list", "p", { page_size = 0 } },
                 { "list", "p", "all" }, { "list", "\xff" },
+                { "update", "", print }, { "update", "k", nil }, { "update", "k", "fn" },
+                { "update", "k", print, { retries = -1 } }, { "update", "k", print, { bogus = 1 } },
+                { "update", "k", print, { expires = "soon" } },
+                { "update", "k", function() return print end },
             }
             for _, m in ipairs(misuse) do
                 local method = m[1]
@@ -193,6 +264,7 @@ return function(t, ctx)
                 function() other:put("k", 1, 0) end, function() other:get("k") end,
                 function() other:get_many({ "k" }) end, function() other:list("") end,
                 function() other:delete("k", 1) end, function() other:lock("k") end,
+                function() other:update("k", function() return 1 end) end,
                 function() other:with_lock("k", nil, print) end,
             }) do
                 assert.has_error(call, "attempt to use a closed store")
