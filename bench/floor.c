@@ -13,7 +13,9 @@
 ** the index put0 returned), get, delete (by the index putcas returned), and
 ** prints one line per phase: "phase OPS WALL_S CPU_S FAILED", CPU being
 ** user+sys of this process (getrusage) during the phase. With READY and GO:
-** creates READY once connected and warmed up, then waits for GO to exist.
+** creates READY once connected and warmed up, then waits for GO to exist; and
+** before each phase, with $BENCH_PROCS processes numbered by READY's last
+** digits: creates GO.PHASE.ME and waits until GO.PHASE.1..N all exist.
 */
 
 #define _GNU_SOURCE
@@ -61,6 +63,30 @@ static void barrier (const char *ready, const char *go) {
     while (access(go, F_OK) != 0) {
         struct timespec ts = { 0, 2000000 };
         nanosleep(&ts, NULL);
+    }
+}
+
+static void wait_file (const char *path) {
+    while (access(path, F_OK) != 0) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void phase_barrier (const char *ready, const char *go, const char *phase) {
+    char path[4096];
+    const char *me, *env = getenv("BENCH_PROCS");
+    int i, procs = env ? atoi(env) : 1;
+    FILE *f;
+    if (ready == NULL) return;
+    for (me = ready + strlen(ready); me > ready && me[-1] >= '0' && me[-1] <= '9'; me--) {}
+    snprintf(path, sizeof path, "%s.%s.%s", go, phase, me);
+    f = fopen(path, "w");
+    if (f == NULL) die("cannot create a barrier file");
+    fclose(f);
+    for (i = 1; i <= procs; i++) {
+        snprintf(path, sizeof path, "%s.%s.%d", go, phase, i);
+        wait_file(path);
     }
 }
 
@@ -412,7 +438,10 @@ int main (int argc, char **argv) {
     }
     barrier(ready, go);
     for (p = 0; p < NPHASES; p++) {
-        double t0 = now_mono(), c0 = cpu_seconds();
+        double t0, c0;
+        phase_barrier(ready, go, phase_name[p]);
+        t0 = now_mono();
+        c0 = cpu_seconds();
         long failed = 0;
         for (i = 1; i <= n; i++) {
             int ok;

@@ -3,7 +3,8 @@
 ** One client process of the per-operation benchmark through the official RavenDB
 ** Node.js client (npm `ravendb`, installed in spec/support/ravendb): the phases
 ** of bench/floor.c, one line per phase: "phase NAME OPS WALL_S CPU_S FAILED",
-** CPU being user+sys of this process during the phase (process.cpuUsage).
+** CPU being user+sys of this process during the phase (process.cpuUsage). With READY
+** and GO: the per-phase barrier of bench/ops.lua.
 **   node bench/npm_ops.js URL DATABASE PREFIX N [READY GO]
 */
 'use strict';
@@ -48,8 +49,17 @@ async function main() {
         fs.writeFileSync(ready, '');
         while (!fs.existsSync(go)) await sleep(2);
     }
+    // a barrier before each phase: GO.PHASE.I for each of $BENCH_PROCS processes
+    const me = ready ? ready.match(/(\d+)$/)[1] : null;
+    const procs = Number(process.env.BENCH_PROCS || 1);
     const indexes = [];
     for (const phase of PHASES) {
+        if (ready) {
+            fs.writeFileSync(`${go}.${phase}.${me}`, '');
+            for (let i = 1; i <= procs; i += 1) {
+                while (!fs.existsSync(`${go}.${phase}.${i}`)) await sleep(1);
+            }
+        }
         const t0 = process.hrtime.bigint();
         const c0 = process.cpuUsage();
         let failed = 0;

@@ -4,7 +4,8 @@
 -- user+sys of this process during the phase (os.clock: CLOCK_PROCESS_CPUTIME_ID).
 --   lua5.4 bench/ops.lua TARGET DATABASE PREFIX N [READY GO]
 -- TARGET as for cmpxchg.open (a file path, http://..., etcd://...); DATABASE
--- may be "-" for none.
+-- may be "-" for none. With READY (ending in this process's number) and GO, and
+-- $BENCH_PROCS processes: every phase starts when all processes are ready for it.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
@@ -49,9 +50,20 @@ if ready then
     while not io.open(go, "r") do core.sleep(0.002) end
 end
 
+-- a barrier before each phase: GO.PHASE.I for each process I
+local me, procs = ready and ready:match("(%d+)$"), tonumber(os.getenv("BENCH_PROCS") or "1")
+local function barrier(phase)
+    if not ready then return end
+    assert(io.open(("%s.%s.%s"):format(go, phase, me), "w")):close()
+    for i = 1, procs do
+        while not io.open(("%s.%s.%d"):format(go, phase, i), "r") do core.sleep(0.001) end
+    end
+end
+
 local keys, indexes = {}, {}
 for i = 1, n do keys[i] = prefix .. i end
 for _, phase in ipairs(PHASES) do
+    barrier(phase)
     local t0, c0, failed = core.monotime(), os.clock(), 0
     for i = 1, n do
         if not op(phase, keys[i], indexes, i) then failed = failed + 1 end
