@@ -14,8 +14,7 @@ assert(path and url and n_embedded and n_http, "usage: memory.lua DB URL N_EMBED
 
 local function rss()
     local f = assert(io.open("/proc/self/statm"))
-    local pages = f:read("n")
-    pages = f:read("n")
+    local _, pages = f:read("n", "n")     -- size, then resident pages
     f:close()
     return pages * 4096
 end

@@ -78,11 +78,12 @@ local function run_together(cmds, barrier, timeout)
     local procs = {}
     for i, cmd in ipairs(cmds) do
         local ready = ("%s/ready%d"):format(dir, i)
-        local full = barrier == "flags" and ("%s --ready %s --go %s"):format(cmd, quote(ready), quote(go))
+        local full = barrier == "flags"
+            and ("%s --ready %s --go %s"):format(cmd, quote(ready), quote(go))
             or barrier and ("%s %s %s"):format(cmd, quote(ready), quote(go)) or cmd
         procs[i] = { cmd = full, ready = ready,
-                     pipe = assert(io.popen(("BENCH_PROCS=%d timeout %d %s 2>%s/err%d"):format(#cmds,
-                         timeout or 300, full, dir, i), "r")) }
+                     pipe = assert(io.popen(("BENCH_PROCS=%d timeout %d %s 2>%s/err%d")
+                         :format(#cmds, timeout or 300, full, dir, i), "r")) }
     end
     if barrier then
         local deadline = core.monotime() + 60
@@ -308,7 +309,9 @@ local function ops_section(section, label, impls, procs_list, n_of)
         local results = {}
         for _, impl in ipairs(impls) do
             local cmds = {}
-            for p = 1, procs do cmds[p] = impl.cmd(("%s%d/"):format(impl.prefix, p), n_of(procs)) end
+            for p = 1, procs do
+                cmds[p] = impl.cmd(("%s%d/"):format(impl.prefix, p), n_of(procs))
+            end
             results[impl.name] = phases(run_together(cmds, true))
         end
         for _, phase in ipairs({ "put0", "putcas", "get", "delete" }) do
@@ -404,13 +407,15 @@ local function lock_run(name, procs)
     elseif name == "ravendb" then
         ours(ravendb().url, "bench")
     elseif name == "etcd" or name == "etcdctl" then
+        etcd()
         local before = etcd_messages()
         if name == "etcd" then
             ours(etcd().url:gsub("^http", "etcd"), "bench")
         else
             local cmds = {}
             for p = 1, procs do
-                cmds[p] = ("env BENCH_HOLD_BIN=build/bench/hold %s bench/lock_worker.lua etcdctl %s %s %s %s %s")
+                cmds[p] = ("env BENCH_HOLD_BIN=build/bench/hold %s bench/lock_worker.lua"
+                    .. " etcdctl %s %s %s %s %s")
                     :format(LUA, etcd().url, key, d, hold, gap)
             end
             for p, out in ipairs(run_together(cmds, true)) do parse_rounds(out, p, sections) end
@@ -428,16 +433,19 @@ local function lock_run(name, procs)
             local doc = assert(json.decode(out:match("({[^\n]*})%s*$") or ""), out)
             requests = requests + 1
             for _, s in ipairs(doc.sections) do
-                sections[#sections + 1] = { proc = p, req = s.requested, acq = s.start, rel = s["end"] }
+                sections[#sections + 1] = { proc = p, req = s.requested, acq = s.start,
+                                            rel = s["end"] }
                 requests = requests + s.attempts + (s.takeover and 1 or 0) + 1
             end
         end
     elseif name == "nginx" then
-        if os.execute("command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
+        if os.execute("command -v nginx >/dev/null"
+                .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
                 ~= true then
             return nil      -- scripts/install-deps --bench installs it
         end
-        local url = ("%s/contend?key=%s&dur=%s&hold=%s&gap=%s"):format(nginx().url, key, d, hold, gap)
+        local url = ("%s/contend?key=%s&dur=%s&hold=%s&gap=%s"):format(nginx().url, key, d,
+            hold, gap)
         local cmds = {}
         for p = 1, procs do cmds[p] = "curl -sS --max-time 60 " .. quote(url) end
         for p, out in ipairs(run_together(cmds, false)) do
@@ -462,7 +470,8 @@ local function section_locks()
         for _, impl in ipairs(LOCK_IMPLS) do
             local s = lock_run(impl.id, procs) or { acquisitions = 0, overlaps = 0, skipped = true }
             stats[impl.id] = s
-            local r = row({ section = "4 locks", case = ("lock x%d"):format(procs), impl = impl.name,
+            local r = row({ section = "4 locks", case = ("lock x%d"):format(procs),
+                impl = impl.name,
                 ops_s = s.acq_s, p50 = s.p50 and s.p50 * 1e3, p99 = s.p99 and s.p99 * 1e3,
                 req_acq = s.req_acq, group = "lock", phase = impl.id, procs = procs,
                 handoffs = s.handoffs, overlaps = s.overlaps })
@@ -497,7 +506,8 @@ local function section_memory()
         add_ratio(r, "RSS growth MB", growth / 1024, 1.0)
     end
     local vg = ("timeout 240 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite"
-        .. " --show-leak-kinds=definite --error-exitcode=87 --suppressions=spec/support/valgrind.supp"
+        .. " --show-leak-kinds=definite --error-exitcode=87"
+        .. " --suppressions=spec/support/valgrind.supp"
         .. " %s bench/memory.lua %s %s %d %d"):format(LUA, tmp .. "/valgrind.db", url,
         SIZE.vg_embedded, SIZE.vg_http)
     local p = assert(io.popen(vg .. " 2>&1"))
@@ -516,7 +526,8 @@ end
 local function machine()
     local cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"):gsub("^%s+", "")
     local load = sh("cut -d' ' -f1-3 /proc/loadavg")
-    local busy = sh("ps -eo pcpu=,comm= --sort=-pcpu | head -n 6 | awk '$1 > 5 {print $2\"(\"$1\"%)\"}'"
+    local busy = sh("ps -eo pcpu=,comm= --sort=-pcpu | head -n 6"
+        .. " | awk '$1 > 5 {print $2\"(\"$1\"%)\"}'"
         .. " | tr '\\n' ' '")
     return ("%s cores, %s; load average %s; busiest processes now: %s"):format(sh("nproc"), cpu,
         load, busy ~= "" and busy or "none")
@@ -539,8 +550,8 @@ local function print_table(header)
     local function line(cells)
         local parts = {}
         for i, c in ipairs(cells) do
-            parts[i] = i < #cols and (i >= 4 and ("%" .. widths[i] .. "s") or ("%-" .. widths[i] .. "s"))
-                :format(c) or c
+            local spec = (i >= 4 and "%" or "%-") .. widths[i] .. "s"
+            parts[i] = i < #cols and spec:format(c) or c
         end
         return "| " .. table.concat(parts, " | ") .. " |"
     end
@@ -584,7 +595,8 @@ local function panel_data(file, group, value, impls)
     local cases, seen, by = {}, {}, {}
     for _, r in ipairs(rows) do
         if r.group == group and r[value] then
-            local c = group == "lock" and ("x%d"):format(r.procs) or ("%s x%d"):format(r.phase, r.procs)
+            local c = group == "lock" and ("x%d"):format(r.procs)
+                or ("%s x%d"):format(r.phase, r.procs)
             if not seen[c] then seen[c] = true; cases[#cases + 1] = c end
             by[c .. "|" .. r.impl] = r[value]
         end
