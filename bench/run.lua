@@ -601,7 +601,9 @@ local function panel_data(file, group, value, impls)
             by[c .. "|" .. r.impl] = r[value]
         end
     end
-    local out = { "case " .. table.concat(impls, " ") }
+    local heads = { '"case"' }
+    for i, impl in ipairs(impls) do heads[i + 1] = ("%q"):format(impl) end
+    local out = { table.concat(heads, " ") }
     for _, c in ipairs(cases) do
         local cells = { '"' .. c .. '"' }
         for _, impl in ipairs(impls) do cells[#cells + 1] = by[c .. "|" .. impl] and
@@ -639,7 +641,8 @@ local function chart(header)
         local file = ("%s/panel%d.dat"):format(d, i)
         if panel_data(file, p[1], p[2], p[3]) then
             script[#script + 1] = ("set title %q"):format(p[4])
-            script[#script + 1] = p[5] and "set logscale y" or "unset logscale y"
+            script[#script + 1] = p[5] and "set logscale y; set autoscale y"
+                or "unset logscale y; set yrange [0:*]"
             local plots = {}
             for j = 1, #p[3] do
                 plots[j] = ("'%s' using %d:xtic(1) title columnhead(%d)"):format(file, j + 1, j + 1)
