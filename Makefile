@@ -34,7 +34,7 @@ LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
-.PHONY: all deps test demo bench lint asan valgrind install uninstall clean rock
+.PHONY: all deps test demo bench bench-bin lint asan valgrind install uninstall clean rock
 
 all: $(CORE)
 
@@ -53,11 +53,27 @@ test: deps
 demo: deps all
 	$(LUA) examples/demo.lua
 
+# the benchmarks' own programs: the libcurl/SQLite floor and etcdctl's critical section
+BENCH_BIN = build/bench/floor build/bench/hold
+
+build/bench/floor: bench/floor.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS) \
+	    -o $@ bench/floor.c $(SQLITE_LIBS) $(CURL_LIBS) $(LDFLAGS)
+
+build/bench/hold: bench/hold.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c99 $(WARNINGS) -o $@ bench/hold.c $(LDFLAGS)
+
+bench-bin: $(BENCH_BIN)
+
 bench: deps all
+	@scripts/install-deps --bench
+	@$(MAKE) --no-print-directory bench-bin
 	$(LUA) bench/run.lua
 
 lint: deps
-	luacheck lua spec examples bin/cmpxchg
+	luacheck lua spec examples bench bin/cmpxchg
 
 asan: deps
 	@scripts/run-tests --only asan

@@ -131,6 +131,11 @@ local function answer_error(status, reply, body)
 end
 
 function Etcd:headers()
+    -- one table while the token and timeout stand (transports only read it)
+    local cached = self.headers_cache
+    if cached and cached.token == self.token and cached.timeout == self.timeout then
+        return cached.headers
+    end
     local h = {
         ["Content-Type"] = "application/json",
         -- a member without a leader refuses at once instead of after 7 s,
@@ -140,6 +145,7 @@ function Etcd:headers()
         ["Grpc-Timeout"] = ("%dm"):format(math.max(100, math.floor(self.timeout * 1000) - 300)),
     }
     if self.token then h.Authorization = self.token end     -- raw, no Bearer (§6.2)
+    self.headers_cache = { token = self.token, timeout = self.timeout, headers = h }
     return h
 end
 

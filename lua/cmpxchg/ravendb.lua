@@ -26,8 +26,10 @@ local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503]
 
 --- RFC 3986 percent-encoding of everything but the unreserved set, so that
 -- "+" and "/" survive ASP.NET's query decoding (§1.1).
+local ESCAPED = {}              -- byte -> "%XX": a table, not a function call per byte
+for b = 0, 255 do ESCAPED[string.char(b)] = ("%%%02X"):format(b) end
 local function escape(s)
-    return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+    return (s:gsub("[^%w%-%._~]", ESCAPED))
 end
 RavenDB.escape = escape
 
@@ -197,8 +199,16 @@ function RavenDB:send(method, path, body, is_write)
     if is_write then
         path = path .. "&raft-request-id=" .. runtime.uuid()
     end
-    local headers = { ["Topology-Etag"] = ('"%d"'):format(self.topology_etag) }
-    if body then headers["Content-Type"] = "application/json" end
+    -- the same two header tables for every request while the topology stands
+    -- (transports only read them)
+    local cache = self.headers_cache
+    if cache == nil or cache.etag ~= self.topology_etag then
+        local etag = ('"%d"'):format(self.topology_etag)
+        cache = { etag = self.topology_etag, plain = { ["Topology-Etag"] = etag },
+                  json = { ["Topology-Etag"] = etag, ["Content-Type"] = "application/json" } }
+        self.headers_cache = cache
+    end
+    local headers = body and cache.json or cache.plain
     local n, first = #self.nodes, self.preferred
     local attempts = math.max(n, 2)
     local last_err, last_code

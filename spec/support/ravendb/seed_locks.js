@@ -6,7 +6,7 @@
 **   node seed_locks.js --urls URL[,URL...] --database DB --key KEY
 **                      [--field ExpiresAt|ReservedUntil] [--lease S] [--hold S] [--rounds N]
 **                      [--gap S] [--attempts N] [--log FILE] [--counter FILE]
-**                      [--ready FILE --go FILE] [--vanish]
+**                      [--ready FILE --go FILE] [--vanish] [--duration S]
 **   node seed_locks.js --urls ... --database DB --key KEY [--field F] --read
 **   node seed_locks.js --check
 **
@@ -43,9 +43,10 @@
 ** holder that crashed). `--attempts N` gives up after N puts at index 0 (C# loops forever):
 ** exit status 3, `"busy": true`. `--ready FILE`/`--go FILE`: after connecting, create
 ** FILE (ready) and wait until the other exists, so that all contenders start together.
+** `--duration S` (the benchmark, bench/run.lua): no new round starts S seconds after go.
 **
-** stdout: one JSON line, {"sections": [{"token", "start", "end", "takeover", "attempts",
-** "written"}], "busy"?, "field"}. `--read` prints what the seed sees in the key: {"index",
+** stdout: one JSON line, {"sections": [{"token", "requested", "start", "end", "takeover",
+** "attempts", "written"}], "busy"?, "field"}; "requested": when the round began to acquire. `--read` prints what the seed sees in the key: {"index",
 ** "raw", "expires" (epoch seconds), "now", "expired"} or {"index": 0} when absent.
 ** `--check` prints {"ravendb": "<client version>"}: node and the client are there.
 */
@@ -65,7 +66,7 @@ try {
 function parseArgs(argv) {
     const opts = {
         urls: [], database: null, key: null, field: 'ExpiresAt', lease: 300, hold: 0,
-        rounds: 1, gap: 0, attempts: Infinity, log: null, counter: null, ready: null, go: null,
+        rounds: 1, gap: 0, attempts: Infinity, duration: Infinity, log: null, counter: null, ready: null, go: null,
         vanish: false, read: false, check: false,
     };
     const flags = { '--vanish': 'vanish', '--read': 'read', '--check': 'check' };
@@ -94,6 +95,7 @@ function parseArgs(argv) {
         case '--hold': opts.hold = number(); break;
         case '--rounds': opts.rounds = number(); break;
         case '--gap': opts.gap = number(); break;
+        case '--duration': opts.duration = number(); break;
         case '--attempts': opts.attempts = number(); break;
         case '--log': opts.log = value; break;
         case '--counter': opts.counter = value; break;
@@ -279,7 +281,9 @@ async function runRounds(store, opts) {
     if (opts.ready) fs.writeFileSync(opts.ready, `${process.pid}\n`);
     if (opts.go) await waitFile(opts.go);
     const out = { field: opts.field, sections: [] };
-    for (let round = 0; round < opts.rounds; round += 1) {
+    const deadline = Date.now() + opts.duration * 1000;
+    for (let round = 0; round < opts.rounds && Date.now() < deadline; round += 1) {
+        const requested = utcNow();
         const stats = { attempts: 0, takeover: false, written: null };
         const index = await acquire(ops, opts, stats);
         if (index === null) {
@@ -288,7 +292,8 @@ async function runRounds(store, opts) {
             return out;
         }
         const start = utcNow();
-        const section = { token: index, start: seconds(start), takeover: stats.takeover,
+        const section = { token: index, requested: seconds(requested), start: seconds(start),
+                          takeover: stats.takeover,
                           attempts: stats.attempts, written: stats.written };
         out.sections.push(section);
         if (opts.vanish) {

@@ -1,0 +1,687 @@
+--- `make bench`: every comparison of issue 8, measured in one run, against
+-- servers this script starts on 127.0.0.1 in its own temporary directories
+-- (the RavenDB emulator, a 3-member etcd cluster, an nginx) and stops at the
+-- end. Prints one table, writes bench/results/bench.csv and bench.png.
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5] [--out DIR]
+-- --quick: a few operations of everything (the smoke run of make test); it
+-- checks that the benchmark works, its figures mean nothing.
+package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
+
+local core = require "cmpxchg.core"
+local json = require "cmpxchg.json"
+
+local LUA = arg[-1] or "lua5.4"
+local opts = { out = "bench/results", only = nil, quick = false }
+do
+    local i = 1
+    while arg[i] do
+        if arg[i] == "--quick" then opts.quick = true
+        elseif arg[i] == "--only" then
+            opts.only = {}
+            for n in arg[i + 1]:gmatch("%d") do opts.only[tonumber(n)] = true end
+            i = i + 1
+        elseif arg[i] == "--out" then opts.out = arg[i + 1]; i = i + 1
+        else error("unknown argument " .. arg[i]) end
+        i = i + 1
+    end
+end
+local function wanted(n) return opts.only == nil or opts.only[n] end
+
+-- sizes: operations per phase and process, seconds per lock run
+local Q = opts.quick
+local SIZE = {
+    ravendb = Q and 20 or 1000, ravendb4 = Q and 10 or 400,
+    etcd = Q and 20 or 400, etcd4 = Q and 10 or 200,
+    embedded = Q and 50 or 20000, embedded4 = Q and 20 or 5000,
+    lock_seconds = Q and 0.5 or 4, hold = 0.002, gap = 0.004,
+    mem_embedded = Q and 2000 or 1000000, mem_http = Q and 200 or 100000,
+    vg_embedded = Q and 200 or 3000, vg_http = Q and 20 or 300,
+}
+local LOCK_PROCS = Q and { 2 } or { 2, 4, 8 }
+
+--[[ Processes and files ]]
+
+local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function sh(cmd)
+    local p = assert(io.popen(cmd .. " 2>&1"))
+    local out = p:read("a")
+    local ok, _, code = p:close()
+    if not ok then error(("command failed (%s): %s\n%s"):format(tostring(code), cmd, out), 2) end
+    return (out:gsub("%s+$", ""))
+end
+
+local function exists(path)
+    local f = io.open(path, "r")
+    if f then f:close() end
+    return f ~= nil
+end
+
+local function write_file(path, text)
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+end
+
+local tmp = sh("mktemp -d /tmp/cmpxchg-bench.XXXXXX")
+local runs = 0
+
+--- Starts `cmds` together (each one gets READY GO arguments appended when
+-- `barrier`), releases them at once when all are ready, and returns their
+-- outputs (raising when one failed).
+local function run_together(cmds, barrier, timeout)
+    runs = runs + 1
+    local dir = ("%s/run%d"):format(tmp, runs)
+    sh("mkdir -p " .. dir)
+    local go = dir .. "/go"
+    local procs = {}
+    for i, cmd in ipairs(cmds) do
+        local ready = ("%s/ready%d"):format(dir, i)
+        local full = barrier == "flags"
+            and ("%s --ready %s --go %s"):format(cmd, quote(ready), quote(go))
+            or barrier and ("%s %s %s"):format(cmd, quote(ready), quote(go)) or cmd
+        procs[i] = { cmd = full, ready = ready,
+                     pipe = assert(io.popen(("BENCH_PROCS=%d timeout %d %s 2>%s/err%d")
+                         :format(#cmds, timeout or 300, full, dir, i), "r")) }
+    end
+    if barrier then
+        local deadline = core.monotime() + 60
+        for _, p in ipairs(procs) do
+            while not exists(p.ready) do
+                if core.monotime() > deadline then error("a process never got ready: " .. p.cmd) end
+                core.sleep(0.005)
+            end
+        end
+        write_file(go, "")
+    end
+    local outs = {}
+    for i, p in ipairs(procs) do
+        outs[i] = p.pipe:read("a")
+        local ok = p.pipe:close()
+        if not ok then
+            local ef = io.open(("%s/err%d"):format(dir, i))
+            local err = ef and ef:read("a") or ""
+            if ef then ef:close() end
+            error(("failed: %s\n%s%s"):format(p.cmd, outs[i], err))
+        end
+    end
+    return outs
+end
+
+--[[ Servers ]]
+
+local servers = {}
+
+local function stop_servers()
+    if servers.nginx then
+        os.execute(("kill -QUIT %d 2>/dev/null"):format(servers.nginx.pid))
+        for _ = 1, 100 do
+            if not exists(servers.nginx.prefix .. "/logs/nginx.pid") then break end
+            core.sleep(0.05)
+        end
+        os.execute(("kill -KILL %d 2>/dev/null"):format(servers.nginx.pid))
+    end
+    if servers.ravendb then
+        os.execute(("RAVENDB_EMULATOR_DIR=%s scripts/ravendb-emulator stop >/dev/null 2>&1")
+            :format(quote(servers.ravendb.dir)))
+    end
+    if servers.etcd then
+        os.execute(("ETCD_CLUSTER_DIR=%s scripts/etcd-cluster stop >/dev/null 2>&1")
+            :format(quote(servers.etcd.dir)))
+    end
+end
+
+local function ravendb()
+    if servers.ravendb then return servers.ravendb end
+    local dir = tmp .. "/ravendb"
+    local env = "RAVENDB_EMULATOR_DIR=" .. quote(dir) .. " "
+    sh(env .. "scripts/ravendb-emulator start --nodes 1")
+    local url = sh(env .. "scripts/ravendb-emulator url")
+    servers.ravendb = { dir = dir, url = url }
+    local h = core.http_new()
+    local status, body = h:request("PUT", url .. "/admin/databases?name=bench&replicationFactor=1",
+        json.encode({ DatabaseName = "bench", Settings = {}, Disabled = false, Encrypted = false,
+                      Topology = { DynamicNodesDistribution = false } }),
+        { ["Content-Type"] = "application/json" }, 30)
+    assert(status == 200 or status == 201, "cannot create the database: " .. tostring(body))
+    h:close()
+    return servers.ravendb
+end
+
+local function etcd()
+    if servers.etcd then return servers.etcd end
+    local dir = tmp .. "/etcd"
+    local env = "ETCD_CLUSTER_DIR=" .. quote(dir) .. " "
+    servers.etcd = { dir = dir }
+    sh(env .. "scripts/etcd-cluster start")
+    local leader = sh(env .. "scripts/etcd-cluster leader")
+    servers.etcd.url = sh(env .. "scripts/etcd-cluster endpoint " .. leader)
+    servers.etcd.all = {}
+    for u in sh(env .. "scripts/etcd-cluster endpoints"):gmatch("[^,%s]+") do
+        servers.etcd.all[#servers.etcd.all + 1] = u
+    end
+    return servers.etcd
+end
+
+--- gRPC messages the etcd cluster received, over all members (/metrics): what
+-- a client's requests cost the cluster, whatever the client (gateway or gRPC).
+local function etcd_messages()
+    local h = core.http_new()
+    local total = 0
+    for _, u in ipairs(servers.etcd.all) do
+        local status, body = h:request("GET", u .. "/metrics", nil, nil, 10)
+        assert(status == 200, "etcd /metrics")
+        for n in body:gmatch("\ngrpc_server_msg_received_total{[^}]*} (%S+)") do
+            total = total + tonumber(n)
+        end
+    end
+    h:close()
+    return total
+end
+
+local function nginx()
+    if servers.nginx then return servers.nginx end
+    local prefix = tmp .. "/nginx"
+    sh(("mkdir -p %s/logs %s/tmp"):format(prefix, prefix))
+    local port = sh([[node -e "const s=require('net').createServer().listen(0,'127.0.0.1',
+        ()=>{console.log(s.address().port);s.close()})"]])
+    local conf = assert(io.open("bench/nginx/nginx.conf")):read("a"):gsub("__PORT__", port)
+    write_file(prefix .. "/nginx.conf", conf)
+    local pid = sh(("nginx -p %s -c nginx.conf >%s/logs/stdout.log 2>&1 </dev/null & echo $!")
+        :format(quote(prefix), quote(prefix)))
+    servers.nginx = { prefix = prefix, pid = tonumber(pid), url = "http://127.0.0.1:" .. port }
+    local h = core.http_new()
+    for _ = 1, 100 do
+        if h:request("GET", servers.nginx.url .. "/ready", nil, nil, 1) == 204 then
+            h:close()
+            return servers.nginx
+        end
+        core.sleep(0.05)
+    end
+    error("nginx did not start: " .. sh("cat " .. quote(prefix) .. "/logs/*.log"))
+end
+
+--[[ Statistics ]]
+
+local function percentile(sorted, p)
+    if #sorted == 0 then return nil end
+    return sorted[math.max(1, math.ceil(#sorted * p))]
+end
+
+--- Sums the phase lines of one run: per phase {ops, ops_s, cpu_us}.
+local function phases(outs)
+    local acc = {}
+    for _, out in ipairs(outs) do
+        for name, ops, wall, cpu, failed in out:gmatch("phase (%S+) (%d+) (%S+) (%S+) (%d+)") do
+            local a = acc[name] or { ops = 0, wall = 0, cpu = 0, failed = 0 }
+            acc[name] = a
+            a.ops = a.ops + tonumber(ops)
+            a.wall = math.max(a.wall, tonumber(wall))
+            a.cpu = a.cpu + tonumber(cpu)
+            a.failed = a.failed + tonumber(failed)
+        end
+    end
+    for name, a in pairs(acc) do
+        if a.failed > 0 then error(("%d failed operations in phase %s"):format(a.failed, name)) end
+        a.ops_s = a.ops / a.wall
+        a.cpu_us = a.cpu / a.ops * 1e6
+    end
+    return acc
+end
+
+--- Lock statistics from sections {proc, req, acq, rel}: acquisitions per
+-- second, hand-off latencies (release by one holder -> acquisition by another
+-- that was already waiting before that holder acquired), overlaps.
+local function lock_stats(sections, requests)
+    table.sort(sections, function(a, b) return a.acq < b.acq end)
+    local handoffs, overlaps, worst = {}, 0, 0
+    for i = 2, #sections do
+        local prev, cur = sections[i - 1], sections[i]
+        if cur.acq < prev.rel - 1e-4 then
+            overlaps = overlaps + 1
+            worst = math.max(worst, prev.rel - cur.acq)
+        end
+        if cur.proc ~= prev.proc and cur.req < prev.acq then
+            handoffs[#handoffs + 1] = cur.acq - prev.rel
+        end
+    end
+    table.sort(handoffs)
+    local span = #sections > 1 and (sections[#sections].rel - sections[1].acq) or 0
+    return {
+        acquisitions = #sections,
+        acq_s = span > 0 and #sections / span or 0,
+        p50 = percentile(handoffs, 0.5), p99 = percentile(handoffs, 0.99),
+        handoffs = #handoffs, overlaps = overlaps, worst_overlap = worst,
+        req_acq = requests and #sections > 0 and requests / #sections or nil,
+    }
+end
+
+local function parse_rounds(out, proc, sections)
+    local requests
+    for line in out:gmatch("[^\n]+") do
+        local r, a, l = line:match("^(%d+%.%d+) (%d+%.%d+) (%d+%.%d+)$")
+        if r then
+            sections[#sections + 1] = { proc = proc, req = tonumber(r), acq = tonumber(a),
+                                        rel = tonumber(l) }
+        else
+            local n = line:match("^requests (%d+)")
+            if n then requests = tonumber(n) end
+        end
+    end
+    return requests
+end
+
+--[[ The table ]]
+
+local rows = {}
+
+local function row(r)
+    rows[#rows + 1] = r
+    return r
+end
+
+local function fmt(v, f)
+    if v == nil then return "-" end
+    return (f or "%.1f"):format(v)
+end
+
+--- "0.23 (<= 0.25 met)" for the ratio column
+local function verdict(ratio, limit, less)
+    if ratio == nil then return "-", nil end
+    local met
+    if less == false then met = ratio >= limit else met = ratio <= limit end
+    return ("%.2f"):format(ratio), met
+end
+
+local function add_ratio(r, what, ratio, limit, cmp)
+    local text, met = verdict(ratio, limit)
+    r.ratios = r.ratios or {}
+    r.ratios[#r.ratios + 1] = ("%s %s (target %s %s: %s)"):format(what, text, cmp or "<=",
+        tostring(limit), met and "met" or "MISSED")
+    r.met = (r.met ~= false) and met
+end
+
+--[[ 1-3: cost per operation ]]
+
+local function ops_section(section, label, impls, procs_list, n_of)
+    for _, procs in ipairs(procs_list) do
+        local results = {}
+        for _, impl in ipairs(impls) do
+            local cmds = {}
+            for p = 1, procs do
+                cmds[p] = impl.cmd(("%s%d/"):format(impl.prefix, p), n_of(procs))
+            end
+            results[impl.name] = phases(run_together(cmds, true))
+        end
+        for _, phase in ipairs({ "put0", "putcas", "get", "delete" }) do
+            for _, impl in ipairs(impls) do
+                local a = results[impl.name][phase]
+                local r = row({ section = section, case = ("%s %s x%d"):format(label, phase, procs),
+                    impl = impl.name, ops_s = a.ops_s, cpu_us = a.cpu_us, group = label,
+                    phase = phase, procs = procs })
+                if impl.ratios then impl.ratios(r, results, phase) end
+            end
+        end
+    end
+end
+
+local function section_ravendb()
+    local url = ravendb().url
+    local impls = {
+        { name = "cmpxchg (Lua 5.4)", prefix = "o", cmd = function(prefix, n)
+            return ("%s bench/ops.lua %s bench %s %d"):format(LUA, url, prefix, n) end,
+          ratios = function(r, res, phase)
+            local ours = res["cmpxchg (Lua 5.4)"][phase].cpu_us
+            add_ratio(r, "CPU/op vs npm", ours / res["npm ravendb"][phase].cpu_us, 0.25)
+            add_ratio(r, "CPU/op vs floor", ours / res["libcurl floor"][phase].cpu_us, 1.10)
+          end },
+        { name = "npm ravendb", prefix = "n", cmd = function(prefix, n)
+            return ("node bench/npm_ops.js %s bench %s %d"):format(url, prefix, n) end },
+        { name = "libcurl floor", prefix = "f", cmd = function(prefix, n)
+            return ("build/bench/floor ravendb %s bench %s %d"):format(url, prefix, n) end },
+    }
+    ops_section("1 RavenDB", "ravendb", impls, { 1, 4 },
+        function(p) return p == 1 and SIZE.ravendb or SIZE.ravendb4 end)
+end
+
+local function section_etcd()
+    local e = etcd()
+    local impls = {
+        { name = "cmpxchg (Lua 5.4)", prefix = "o", cmd = function(prefix, n)
+            return ("%s bench/ops.lua %s bench %s %d"):format(LUA, e.url:gsub("^http", "etcd"),
+                prefix, n) end,
+          ratios = function(r, res, phase)
+            add_ratio(r, "CPU/op vs floor", res["cmpxchg (Lua 5.4)"][phase].cpu_us
+                / res["libcurl floor"][phase].cpu_us, 1.10)
+          end },
+        { name = "libcurl floor", prefix = "bench/f", cmd = function(prefix, n)
+            return ("build/bench/floor etcd %s %s %d"):format(e.url, prefix, n) end },
+    }
+    ops_section("2 etcd (3 members)", "etcd", impls, { 1, 4 },
+        function(p) return p == 1 and SIZE.etcd or SIZE.etcd4 end)
+end
+
+local function section_embedded()
+    local files = 0
+    local function fresh()
+        files = files + 1
+        return ("%s/embedded%d.db"):format(tmp, files)
+    end
+    local current = {}
+    local impls = {
+        { name = "cmpxchg (Lua 5.4)", prefix = "o", cmd = function(prefix, n)
+            if prefix == "o1/" then current.ours = fresh() end
+            return ("%s bench/ops.lua %s - %s %d"):format(LUA, current.ours, prefix, n) end,
+          ratios = function(r, res, phase)
+            local ours, floor = res["cmpxchg (Lua 5.4)"][phase], res["SQLite floor"][phase]
+            add_ratio(r, "floor ops/s / ours", floor.ops_s / ours.ops_s, 1.5)
+            r.cpu_ratio = ours.cpu_us / floor.cpu_us
+          end },
+        { name = "SQLite floor", prefix = "f", cmd = function(prefix, n)
+            if prefix == "f1/" then current.floor = fresh() end
+            return ("build/bench/floor sqlite %s %s %d"):format(current.floor, prefix, n) end },
+    }
+    ops_section("3 embedded", "embedded", impls, { 1, 4 },
+        function(p) return p == 1 and SIZE.embedded or SIZE.embedded4 end)
+end
+
+--[[ 4: locks under contention ]]
+
+local function lock_run(name, procs)
+    local key = ("bench-lock-%d-%d"):format(runs, procs)
+    local d, hold, gap = SIZE.lock_seconds, SIZE.hold, SIZE.gap
+    local sections, requests = {}, 0
+    local function ours(target, database)
+        local cmds = {}
+        for p = 1, procs do
+            cmds[p] = ("%s bench/lock_worker.lua %s %s %s %s %s %s"):format(LUA, quote(target),
+                database, key, d, hold, gap)
+        end
+        for p, out in ipairs(run_together(cmds, true)) do
+            requests = requests + (parse_rounds(out, p, sections) or 0)
+        end
+    end
+    if name == "embedded" then
+        ours(("%s/locks.db"):format(tmp), "-")
+    elseif name == "ravendb" then
+        ours(ravendb().url, "bench")
+    elseif name == "etcd" or name == "etcdctl" then
+        etcd()
+        local before = etcd_messages()
+        if name == "etcd" then
+            ours(etcd().url:gsub("^http", "etcd"), "bench")
+        else
+            local cmds = {}
+            for p = 1, procs do
+                cmds[p] = ("env BENCH_HOLD_BIN=build/bench/hold %s bench/lock_worker.lua"
+                    .. " etcdctl %s %s %s %s %s")
+                    :format(LUA, etcd().url, key, d, hold, gap)
+            end
+            for p, out in ipairs(run_together(cmds, true)) do parse_rounds(out, p, sections) end
+        end
+        requests = etcd_messages() - before
+    elseif name == "seed" then
+        local url = ravendb().url
+        local cmds = {}
+        for p = 1, procs do
+            cmds[p] = ("node spec/support/ravendb/seed_locks.js --urls %s --database bench --key %s"
+                .. " --lease 10 --hold %s --gap %s --rounds 1000000 --duration %s"):format(url, key,
+                hold, gap, d)
+        end
+        for p, out in ipairs(run_together(cmds, "flags")) do
+            local doc = assert(json.decode(out:match("({[^\n]*})%s*$") or ""), out)
+            requests = requests + 1
+            for _, s in ipairs(doc.sections) do
+                sections[#sections + 1] = { proc = p, req = s.requested, acq = s.start,
+                                            rel = s["end"] }
+                requests = requests + s.attempts + (s.takeover and 1 or 0) + 1
+            end
+        end
+    elseif name == "nginx" then
+        if os.execute("command -v nginx >/dev/null"
+                .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
+                ~= true then
+            return nil      -- scripts/install-deps --bench installs it
+        end
+        local url = ("%s/contend?key=%s&dur=%s&hold=%s&gap=%s"):format(nginx().url, key, d,
+            hold, gap)
+        local cmds = {}
+        for p = 1, procs do cmds[p] = "curl -sS --max-time 60 " .. quote(url) end
+        for p, out in ipairs(run_together(cmds, false)) do
+            requests = requests + (parse_rounds(out, p, sections) or 0)
+        end
+    end
+    return lock_stats(sections, requests)
+end
+
+local LOCK_IMPLS = {
+    { id = "embedded", name = "cmpxchg embedded" },
+    { id = "ravendb", name = "cmpxchg RavenDB (emulator)" },
+    { id = "seed", name = "seed fixed-sleep (npm, emulator)" },
+    { id = "etcd", name = "cmpxchg etcd" },
+    { id = "etcdctl", name = "etcdctl lock (same cluster)" },
+    { id = "nginx", name = "nginx shared dict (resty-lock style)" },
+}
+
+local function section_locks()
+    for _, procs in ipairs(LOCK_PROCS) do
+        local stats = {}
+        for _, impl in ipairs(LOCK_IMPLS) do
+            local s = lock_run(impl.id, procs) or { acquisitions = 0, overlaps = 0, skipped = true }
+            stats[impl.id] = s
+            local r = row({ section = "4 locks", case = ("lock x%d"):format(procs),
+                impl = impl.name,
+                ops_s = s.acq_s, p50 = s.p50 and s.p50 * 1e3, p99 = s.p99 and s.p99 * 1e3,
+                req_acq = s.req_acq, group = "lock", phase = impl.id, procs = procs,
+                handoffs = s.handoffs, overlaps = s.overlaps })
+            if s.overlaps > 0 then
+                r.note = ("%d overlaps! (at most %.2f ms, on the clocks of the processes' logs)")
+                    :format(s.overlaps, s.worst_overlap * 1e3)
+            end
+            if s.skipped then r.note = "skipped: nginx with its lua module is not installed" end
+            if impl.id == "embedded" and procs == 8 and s.p50 then
+                add_ratio(r, "hand-off p50 ms", s.p50 * 1e3, 5, "<")
+            end
+            if impl.id == "etcdctl" and stats.etcd.p50 and s.p50 then
+                local ours = rows[#rows - 1]
+                add_ratio(ours, "p50 vs etcdctl", stats.etcd.p50 / s.p50, 2)
+            end
+        end
+    end
+end
+
+--[[ 5: memory ]]
+
+local function section_memory()
+    local url = ravendb().url
+    local out = sh(("%s bench/memory.lua %s %s %d %d"):format(LUA, tmp .. "/memory.db", url,
+        SIZE.mem_embedded, SIZE.mem_http))
+    for kind, ops, s, e in out:gmatch("rss (%S+) (%d+) (%d+) (%d+)") do
+        local r = row({ section = "5 memory", case = ("%s ops of %s"):format(ops, kind),
+            impl = "cmpxchg (Lua 5.4)", rss_start = tonumber(s), rss_end = tonumber(e),
+            group = "memory", phase = kind })
+        local growth = (r.rss_end - r.rss_start) / 1024
+        r.note = ("RSS %.1f -> %.1f MB"):format(r.rss_start / 1048576, r.rss_end / 1048576)
+        add_ratio(r, "RSS growth MB", growth / 1024, 1.0)
+    end
+    local vg = ("timeout 240 valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite"
+        .. " --show-leak-kinds=definite --error-exitcode=87"
+        .. " --suppressions=spec/support/valgrind.supp"
+        .. " %s bench/memory.lua %s %s %d %d"):format(LUA, tmp .. "/valgrind.db", url,
+        SIZE.vg_embedded, SIZE.vg_http)
+    local p = assert(io.popen(vg .. " 2>&1"))
+    local text = p:read("a")
+    local ok, _, code = p:close()
+    local r = row({ section = "5 memory", case = ("valgrind, %d + %d ops"):format(SIZE.vg_embedded,
+        SIZE.vg_http), impl = "cmpxchg (Lua 5.4)", group = "memory", phase = "valgrind" })
+    r.note = ok and "no leak, no error" or ("valgrind exit %s"):format(tostring(code))
+    r.met = ok
+    r.ratios = { ("definite leaks/errors: %s"):format(ok and "none (met)" or "FOUND (MISSED)") }
+    if not ok then io.stderr:write(text) end
+end
+
+--[[ Output ]]
+
+local function machine()
+    local cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"):gsub("^%s+", "")
+    local load = sh("cut -d' ' -f1-3 /proc/loadavg")
+    local busy = sh("ps -eo pcpu=,comm= --sort=-pcpu | head -n 6"
+        .. " | awk '$1 > 5 {print $2\"(\"$1\"%)\"}'"
+        .. " | tr '\\n' ' '")
+    return ("%s cores, %s; load average %s; busiest processes now: %s"):format(sh("nproc"), cpu,
+        load, busy ~= "" and busy or "none")
+end
+
+local function print_table(header)
+    local cols = { "section", "case", "impl", "ops/s", "CPU us/op", "p50 ms", "p99 ms", "req/acq",
+                   "ratios vs targets" }
+    local lines = {}
+    for _, r in ipairs(rows) do
+        lines[#lines + 1] = { r.section, r.case, r.impl, fmt(r.ops_s, "%.0f"), fmt(r.cpu_us),
+            fmt(r.p50, "%.2f"), fmt(r.p99, "%.2f"), fmt(r.req_acq, "%.1f"),
+            table.concat(r.ratios or {}, "; ") .. (r.note and (" [" .. r.note .. "]") or "") }
+    end
+    local widths = {}
+    for i, c in ipairs(cols) do widths[i] = #c end
+    for _, l in ipairs(lines) do
+        for i = 1, #cols - 1 do widths[i] = math.max(widths[i], #l[i]) end
+    end
+    local function line(cells)
+        local parts = {}
+        for i, c in ipairs(cells) do
+            local spec = (i >= 4 and "%" or "%-") .. widths[i] .. "s"
+            parts[i] = i < #cols and spec:format(c) or c
+        end
+        return "| " .. table.concat(parts, " | ") .. " |"
+    end
+    local out = { header, "", line(cols) }
+    local sep = {}
+    for i = 1, #cols do sep[i] = i < #cols and ("-"):rep(widths[i]) or "---" end
+    out[#out + 1] = "|-" .. table.concat(sep, "-|-") .. "-|"
+    for _, l in ipairs(lines) do out[#out + 1] = line(l) end
+    local text = table.concat(out, "\n") .. "\n"
+    io.write("\n", text)
+    write_file(opts.out .. "/table.md", text)
+end
+
+local function csv_field(v)
+    if v == nil then return "" end
+    if type(v) == "number" then return ("%.6g"):format(v) end
+    v = tostring(v)
+    if v:find('[,"\n]') then v = '"' .. v:gsub('"', '""') .. '"' end
+    return v
+end
+
+local function write_csv()
+    local cols = { "section", "case", "impl", "procs", "ops_s", "cpu_us", "p50", "p99", "req_acq",
+                   "handoffs", "overlaps", "rss_start", "rss_end", "met", "ratios" }
+    local out = { table.concat(cols, ",") }
+    for _, r in ipairs(rows) do
+        local cells = {}
+        for i, c in ipairs(cols) do
+            local v = r[c]
+            if c == "ratios" then v = table.concat(r.ratios or {}, "; ")
+            elseif c == "met" then v = r.met == nil and "" or tostring(r.met) end
+            cells[i] = csv_field(v)
+        end
+        out[#out + 1] = table.concat(cells, ",")
+    end
+    write_file(opts.out .. "/bench.csv", table.concat(out, "\n") .. "\n")
+end
+
+--- One .dat file per panel: rows = cases, columns = implementations.
+local function panel_data(file, group, value, impls)
+    local cases, seen, by = {}, {}, {}
+    for _, r in ipairs(rows) do
+        if r.group == group and r[value] then
+            local c = group == "lock" and ("x%d"):format(r.procs)
+                or ("%s x%d"):format(r.phase, r.procs)
+            if not seen[c] then seen[c] = true; cases[#cases + 1] = c end
+            by[c .. "|" .. r.impl] = r[value]
+        end
+    end
+    local heads = { '"case"' }
+    for i, impl in ipairs(impls) do heads[i + 1] = ("%q"):format(impl) end
+    local out = { table.concat(heads, " ") }
+    for _, c in ipairs(cases) do
+        local cells = { '"' .. c .. '"' }
+        for _, impl in ipairs(impls) do cells[#cells + 1] = by[c .. "|" .. impl] and
+            ("%.4g"):format(by[c .. "|" .. impl]) or "NaN" end
+        out[#out + 1] = table.concat(cells, " ")
+    end
+    write_file(file, table.concat(out, "\n") .. "\n")
+    return #cases > 0
+end
+
+local function chart(header)
+    if os.execute("command -v gnuplot >/dev/null 2>&1") ~= true then
+        io.write("gnuplot is missing: no chart\n")
+        return
+    end
+    local d = opts.out
+    local panels = {
+        { "ravendb", "cpu_us", { "cmpxchg (Lua 5.4)", "npm ravendb", "libcurl floor" },
+          "1. RavenDB: client CPU per op (us, log)", true },
+        { "etcd", "cpu_us", { "cmpxchg (Lua 5.4)", "libcurl floor" },
+          "2. etcd: client CPU per op (us)", false },
+        { "embedded", "ops_s", { "cmpxchg (Lua 5.4)", "SQLite floor" },
+          "3. embedded: ops/s (log)", true },
+        { "lock", "p50", { LOCK_IMPLS[1].name, LOCK_IMPLS[2].name, LOCK_IMPLS[3].name,
+                           LOCK_IMPLS[4].name, LOCK_IMPLS[5].name, LOCK_IMPLS[6].name },
+          "4. locks: hand-off p50 (ms, log) by contenders", true },
+    }
+    local script = { "set terminal pngcairo size 1600,1100 font 'sans,9'",
+        ("set output '%s/bench.png'"):format(d), "set style data histograms",
+        "set style histogram clustered gap 1", "set style fill solid 0.85 border -1",
+        "set key top left font ',8' noenhanced", "set xtics rotate by -30 noenhanced font ',8'",
+        "set grid ytics", "set datafile missing 'NaN'",
+        ("set multiplot layout 2,2 title %q noenhanced"):format(header) }
+    for i, p in ipairs(panels) do
+        local file = ("%s/panel%d.dat"):format(d, i)
+        if panel_data(file, p[1], p[2], p[3]) then
+            script[#script + 1] = ("set title %q"):format(p[4])
+            script[#script + 1] = p[5] and "set logscale y; set autoscale y"
+                or "unset logscale y; set yrange [0:*]"
+            local plots = {}
+            for j = 1, #p[3] do
+                plots[j] = ("'%s' using %d:xtic(1) title columnhead(%d)"):format(file, j + 1, j + 1)
+            end
+            script[#script + 1] = "plot " .. table.concat(plots, ", ")
+        end
+    end
+    script[#script + 1] = "unset multiplot"
+    write_file(d .. "/bench.gp", table.concat(script, "\n") .. "\n")
+    local ok = os.execute("gnuplot " .. quote(d .. "/bench.gp"))
+    io.write(ok and ("chart: %s/bench.png\n"):format(d) or "gnuplot failed: no chart\n")
+end
+
+--[[ Main ]]
+
+local function main()
+    sh("mkdir -p " .. quote(opts.out))
+    local started = core.monotime()
+    local before = machine()
+    if wanted(1) then section_ravendb() end
+    if wanted(2) then section_etcd() end
+    if wanted(3) then section_embedded() end
+    if wanted(4) then section_locks() end
+    if wanted(5) then section_memory() end
+    local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
+        os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
+        "127.0.0.1 only", core.monotime() - started, before)
+    print_table(header)
+    write_csv()
+    chart(("cmpxchg bench %s, %s cores"):format(os.date("!%Y-%m-%d"), sh("nproc")))
+    local missed = 0
+    for _, r in ipairs(rows) do if r.met == false then missed = missed + 1 end end
+    io.write(("targets missed: %d; results in %s\n"):format(missed, opts.out))
+end
+
+local ok, err = xpcall(main, debug.traceback)
+stop_servers()
+os.execute("rm -rf " .. quote(tmp))
+if not ok then
+    io.stderr:write("bench: ", tostring(err), "\n")
+    os.exit(1)
+end
