@@ -52,8 +52,8 @@ end
 --- Raises the library's error for "`what` needs to wait here, and cannot".
 function runtime.cannot_wait(what)
     local phase = runtime.phase()
-    local msg = ("cmpxchg: %s needs to wait or do network I/O, which nginx does not allow "
-        .. "in the %s phase (%s); %s"):format(what, phase, phase .. "_by_lua*",
+    local msg = ("cmpxchg: %s cannot run in the %s phase: nginx allows no waiting or "
+        .. "network I/O in %s; %s"):format(what, phase, phase .. "_by_lua*",
         HINT[phase] or "call it from rewrite/access/content_by_lua* or an ngx.timer "
             .. "(ngx.timer.at(0, fn) works from this phase)")
     require("cmpxchg.check").raise(msg)
@@ -68,7 +68,7 @@ if in_nginx then
     local ngx_sleep = ngx.sleep
     --- Sleeps `seconds`, yielding to nginx's event loop.
     function runtime.sleep(seconds)
-        if not CAN_YIELD[runtime.phase()] then runtime.cannot_wait("waiting") end
+        if not CAN_YIELD[runtime.phase()] then runtime.cannot_wait("a wait (ngx.sleep)") end
         -- nginx counts in milliseconds: a shorter wait would be ngx.sleep(0),
         -- a mere yield (and a warning on nginx builds without OpenResty's patch)
         ngx_sleep(math.max(seconds, 0.001))

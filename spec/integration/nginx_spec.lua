@@ -304,7 +304,7 @@ for _, backend in ipairs(backends) do
                     return v ~= cjson.null and v
                 end, 5, "the " .. phase .. " probe")
                 assert.equal(phase, r.phase)
-                local why = "nginx does not allow in the " .. phase .. " phase"
+                local why = "cannot run in the " .. phase .. " phase: nginx allows no waiting"
                 if backend.name == "embedded" then
                     -- the file needs no wait: it works, but a lock that would wait raises
                     assert.same({ ok = true }, r.open)
@@ -331,9 +331,9 @@ describe("nginx", function()
                 assert.equal(phase, p.phase)
                 assert.same({ ok = true }, p.open)
                 assert.same({ ok = true }, p.lock_now)
-                assert.matches("nginx does not allow in the " .. phase .. " phase",
+                assert.matches("cannot run in the " .. phase .. " phase: nginx allows no waiting",
                     p.lock_wait.raised, 1, true)
-                assert.matches("nginx does not allow in the " .. phase .. " phase",
+                assert.matches("cannot run in the " .. phase .. " phase: nginx allows no waiting",
                     p.server.raised, 1, true)
             end
         end)

@@ -115,7 +115,8 @@ local function request_text(method, host, port, default_port, path, body, header
     end
     for name, value in pairs(headers or {}) do
         if type(name) ~= "string" or type(value) ~= "string" or name == "" or
-                name:find("[\r\n: %z]") or value:find("[\r\n%z]") then
+                name:find("[\r\n: ]") or value:find("[\r\n]") or
+                name:find("\0", 1, true) or value:find("\0", 1, true) then
             check.argerror(5, "request", ("bad header '%s'"):format(tostring(name)))
         end
         lines[#lines + 1] = name .. ": " .. value
@@ -171,7 +172,8 @@ local function read_reply(sock, deadline)
             settime()
             local line, err = sock:receive("*l")
             if not line then return nil, err, "read" end
-            local n = tonumber(line:match("^%s*(%x+)"), 16)
+            local hex = line:match("^%s*(%x+)")
+            local n = hex and tonumber(hex, 16)
             if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
             if n == 0 then
                 repeat              -- trailer fields, up to the empty line
