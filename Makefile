@@ -48,6 +48,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all EXTRA_CFLAGS=-Werror
+	@$(MAKE) --no-print-directory all EXTRA_CFLAGS=-Werror BUILD=build/luajit LUA_PC=luajit
 	@scripts/run-tests
 
 demo: deps all

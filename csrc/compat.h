@@ -9,7 +9,8 @@
 #include "lua.h"
 #include "lauxlib.h"
 
-#if LUA_VERSION_NUM < 502
+#if LUA_VERSION_NUM < 502 && !defined(luaL_newlib)
+/* Lua 5.1; OpenResty's LuaJIT has these 5.2 functions already */
 
 #define luaL_newlib(L, l)   (lua_newtable(L), luaL_register(L, NULL, l))
 
@@ -40,6 +41,10 @@ static void *luaL_testudata (lua_State *L, int ud, const char *tname) {
 #define luaL_setmetatable(L, tname) \
     (luaL_getmetatable(L, tname), lua_setmetatable(L, -2))
 
+#endif
+
+#if LUA_VERSION_NUM < 502
+#define lua_rawlen(L, i)    lua_objlen(L, i)
 #endif
 
 #ifndef LUAMOD_API

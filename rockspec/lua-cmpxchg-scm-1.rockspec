@@ -43,6 +43,8 @@ build = {
         ["cmpxchg.ravendb"] = "lua/cmpxchg/ravendb.lua",
         ["cmpxchg.runtime"] = "lua/cmpxchg/runtime.lua",
         ["cmpxchg.store"] = "lua/cmpxchg/store.lua",
+        ["cmpxchg.timer_renewer"] = "lua/cmpxchg/timer_renewer.lua",
         ["cmpxchg.transport.curl"] = "lua/cmpxchg/transport/curl.lua",
+        ["cmpxchg.transport.ngx"] = "lua/cmpxchg/transport/ngx.lua",
     },
 }

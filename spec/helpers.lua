@@ -101,9 +101,9 @@ end
 function helpers.proc_state(pid)
     local f = io.open("/proc/" .. pid .. "/stat", "r")
     if not f then return nil end
-    local stat = f:read("a")
+    local stat = f:read("a")    -- nil when the process ended after the open
     f:close()
-    return stat:match("%) (%a)")
+    return stat and stat:match("%) (%a)")
 end
 
 function helpers.file_exists(path)

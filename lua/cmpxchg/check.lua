@@ -31,7 +31,8 @@ function check.raise(msg)
     local level = 2
     while true do
         local info = debug.getinfo(level, "S")
-        if info == nil or not info.source:find("[/\\]cmpxchg[/\\][%w_]+%.lua$") then
+        if info == nil or not (info.source:find("[/\\]cmpxchg[/\\][%w_]+%.lua$") or
+                info.source:find("[/\\]cmpxchg[/\\]transport[/\\][%w_]+%.lua$")) then
             break
         end
         level = level + 1

@@ -12,6 +12,7 @@
 -- values. Any of them may return nil, "<code>: <detail>", "<code>".
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local runtime = require "cmpxchg.runtime"
 
 local Embedded = {}
 Embedded.__index = Embedded
@@ -24,20 +25,52 @@ local function decode(text, key)
     return value
 end
 
+--[[ Inside nginx the C store never waits for the file's write lock: SQLite's
+busy handler sleeps in C and would freeze the worker (all its requests) while
+another worker or process writes. There the busy timeout is 0, a write that
+finds the file locked fails at once with "timeout" (nothing applied: the
+transaction is rolled back), and it is tried again here after an ngx.sleep,
+until the store's timeout. The file I/O itself stays blocking, as nginx's own
+file access is: a write is a few syscalls (an fsync with sync = "full"). In a
+phase that cannot yield (log, header_filter, ...) the store works as long as
+it needs no wait: a busy file is then reported at once. ]]
+
+--- Calls handle[method](handle, ...), retrying busy attempts inside nginx.
+local function call(handle, wait, method, ...)
+    local a, b, c = handle[method](handle, ...)
+    if a ~= nil or c ~= "timeout" or not runtime.nginx then return a, b, c end
+    if not runtime.can_yield() then
+        return nil, ("%s (the %s phase cannot wait for it)"):format(b, runtime.phase()), c
+    end
+    local deadline = runtime.monotime() + wait
+    local pause = 0.001
+    while true do
+        local left = deadline - runtime.monotime()
+        if left <= 0 then return a, b, c end
+        runtime.sleep(math.min(pause, left))
+        pause = math.min(pause * 2, 0.05)
+        a, b, c = handle[method](handle, ...)
+        if a ~= nil or c ~= "timeout" then return a, b, c end
+    end
+end
+
 --- Opens `path` (":memory:" for a private in-memory store).
 -- opts: database (namespace), timeout (seconds a write waits for the file's
 -- write lock), sweep_interval (seconds between @expires sweeps, < 0: never),
 -- sync ("normal": survives a killed process; "full": survives power loss).
 function Embedded.open(path, opts)
+    local wait = opts.timeout or 5
     local settings = {
         namespace = opts.database or "",
-        busy_timeout = math.floor((opts.timeout or 5) * 1000),
+        busy_timeout = runtime.nginx and 0 or math.floor(wait * 1000),
         sweep_interval = opts.sweep_interval or 60,
         sync = opts.sync or "normal",
     }
-    local handle, err, code = core.embedded_open(path, settings)
+    local handle, err, code = call({ open = function(_, ...) return core.embedded_open(...) end },
+        wait, "open", path, settings)
     if not handle then return nil, err, code end
-    return setmetatable({ handle = handle, path = path, settings = settings }, Embedded)
+    return setmetatable({ handle = handle, path = path, settings = settings, wait = wait },
+        Embedded)
 end
 
 function Embedded:describe()
@@ -45,7 +78,8 @@ function Embedded:describe()
 end
 
 function Embedded:put(key, text, index, expires)
-    local ok, cur_index, cur_text = self.handle:put(key, text, index, expires)
+    local ok, cur_index, cur_text = call(self.handle, self.wait, "put", key, text, index,
+        expires)
     if ok ~= false or cur_text == nil then return ok, cur_index, cur_text end
     local value, err, code = decode(cur_text, key)
     if value == nil then return nil, err, code end
@@ -53,7 +87,7 @@ function Embedded:put(key, text, index, expires)
 end
 
 function Embedded:delete(key, index)
-    local ok, cur_index, cur_text = self.handle:delete(key, index)
+    local ok, cur_index, cur_text = call(self.handle, self.wait, "delete", key, index)
     if ok == nil or cur_text == nil then return ok, cur_index, cur_text end
     local value, err, code = decode(cur_text, key)
     if value == nil then return nil, err, code end
@@ -61,7 +95,7 @@ function Embedded:delete(key, index)
 end
 
 function Embedded:get(key)
-    local index, text, code = self.handle:get(key)
+    local index, text, code = call(self.handle, self.wait, "get", key)
     if index == nil or text == nil then return index, text, code end
     local value, err
     value, err, code = decode(text, key)
@@ -70,7 +104,7 @@ function Embedded:get(key)
 end
 
 function Embedded:get_many(keys)
-    local indexes, texts, code = self.handle:get_many(keys)
+    local indexes, texts, code = call(self.handle, self.wait, "get_many", keys)
     if indexes == nil then return nil, texts, code end
     local results = {}
     for i = 1, #keys do
@@ -86,7 +120,7 @@ function Embedded:get_many(keys)
 end
 
 function Embedded:list(prefix, start, page_size)
-    local rows, err, code = self.handle:list(prefix, start, page_size)
+    local rows, err, code = call(self.handle, self.wait, "list", prefix, start, page_size)
     if rows == nil then return nil, err, code end
     for i = 1, #rows do
         local row = rows[i]
@@ -111,7 +145,7 @@ function Embedded:renewal_plan(key, parts, grace)
 end
 
 function Embedded:sweep()
-    return self.handle:sweep()
+    return call(self.handle, self.wait, "sweep")
 end
 
 function Embedded:close()

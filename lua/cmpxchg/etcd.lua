@@ -267,7 +267,7 @@ function Etcd:lease_for(expires)
     local ttl = math.max(2, math.ceil(expires - now + slack / 2))
     -- our own ID: a retried grant that finds it taken knows it was granted (§5.3)
     local digits = { "1" }
-    for i = 2, 18 do digits[i] = tostring(math.random(0, 9)) end
+    for i = 2, 18 do digits[i] = tostring(math.floor(runtime.random() * 10)) end
     local id = table.concat(digits)
     local sent = runtime.time()
     local reply, err, code = self:post("/v3/lease/grant", { ID = id, TTL = ttl })

@@ -8,6 +8,7 @@ local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
 local lock = require "cmpxchg.lock"
 local ravendb = require "cmpxchg.ravendb"
+local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
 
 local argerror = check.argerror
@@ -98,7 +99,9 @@ end
 open_server = function(target, opts)
     local urls, scheme = server_urls(target)
     check_tls(opts.tls)
-    local transport = require("cmpxchg.transport.curl")
+    -- inside nginx: cosockets, never libcurl (it would block the worker)
+    local transport = require(runtime.nginx and "cmpxchg.transport.ngx"
+        or "cmpxchg.transport.curl")
     local backend, err, code
     if scheme == "etcd" or scheme == "etcds" then
         if opts.database and opts.database:find("[^%w%-%._/]") then

@@ -153,12 +153,28 @@ end
 
 function Lock:start_renewing()
     local o = self.options
+    local st = self.store
+    st.renewing = st.renewing or setmetatable({}, { __mode = "k" })
+    if runtime.nginx then
+        -- inside nginx: an ngx.timer chain (timer_renewer.lua), never a thread;
+        -- it writes through a second face of the backend that has no locks to
+        -- sync, so no on_lost hook ever runs inside the timer
+        local quiet = store.new(st.backend)
+        local key, owner = self.key, self.owner
+        self.renewer = require("cmpxchg.timer_renewer").start({
+            renew = function(index)
+                if st.backend == nil then return nil, "closed: the store was closed" end
+                return write_lease(quiet, key, o, owner, index)
+            end,
+            index = self.index, valid_mono = self.valid_mono, options = o, anchor = self,
+        })
+        st.renewing[self] = true
+        return
+    end
     local plan = assert(renewal_plan(self.store, self.key, o, self.owner))
     plan.index, plan.ttl, plan.clock_skew = self.index, o.ttl, o.clock_skew
     plan.interval, plan.valid_mono = o.ttl / 3, self.valid_mono
     self.renewer = core.renewer_start(plan)
-    local st = self.store
-    st.renewing = st.renewing or setmetatable({}, { __mode = "k" })
     st.renewing[self] = true
 end
 
@@ -216,7 +232,8 @@ function lock.acquire(st, key, opts)
     check.key(key, 1, "lock")
     local o = options(opts, 2, "lock")
     local owner = o.owner or runtime.uuid()
-    if o.auto_renew and not renewal_plan(st, key, o, owner) then
+    if o.timeout > 0 then runtime.check_yield("store:lock with a timeout") end
+    if o.auto_renew and not runtime.nginx and not renewal_plan(st, key, o, owner) then
         argerror(2, "lock", "auto_renew is not available on this store ("
             .. st.backend:describe() .. ")")
     end

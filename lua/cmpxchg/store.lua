@@ -157,7 +157,7 @@ local UPDATE_OPTIONS = { retries = true, expires = true }
 
 --- The pause before the next attempt, and the step after it.
 function store.backoff(step, min, max)
-    return min + math.random() * (step - min), math.min(step * 2, max)
+    return min + runtime.random() * (step - min), math.min(step * 2, max)
 end
 
 local function update_options(opts)
