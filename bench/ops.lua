@@ -66,7 +66,14 @@ for _, phase in ipairs(PHASES) do
     barrier(phase)
     local t0, c0, failed = core.monotime(), os.clock(), 0
     for i = 1, n do
-        if not op(phase, keys[i], indexes, i) then failed = failed + 1 end
+        local ok, err = op(phase, keys[i], indexes, i)
+        if not ok then
+            failed = failed + 1
+            if failed == 1 then         -- the first failure of a phase says why
+                io.stderr:write(("%s %s failed: %s %s\n"):format(phase, keys[i], tostring(ok),
+                    tostring(err)))
+            end
+        end
     end
     io.write(("phase %s %d %.6f %.6f %d\n"):format(phase, n, core.monotime() - t0,
         os.clock() - c0, failed))

@@ -106,7 +106,7 @@ local function run_together(cmds, barrier, timeout)
             error(("failed: %s\n%s%s"):format(p.cmd, outs[i], err))
         end
     end
-    return outs
+    return outs, dir
 end
 
 --[[ Servers ]]
@@ -312,7 +312,13 @@ local function ops_section(section, label, impls, procs_list, n_of)
             for p = 1, procs do
                 cmds[p] = impl.cmd(("%s%d/"):format(impl.prefix, p), n_of(procs))
             end
-            results[impl.name] = phases(run_together(cmds, true))
+            local outs, dir = run_together(cmds, true)
+            local ok, acc = pcall(phases, outs)
+            if not ok then      -- which implementation, and what its processes said
+                error(("%s: %s\n%s"):format(impl.name, acc,
+                    sh("cat " .. dir .. "/err* 2>/dev/null | head -n 20")), 0)
+            end
+            results[impl.name] = acc
         end
         for _, phase in ipairs({ "put0", "putcas", "get", "delete" }) do
             for _, impl in ipairs(impls) do

@@ -446,8 +446,15 @@ static void *renew_main (void *arg) {
             outcome = cx_embedded_swap(db, r->key, strlen(r->key), a.value.data, a.value.len,
                                        index, a.wall + r->ttl + r->expires_offset, &result,
                                        err, sizeof err);
-        else
+        else {
+            /* a request may not outlast the lease: one that hangs (on a member
+            ** whose leader just died, say) is cut while there is time to try
+            ** another node */
+            double left = valid - mono_now() - 0.25;
+            curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
+                             (long)(1000 * fmax(0.2, fmin(r->timeout, left / 2))));
             outcome = renew_http(r, curl, &a, &result, err, sizeof err);
+        }
         pthread_mutex_lock(&r->mu);
         if (outcome == 1) {
             r->index = result;
