@@ -34,7 +34,7 @@ LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
-.PHONY: all deps test demo bench lint asan valgrind install uninstall clean rock
+.PHONY: all deps test demo bench lint asan valgrind matrix install uninstall clean rock
 
 all: $(CORE)
 
@@ -64,6 +64,13 @@ asan: deps
 
 valgrind: deps all
 	@scripts/run-tests --only valgrind
+
+# the suite on every Lua: build/NAME/cmpxchg/core.so for NAME in MATRIX, each
+# tested under its own interpreter (make BUILD=build/luajit LUA_PC=luajit all
+# builds one of them)
+MATRIX ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
+matrix: deps
+	@MATRIX="$(MATRIX)" scripts/run-tests --only matrix
 
 install: all
 	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport
