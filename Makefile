@@ -87,12 +87,17 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/cmpxchg
 
 # Debian keeps curl.h under the multiarch include directory, where luarocks
-# does not look by itself
+# does not look by itself. luarocks' builtin build leaves cmpxchg/core.so in
+# the directory it runs in: it runs in a copy, so that a rock (for another Lua,
+# say) never replaces what `make` built.
 ROCK_TREE ?=
 rock: deps
-	luarocks --lua-version=$(LUA_VERSION) $(if $(ROCK_TREE),--tree=$(ROCK_TREE)) make \
+	@tmp=$$(mktemp -d) && cp -R rockspec csrc lua bin "$$tmp"/ && \
+	(cd "$$tmp" && luarocks --lua-version=$(LUA_VERSION) \
+	    $(if $(ROCK_TREE),--tree=$(abspath $(ROCK_TREE))) make \
 	    --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec \
-	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)
+	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)); \
+	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 clean:
 	rm -rf cmpxchg build
