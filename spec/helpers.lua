@@ -143,9 +143,9 @@ end
 function helpers.proc_state(pid)
     local f = io.open("/proc/" .. pid .. "/stat", "r")
     if not f then return nil end
-    local stat = f:read("*a")
+    local stat = f:read("*a")         -- nil: it was gone by the time of the read
     f:close()
-    return stat:match("%) (%a)")
+    return stat and stat:match("%) (%a)")
 end
 
 function helpers.file_exists(path)
