@@ -34,7 +34,7 @@ LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
-.PHONY: all deps test demo bench bench-bin lint asan valgrind install uninstall clean rock
+.PHONY: all deps test demo bench bench-bin lint asan valgrind matrix install uninstall clean rock
 
 all: $(CORE)
 
@@ -82,6 +82,13 @@ asan: deps
 valgrind: deps all
 	@scripts/run-tests --only valgrind
 
+# the suite on every Lua: build/NAME/cmpxchg/core.so for NAME in MATRIX, each
+# tested under its own interpreter (make BUILD=build/luajit LUA_PC=luajit all
+# builds one of them)
+MATRIX ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
+matrix: deps
+	@MATRIX="$(MATRIX)" scripts/run-tests --only matrix
+
 install: all
 	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
@@ -97,12 +104,17 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/cmpxchg
 
 # Debian keeps curl.h under the multiarch include directory, where luarocks
-# does not look by itself
+# does not look by itself. luarocks' builtin build leaves cmpxchg/core.so in
+# the directory it runs in: it runs in a copy, so that a rock (for another Lua,
+# say) never replaces what `make` built.
 ROCK_TREE ?=
 rock: deps
-	luarocks --lua-version=$(LUA_VERSION) $(if $(ROCK_TREE),--tree=$(ROCK_TREE)) make \
+	@tmp=$$(mktemp -d) && cp -R rockspec csrc lua bin "$$tmp"/ && \
+	(cd "$$tmp" && luarocks --lua-version=$(LUA_VERSION) \
+	    $(if $(ROCK_TREE),--tree=$(abspath $(ROCK_TREE))) make \
 	    --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec \
-	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)
+	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)); \
+	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 clean:
 	rm -rf cmpxchg build

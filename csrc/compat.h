@@ -9,12 +9,20 @@
 #include "lua.h"
 #include "lauxlib.h"
 
-#if LUA_VERSION_NUM < 502 && !defined(luaL_newlib)
-/* Lua 5.1; OpenResty's LuaJIT has these 5.2 functions already */
+#if LUA_VERSION_NUM < 502
+
+#define lua_rawlen(L, i)    lua_objlen(L, (i))
+
+/*
+** PUC Lua 5.1 lacks these 5.2 functions; LuaJIT 2.1 has them (its lauxlib.h
+** then defines luaL_newlib, which tells the two apart). static inline: a file
+** that does not use one gets no unused-function warning.
+*/
+#ifndef luaL_newlib
 
 #define luaL_newlib(L, l)   (lua_newtable(L), luaL_register(L, NULL, l))
 
-static void luaL_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
+static inline void luaL_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
     luaL_checkstack(L, nup, "too many upvalues");
     for (; l->name != NULL; l++) {
         int i;
@@ -26,7 +34,7 @@ static void luaL_setfuncs (lua_State *L, const luaL_Reg *l, int nup) {
     lua_pop(L, nup);
 }
 
-static void *luaL_testudata (lua_State *L, int ud, const char *tname) {
+static inline void *luaL_testudata (lua_State *L, int ud, const char *tname) {
     void *p = lua_touserdata(L, ud);
     if (p != NULL && lua_getmetatable(L, ud)) {
         luaL_getmetatable(L, tname);
@@ -43,8 +51,6 @@ static void *luaL_testudata (lua_State *L, int ud, const char *tname) {
 
 #endif
 
-#if LUA_VERSION_NUM < 502
-#define lua_rawlen(L, i)    lua_objlen(L, i)
 #endif
 
 #ifndef LUAMOD_API
@@ -53,8 +59,19 @@ static void *luaL_testudata (lua_State *L, int ud, const char *tname) {
 #endif
 
 #if LUA_VERSION_NUM < 503
-#define cx_isinteger(L, i)  (lua_type(L, i) == LUA_TNUMBER && \
-        (lua_Number)(lua_Integer)lua_tonumber(L, i) == lua_tonumber(L, i))
+/*
+** Before 5.3 every number is a double: an integer is one with no fraction
+** inside lua_Integer's range (checked first: converting NaN or an
+** out-of-range double to an integer is undefined behaviour).
+*/
+static inline int cx_isinteger (lua_State *L, int i) {
+    lua_Number n;
+    if (lua_type(L, i) != LUA_TNUMBER)
+        return 0;
+    n = lua_tonumber(L, i);
+    return n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
+           (lua_Number)(lua_Integer)n == n;
+}
 #else
 #define cx_isinteger(L, i)  lua_isinteger(L, i)
 #endif

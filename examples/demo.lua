@@ -147,7 +147,7 @@ end
 
 local function takeover(store)
     local p = spawn("--holder")
-    local token, pid = assert(p:read("l")):match("^held (%d+) (%d+)$")
+    local token, pid = assert(p:read("*l")):match("^held (%d+) (%d+)$")
     assert(token, "the holder did not take the lock")
     os.execute("kill -KILL " .. pid)
     p:close()

@@ -24,6 +24,11 @@ local cmpxchg = require "cmpxchg"
 
 local finish = require("examples.flags").finish
 
+-- math.tointeger is Lua 5.3+; before, every number is a float
+local tointeger = math.tointeger or function(x)
+    return type(x) == "number" and x == math.floor(x) and x or nil
+end
+
 local flags, bad = require("examples.flags").parse(arg, { store = "string",
     database = "string", key = "string", ttl = "number" })
 if not flags then finish(3, bad) end
@@ -44,7 +49,7 @@ local function fenced_write(store, resource, lock, data)
         -- an earlier attempt whose reply was lost may have been applied
         if type(value) == "table" and value.Writer == id then return true, index end
         local recorded = type(value) == "table" and tonumber(value.Token) or 0
-        if token < recorded then return false, math.tointeger(recorded) or recorded end
+        if token < recorded then return false, tointeger(recorded) or recorded end
         local ok, new_index, failure = store:put(resource,
             { Token = token, Data = data, Writer = id }, index)
         if ok then return true, new_index end
@@ -96,7 +101,7 @@ local verdict = ok and ("A's late write with token %d: ACCEPTED (fencing failed)
 print(verdict)
 local value = store_b:get(key)
 print(("%s now holds %q, written with token %d"):format(key, tostring(value and value.Data),
-    math.tointeger(value and value.Token) or -1))
+    tointeger(value and value.Token) or -1))
 
 -- Clean up: A's release finds the lease taken over; B releases; the resource goes.
 local released, lost = a:release()

@@ -78,13 +78,13 @@ else
     local function wait_for_enter(index)
         io.write(("holding %s with index %d; press ENTER to release "):format(key, index))
         io.stdout:flush()
-        io.read("l")
+        io.read("*l")
     end
     local n = 0
     while true do
         io.write(("ENTER: acquire %s, l: acquire as a <close> lock, q: quit > "):format(key))
         io.stdout:flush()
-        local line = io.read("l")
+        local line = io.read("*l")
         if line == nil or line:lower() == "q" then break end
         if line:lower() == "l" then
             scoped_round(wait_for_enter)

@@ -4,6 +4,10 @@ local helpers = {}
 helpers.lua = os.getenv("LUA") or "lua5.4"
 helpers.cpath = os.getenv("CMPXCHG_TEST_CPATH") or "./?.so"
 
+--- Whether this Lua has to-be-closed variables (5.4+): specs that use `<close>`
+-- live in files loaded only then (named *_54_spec.lua, or required behind this).
+helpers.has_close = (loadstring or load)("local x <close> = nil") ~= nil
+
 local created = {}
 
 --- A fresh path for an embedded store file, removed by helpers.cleanup().
@@ -33,6 +37,12 @@ local function shell_quote(s)
 end
 helpers.shell_quote = shell_quote
 
+--- A `lua -e` chunk that makes a child's require "cmpxchg.core" load the core
+-- under test (the first entry of helpers.cpath), whatever package.cpath the
+-- child's own script sets up: the examples prefer ./?.so, the Lua 5.4 build.
+helpers.preload_core = ("package.preload['cmpxchg.core'] = assert(package.loadlib(%q, "
+    .. "'luaopen_cmpxchg_core'))"):format((helpers.cpath:match("[^;]+"):gsub("%?", "cmpxchg/core")))
+
 --- The command line that runs Lua `code` (or a file with args) in a child
 -- interpreter that finds this checkout's modules.
 function helpers.lua_command(script, args)
@@ -43,28 +53,60 @@ function helpers.lua_command(script, args)
     return table.concat(parts, " ")
 end
 
+-- Lua 5.1 and LuaJIT return only `true` from a popen handle's close (and a raw
+-- wait status from os.execute); 5.2+ return `ok, "exit"|"signal", code`.
+local native_status = _VERSION ~= "Lua 5.1"
+local status_files = setmetatable({}, { __mode = "k" })
+
+--- io.popen(cmd, mode) whose handle helpers.pclose() can tell how it ended, on
+-- every Lua: where close() cannot, the shell writes the status to a file.
+function helpers.popen(cmd, mode)
+    if native_status then return io.popen(cmd, mode) end
+    local status = os.tmpname()
+    local p, err = io.popen(("( %s\n); echo $? > %s"):format(cmd, shell_quote(status)), mode)
+    if p then status_files[p] = status end
+    return p, err
+end
+
+--- Closes a helpers.popen handle: `ok, "exit"|"signal", code`, as 5.2+ close() does
+-- (through the status file, a child killed by signal N shows as exit 128 + N,
+-- which is reported as "signal", N).
+function helpers.pclose(p)
+    local status = status_files[p]
+    if not status then return p:close() end
+    status_files[p] = nil
+    p:close()
+    local f = io.open(status, "r")
+    local code = f and tonumber(f:read("*a"))
+    if f then f:close() end
+    os.remove(status)
+    if not code then return nil, "exit", -1 end
+    if code > 128 then return nil, "signal", code - 128 end
+    return code == 0 or nil, "exit", code
+end
+
 --- Runs a shell command to completion; its output, or raises. Without the
 -- ASan run's preload: servers, node and scripts are not what that run checks.
 function helpers.sh(cmd)
-    local p = assert(io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1"))
-    local out = p:read("a")
-    local ok = p:close()
+    local p = assert(helpers.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1"))
+    local out = p:read("*a")
+    local ok = helpers.pclose(p)
     if not ok then error(("command failed: %s\n%s"):format(cmd, out), 2) end
     return (out:gsub("%s+$", ""))
 end
 
 --- Runs a Lua file to completion: output, exit code.
 function helpers.run(script, args)
-    local p = assert(io.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
-    local out = p:read("a")
-    local _, _, code = p:close()
+    local p = assert(helpers.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
+    local out = p:read("*a")
+    local _, _, code = helpers.pclose(p)
     return out, code
 end
 
 --- Starts a Lua file in the background: a handle whose lines can be read;
 -- close() waits for it.
 function helpers.start(script, args)
-    return assert(io.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
+    return assert(helpers.popen(helpers.lua_command(script, args) .. " 2>&1", "r"))
 end
 
 function helpers.kill(pid, signal)
@@ -101,7 +143,7 @@ end
 function helpers.proc_state(pid)
     local f = io.open("/proc/" .. pid .. "/stat", "r")
     if not f then return nil end
-    local stat = f:read("a")    -- nil when the process ended after the open
+    local stat = f:read("*a")         -- nil: it was gone by the time of the read
     f:close()
     return stat and stat:match("%) (%a)")
 end

@@ -14,7 +14,14 @@ describe("cmpxchg.core", function()
 
         it("time is the wall clock with sub-second precision", function()
             assert.is_true(math.abs(core.time() - os.time()) < 2)
-            assert.equal("float", math.type(core.time()))
+            if math.type then assert.equal("float", math.type(core.time())) end
+            local fractional = false                -- some reading is not whole seconds
+            for _ = 1, 100 do
+                local t = core.time()
+                if t ~= math.floor(t) then fractional = true break end
+                core.sleep(0.001)
+            end
+            assert.is_true(fractional)
         end)
 
         it("sleep refuses negative, NaN and absurd durations", function()
@@ -100,7 +107,7 @@ describe("cmpxchg.core", function()
         end)
 
         it("refuses invalid UTF-8 and keys over 512 bytes", function()
-            local invalid = { "\xff", "a\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80" }
+            local invalid = { "\255", "a\195", "\192\175", "\237\160\128", "\244\144\128\128" }
             for _, bad in ipairs(invalid) do
                 local folded, why = core.fold_key(bad)
                 assert.is_nil(folded)
@@ -122,7 +129,7 @@ describe("cmpxchg.core", function()
             assert.has_error(function() h:put({}, "1", 0) end)
             assert.has_error(function() h:put("", "1", 0) end)
             assert.has_error(function() h:put(("k"):rep(513), "1", 0) end)
-            assert.has_error(function() h:put("\xff", "1", 0) end)
+            assert.has_error(function() h:put("\255", "1", 0) end)
             assert.has_error(function() h:put("k", nil, 0) end)
             assert.has_error(function() h:put("k", "1", -1) end)
             assert.has_error(function() h:put("k", "1", 1.5) end)
@@ -158,16 +165,12 @@ describe("cmpxchg.core", function()
             assert.equal("cmpxchg.Embedded (closed)", tostring(h))
         end)
 
-        it("is finalized by the collector, and <close> closes it", function()
+        it("is finalized by the collector", function()
             local weak = setmetatable({}, { __mode = "v" })
             weak[1] = assert(core.embedded_open(path))
             collectgarbage()
             collectgarbage()
             assert.is_nil(weak[1])
-            local h = assert(core.embedded_open(path))
-            local run = load([[local h = ...; do local x <close> = h end]])
-            run(h)
-            assert.equal("cmpxchg.Embedded (closed)", tostring(h))
         end)
 
         it("refuses a SQLite file that belongs to another application", function()

@@ -8,7 +8,7 @@ describe("cmpxchg.core.http_new", function()
     setup(function()
         -- node is not what the ASan run checks: without its preload
         server = assert(io.popen("exec env -u LD_PRELOAD node spec/support/http_test_server.js", "r"))
-        local line = assert(server:read("l"), "the test server did not start (is node installed?)")
+        local line = assert(server:read("*l"), "the test server did not start (is node installed?)")
         local port
         port, pid = line:match("^(%d+) (%d+)$")
         base = "http://127.0.0.1:" .. port

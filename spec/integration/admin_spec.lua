@@ -148,10 +148,10 @@ describe("operator view (embedded)", function()
         --- Runs the command from the checkout: its output (stdout and stderr)
         -- and exit code. Inherited CMPXCHG_* settings are dropped unless given.
         local function run(args, env)
-            local p = assert(io.popen(("env -u CMPXCHG_URL -u CMPXCHG_DATABASE %s %s bin/cmpxchg %s 2>&1")
-                :format(env or "", helpers.lua, args)))
-            local out = p:read("a")
-            local _, _, code = p:close()
+            local p = assert(helpers.popen(("env -u CMPXCHG_URL -u CMPXCHG_DATABASE %s %s -e %s bin/cmpxchg %s 2>&1")
+                :format(env or "", helpers.lua, helpers.shell_quote(helpers.preload_core), args)))
+            local out = p:read("*a")
+            local _, _, code = helpers.pclose(p)
             return out, code
         end
 

@@ -61,8 +61,8 @@ describe("embedded store", function()
         end
         local indexes = {}
         for i = 1, procs do
-            local out = children[i]:read("a")
-            assert.is_true(children[i]:close(), out)
+            local out = children[i]:read("*a")
+            assert.is_true(helpers.pclose(children[i]), out)
             for idx in out:gmatch("%d+") do
                 assert.is_nil(indexes[idx], "index handed out twice: " .. idx)
                 indexes[idx] = true
@@ -185,7 +185,7 @@ describe("embedded store", function()
         local cmd = ("CMPXCHG_URL=%s %s"):format(helpers.shell_quote(path),
             helpers.lua_command("spec/support/open_default.lua"))
         local p = io.popen(cmd .. " 2>&1")
-        local out2 = p:read("a")
+        local out2 = p:read("*a")
         p:close()
         assert.equal("cmpxchg.Store (embedded " .. path .. ")\n", out2:match("\n(.*)$"))
     end)

@@ -23,7 +23,7 @@ end
 local function read_file(path)
     local f = io.open(path, "rb")
     if not f then return nil end
-    local text = f:read("a")
+    local text = f:read("*a")
     f:close()
     return text
 end
@@ -32,10 +32,10 @@ end
 -- it checks): stdout, success, exit code, stderr.
 local function sh(command)
     local errfile = os.tmpname()
-    local p = assert(io.popen("env -u LD_PRELOAD ETCD_CLUSTER_DIR=" .. quote(base) .. " "
+    local p = assert(helpers.popen("env -u LD_PRELOAD ETCD_CLUSTER_DIR=" .. quote(base) .. " "
         .. command .. " 2>" .. quote(errfile), "r"))
-    local out = p:read("a")
-    local ok, _, code = p:close()
+    local out = p:read("*a")
+    local ok, _, code = helpers.pclose(p)
     local err = read_file(errfile) or ""
     os.remove(errfile)
     return out, ok == true, code, err
@@ -172,7 +172,7 @@ end
 
 local function index_of(text)
     local n = tonumber(text)
-    assert(n and math.type(n) == "integer" and n >= 0 and n <= 2,
+    assert(n and n == math.floor(n) and n >= 0 and n <= 2,
         "expected a member index 0..2, got " .. tostring(text))
     return n
 end

@@ -54,8 +54,8 @@ local function contend_while(prefix, procs, rounds, hold, at, disturb)
     disturb()
     local sections, attempted, failed, after = {}, 0, 0, 0
     for i = 1, procs do
-        local out = children[i]:read("a")
-        assert.is_true((children[i]:close()), "contender " .. i .. ": " .. out)
+        local out = children[i]:read("*a")
+        assert.is_true((helpers.pclose(children[i])), "contender " .. i .. ": " .. out)
         for line in io.lines(dir .. "/log." .. i) do
             local kind, a, b, c = line:match("^(%a+) (%S+) ?(%S*) ?(%S*)$")
             attempted = attempted + 1

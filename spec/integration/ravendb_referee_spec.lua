@@ -11,6 +11,7 @@
 --
 -- Needs node and `npm ci` in spec/support/ravendb (make test does it); fails loudly without.
 local cjson = require "cjson"
+local helpers = require "spec.helpers"
 
 local SUPPORT = "spec/support/ravendb"
 local REFEREE = SUPPORT .. "/referee.js"
@@ -26,7 +27,7 @@ end
 
 local function read_file(path)
     local f = assert(io.open(path, "rb"))
-    local text = f:read("a")
+    local text = f:read("*a")
     f:close()
     return text
 end
@@ -38,9 +39,9 @@ local function sh(command, env)
     local prefix = { "env -u LD_PRELOAD" }
     for k, v in pairs(env or {}) do prefix[#prefix + 1] = k .. "=" .. shell_quote(v) end
     local errfile = os.tmpname()
-    local p = assert(io.popen(table.concat(prefix, " ") .. " " .. command .. " 2>" .. errfile))
-    local out = p:read("a")
-    local ok = p:close()
+    local p = assert(helpers.popen(table.concat(prefix, " ") .. " " .. command .. " 2>" .. errfile))
+    local out = p:read("*a")
+    local ok = helpers.pclose(p)
     local err = read_file(errfile)
     os.remove(errfile)
     return out, ok, err
@@ -277,7 +278,7 @@ describe("RavenDB referee (official npm ravendb client)", function()
 
         it("refuses keys over 512 UTF-8 bytes with CompareExchangeKeyTooBigException", function()
             local long_ascii = key(("k"):rep(513 - #key("")))
-            local long_utf8 = key(("\u{e9}"):rep(260))        -- 260 chars, 520+ bytes
+            local long_utf8 = key(("\195\169"):rep(260))        -- 260 chars, 520+ bytes
             local just_fits = key(("k"):rep(512 - #key("")))
             local r = referee({
                 { op = "put", key = long_ascii, value = 1, index = 0 },

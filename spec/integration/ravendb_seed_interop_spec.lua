@@ -37,9 +37,9 @@ end
 
 --- Runs the seed to completion: its JSON result and exit code.
 local function seed(db, key, args)
-    local p = assert(io.popen(seed_command(db, key, args), "r"))
-    local out = p:read("a")
-    local _, _, code = p:close()
+    local p = assert(helpers.popen(seed_command(db, key, args), "r"))
+    local out = p:read("*a")
+    local _, _, code = helpers.pclose(p)
     assert(code == 0 or code == 3, ("seed_locks.js failed (exit %s):\n%s"):format(code, out))
     return result_of(out, code, "seed_locks.js"), code
 end
@@ -52,8 +52,8 @@ end
 
 --- Reads a finished child (a popen handle): its JSON result; raises unless it exited 0.
 local function finish(child)
-    local out = child.handle:read("a")
-    local _, _, code = child.handle:close()
+    local out = child.handle:read("*a")
+    local _, _, code = helpers.pclose(child.handle)
     child.handle = nil
     assert(code == 0, ("%s failed (exit %s):\n%s"):format(child.what, tostring(code), out))
     return result_of(out, code, child.what)
@@ -67,7 +67,7 @@ local function read_logs(files)
         for line in f:lines() do
             local side, token, t0, t1 = line:match("^(%a+) (%d+) ([%d.]+) ([%d.]+)$")
             assert(side, ("bad log line in %s: %q"):format(file, line))
-            sections[#sections + 1] = { side = side, token = math.tointeger(tonumber(token)),
+            sections[#sections + 1] = { side = side, token = tonumber(token),
                                         t0 = tonumber(t0), t1 = tonumber(t1), line = line }
         end
         f:close()
@@ -78,7 +78,7 @@ end
 
 local function read_number(file)
     local f = assert(io.open(file, "r"))
-    local n = tonumber(f:read("a"))
+    local n = tonumber(f:read("*a"))
     f:close()
     return n
 end
@@ -105,8 +105,8 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
         end
         for _, child in ipairs(children) do
             if child.handle then
-                child.handle:read("a")
-                child.handle:close()
+                child.handle:read("*a")
+                helpers.pclose(child.handle)
             end
         end
         st:close()
@@ -124,7 +124,7 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
 
     local function start_seed(key, args)
         local child = { what = "seed_locks.js " .. table.concat(args, " "),
-                        handle = assert(io.popen(seed_command(db, key, args), "r")) }
+                        handle = assert(helpers.popen(seed_command(db, key, args), "r")) }
         children[#children + 1] = child
         return child
     end

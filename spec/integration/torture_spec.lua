@@ -4,6 +4,7 @@
 -- cluster's leader is killed mid-run as well. No two valid leases may overlap and
 -- no stale write may be accepted.
 local cmpxchg = require "cmpxchg"
+local helpers = require "spec.helpers"
 local torture = require "spec.support.torture"
 
 local function check(name, fig)
@@ -29,7 +30,6 @@ end
 
 describe("lock torture", function()
     it("embedded", function()
-        local helpers = require "spec.helpers"
         local path = helpers.tmpdb()
         local fig = torture.run({ name = "embedded", target = path,
             open = function() return cmpxchg.open(path) end })
@@ -58,12 +58,12 @@ describe("lock torture", function()
             end,
             -- in the background, so that kills and stops go on meanwhile
             disturb = function()
-                local job = assert(io.popen("env -u LD_PRELOAD sh -c "
+                local job = assert(helpers.popen("env -u LD_PRELOAD sh -c "
                     .. "'leader=$(scripts/etcd-cluster kill-leader) && sleep 2 && "
                     .. "scripts/etcd-cluster restart \"$leader\" && echo \"m$leader restarted\"' 2>&1"))
                 return function()
-                    local out = job:read("a")
-                    assert(job:close(), "the leader kill failed: " .. out)
+                    local out = job:read("*a")
+                    assert(helpers.pclose(job), "the leader kill failed: " .. out)
                     return "leader " .. out:gsub("%s+$", ""):match("[^\n]*$") .. " after a kill"
                 end
             end })

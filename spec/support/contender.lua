@@ -13,7 +13,7 @@ for _ = 1, rounds do
     local lock = assert(store:lock(key, { ttl = 10, timeout = 60 }))
     local t0 = core.monotime()
     local f = io.open(counterfile, "r")
-    local n = f and tonumber(f:read("a")) or 0
+    local n = f and tonumber(f:read("*a")) or 0
     if f then f:close() end
     core.sleep(0.0005)              -- widen the window an overlap would need
     f = assert(io.open(counterfile, "w"))

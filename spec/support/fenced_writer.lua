@@ -38,7 +38,7 @@ function fenced.write(store, key, token, data, timeout)
                 return true, index      -- an earlier attempt of ours was applied
             end
             local recorded = type(value) == "table" and tonumber(value.Token) or 0
-            if token < recorded then return false, math.tointeger(recorded) or recorded end
+            if token < recorded then return false, (math.tointeger or tonumber)(recorded) or recorded end
             local ok, idx, pcode = store:put(key, { Token = token, Data = data, Writer = id },
                 index)
             if ok then return true, idx end

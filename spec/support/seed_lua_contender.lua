@@ -51,7 +51,7 @@ end
 
 local function bump(file)
     local f = io.open(file, "r")
-    local n = f and tonumber(f:read("a")) or 0
+    local n = f and tonumber(f:read("*a")) or 0
     if f then f:close() end
     f = assert(io.open(file, "w"))
     f:write(tostring(n + 1))

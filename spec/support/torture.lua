@@ -48,7 +48,7 @@ local function follower(path)
         local f = io.open(path, "r")
         if not f then return {} end
         f:seek("set", pos)
-        local chunk = f:read("a") or ""
+        local chunk = f:read("*a") or ""
         f:close()
         pos = pos + #chunk
         chunk = pending .. chunk
@@ -68,7 +68,7 @@ local proc_state = helpers.proc_state
 local function is_worker(pid)
     local f = io.open("/proc/" .. pid .. "/cmdline", "r")
     if not f then return false end
-    local cmdline = f:read("a")
+    local cmdline = f:read("*a")
     f:close()
     return cmdline:find("torture_worker.lua", 1, true) ~= nil
 end
@@ -208,7 +208,7 @@ local function run(ctx, workers)
                 :format(ctx.name, fig.acquisitions, total))
         end
         consume()
-        if ctx.disturb and not disturbed and fig.acquisitions >= total // 3 then
+        if ctx.disturb and not disturbed and fig.acquisitions >= math.floor(total / 3) then
             disturbed = true
             fig.disturbed_at = fig.acquisitions
             settle = ctx.disturb()
@@ -242,8 +242,8 @@ local function run(ctx, workers)
                     fig.kills = fig.kills + 1
                     if mid then fig.kills_mid = fig.kills_mid + 1 end
                     w.killed = true
-                    local output = w.handle:read("a")
-                    w.handle:close()
+                    local output = w.handle:read("*a")
+                    helpers.pclose(w.handle)
                     w.output = output
                     if w.rounds > w.entered then spawn(w.rounds - w.entered) end
                 else
@@ -268,8 +268,8 @@ local function run(ctx, workers)
     -- every worker that was not killed finished cleanly
     for id, w in pairs(workers) do
         if not w.killed then
-            local output = w.handle:read("a")
-            local ok, how, code = w.handle:close()
+            local output = w.handle:read("*a")
+            local ok, how, code = helpers.pclose(w.handle)
             w.done, w.killed = true, true       -- closed: nothing left to clean up
             if not ok then
                 problem("worker %s (pid %s) ended %s %s: %s", id, tostring(w.pid), tostring(how),
@@ -341,14 +341,15 @@ end
 -- or running.
 function torture.run(ctx)
     local workers = {}
-    local ok, fig = xpcall(run, debug.traceback, ctx, workers)
+    -- a closure: Lua 5.1 xpcall passes no arguments
+    local ok, fig = xpcall(function() return run(ctx, workers) end, debug.traceback)
     for _, w in pairs(workers) do
         if not (w.done or w.killed) then
             if w.pid and is_worker(w.pid) then
                 helpers.kill(w.pid, "KILL")
                 helpers.kill(w.pid, "CONT")
             end
-            w.handle:close()
+            helpers.pclose(w.handle)
         end
     end
     if not ok then error(fig, 0) end

@@ -289,7 +289,7 @@ describe("etcd protocol", function()
                 t:reply(200, bad)
                 local args = { get = { "k" }, put = { "k", 1, 3 }, delete = { "k", 3 },
                                get_many = { { "k" } }, list = { "k" } }
-                local ok, res, err, code = pcall(st[op], st, table.unpack(args[op]))
+                local ok, res, err, code = pcall(st[op], st, (table.unpack or unpack)(args[op]))
                 assert.is_true(ok, op .. " raised on " .. bad .. ": " .. tostring(res))
                 if bad ~= "{" .. "}" and res == nil and code ~= nil then
                     assert.equal("decode", code, err)
