@@ -139,7 +139,7 @@ describe("etcd backend", function()
             local upstream = cluster.endpoints[1]:gsub("^etcd", "http")
             proxy = assert(io.popen("exec env -u LD_PRELOAD node spec/support/fault_proxy.js "
                 .. helpers.shell_quote(upstream), "r"))
-            local line = assert(proxy:read("l"), "the fault proxy did not start")
+            local line = assert(proxy:read("*l"), "the fault proxy did not start")
             local port
             port, proxy_pid = line:match("^(%d+) (%d+)$")
             proxy_url = "http://127.0.0.1:" .. port
@@ -183,18 +183,20 @@ describe("etcd backend", function()
 
         it("renewal goes on through another member when the preferred one, the leader, dies", function()
             -- the worst case: the member renewals go to first is the leader, so
-            -- the others must also elect a new one within the lease
+            -- the others must also elect a new one within the lease. An election
+            -- takes 1-2 election timeouts (1 s here), so the lease must be longer
+            -- than the first renewal (ttl/3) plus that: 6 s
             local leader = tonumber(cluster.run("leader"))
             local endpoints = { cluster.endpoints[leader + 1] }
             for i, url in ipairs(cluster.endpoints) do
                 if i ~= leader + 1 then endpoints[#endpoints + 1] = url end
             end
             local via = assert(cmpxchg.open(endpoints, { database = prefix, timeout = 3 }))
-            local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
+            local l = assert(via:lock("k", { ttl = 6, auto_renew = true }))
             local first = l:token()
             cluster.run("kill " .. leader)
             local ok, err = pcall(function()
-                core.sleep(4.2)
+                core.sleep(6.5)                 -- past the first lease
                 assert.is_true(l:is_held(), "lost during the election")
                 assert.is_true(l:token() > first)
             end)

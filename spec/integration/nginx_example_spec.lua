@@ -52,7 +52,7 @@ describe("examples/nginx", function()
             1, true), busy.error)
         -- a job that waits gets the printer after the first one
         local status2, second = call("POST", "/printers/p1/print?work=0.1&wait=10")
-        local first = cjson.decode(job:read("a"))
+        local first = cjson.decode(job:read("*a"))
         job:close()
         assert.equal(200, status2)
         assert.equal("p1", first.printed)

@@ -67,13 +67,13 @@ local function parallel(n, path, params_of)
     local p = assert(io.popen(table.concat(cmd, " ") .. " 2>&1; echo exit=$?"))
     return {
         finish = function()
-            local out = p:read("a")
+            local out = p:read("*a")
             p:close()
             local replies = {}
             for i = 1, n do
                 local f = io.open(("%s/%d"):format(dir, i))
                 if f then
-                    local ok, value = pcall(cjson.decode, f:read("a"))
+                    local ok, value = pcall(cjson.decode, f:read("*a"))
                     f:close()
                     replies[i] = ok and value or nil
                 end

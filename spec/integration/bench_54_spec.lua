@@ -14,7 +14,7 @@ describe("make bench, quick smoke run", function()
         -- the plain build, without the ASan run's preload: node, etcd and nginx run under it
         local p = assert(io.popen(("env -u LD_PRELOAD timeout 300 %s bench/run.lua --quick --out %s 2>&1")
             :format(LUA, helpers.shell_quote(out_dir))))
-        local output = p:read("a")
+        local output = p:read("*a")
         local ok = p:close()
         assert.is_true(ok, output)
         for _, section in ipairs({ "1 RavenDB", "2 etcd", "3 embedded", "4 locks", "5 memory" }) do
@@ -29,7 +29,7 @@ describe("make bench, quick smoke run", function()
                 assert.is_truthy(rate and tonumber(rate) > 0, line)
             end
         end
-        local csv = assert(io.open(out_dir .. "/bench.csv")):read("a")
+        local csv = assert(io.open(out_dir .. "/bench.csv")):read("*a")
         local lines = select(2, csv:gsub("\n", ""))
         assert.is_true(lines > 40, csv)
         assert.is_truthy(csv:find("^section,case,impl,"), csv)
