@@ -1,7 +1,6 @@
 -- Fencing tokens on every backend: examples/fencing.lua runs and shows the refusal,
 -- and a holder paused (SIGSTOP) past its lease has its late write refused by a
 -- resource that checks tokens (the rule of spec/support/fenced_writer.lua).
-local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 local fenced = require "spec.support.fenced_writer"
 local helpers = require "spec.helpers"
@@ -100,52 +99,4 @@ local function fencing_contract(ctx)
     end)
 end
 
--- embedded
-local path
-fencing_contract({
-    name = "embedded",
-    open = function()
-        path = helpers.tmpdb()
-        return cmpxchg.open(path)
-    end,
-    target = function() return path end,
-    example_args = function() return { "--store", path } end,
-})
-
--- the RavenDB emulator (a real server when RAVENDB_URL is set)
-do
-    local harness = require "spec.support.ravendb_harness"
-    local server = harness.server()
-    local databases, db = {}, nil
-    fencing_contract({
-        name = server.real and "ravendb " .. server.urls[1] or "ravendb emulator",
-        open = function()
-            db = harness.create_database(server)
-            databases[#databases + 1] = db
-            return cmpxchg.open(server.urls, { database = db, timeout = 5 })
-        end,
-        target = function() return server.urls[1] .. "#" .. db end,
-        example_args = function() return { "--store", server.urls[1], "--database", db } end,
-    })
-    teardown(function()
-        for _, name in ipairs(databases) do harness.delete_database(server, name) end
-    end)
-end
-
--- a 3-member etcd cluster
-do
-    local harness = require "spec.support.etcd_harness"
-    local cluster = harness.cluster()
-    local prefix
-    fencing_contract({
-        name = "etcd cluster",
-        open = function()
-            prefix = harness.fresh_prefix()
-            return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
-        end,
-        target = function() return cluster.endpoints[1] .. "#" .. prefix end,
-        example_args = function()
-            return { "--store", cluster.endpoints[1], "--database", prefix }
-        end,
-    })
-end
+require("spec.support.backends").each(fencing_contract, teardown)

@@ -3,7 +3,6 @@
 -- the day change) and examples/email_reservation.lua (duplicates refused, rollback,
 -- 8 sign-ups for one address, and a process SIGKILLed between its steps, then
 -- reconcile).
-local cmpxchg = require "cmpxchg"
 local helpers = require "spec.helpers"
 
 local DAY1 = 1800000000         -- 2027-01-15T08:00:00Z
@@ -348,49 +347,4 @@ local function patterns_contract(ctx)
     end)
 end
 
--- embedded
-local path
-patterns_contract({
-    name = "embedded",
-    open = function()
-        path = helpers.tmpdb()
-        return cmpxchg.open(path)
-    end,
-    example_args = function() return { "--store", path } end,
-})
-
--- the RavenDB emulator (a real server when RAVENDB_URL is set)
-do
-    local harness = require "spec.support.ravendb_harness"
-    local server = harness.server()
-    local databases, db = {}, nil
-    patterns_contract({
-        name = server.real and "ravendb " .. server.urls[1] or "ravendb emulator",
-        open = function()
-            db = harness.create_database(server)
-            databases[#databases + 1] = db
-            return cmpxchg.open(server.urls, { database = db, timeout = 5 })
-        end,
-        example_args = function() return { "--store", server.urls[1], "--database", db } end,
-    })
-    teardown(function()
-        for _, name in ipairs(databases) do harness.delete_database(server, name) end
-    end)
-end
-
--- a 3-member etcd cluster
-do
-    local harness = require "spec.support.etcd_harness"
-    local cluster = harness.cluster()
-    local prefix
-    patterns_contract({
-        name = "etcd cluster",
-        open = function()
-            prefix = harness.fresh_prefix()
-            return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
-        end,
-        example_args = function()
-            return { "--store", cluster.endpoints[1], "--database", prefix }
-        end,
-    })
-end
+require("spec.support.backends").each(patterns_contract, teardown)
