@@ -294,6 +294,16 @@ local function compare(k, index)
     return { key = b64(k), target = "MOD", result = "EQUAL", mod_revision = tostring(index) }
 end
 
+--- The txn of a put on `k`: the compare on `index`, the write `put`, and the
+-- read of the key when the compare fails (§2.7).
+local function put_txn(k, index, put)
+    return {
+        compare = { compare(k, index) },
+        success = { { request_put = put } },
+        failure = { { request_range = { key = b64(k) } } },
+    }
+end
+
 function Etcd:put(key, text, index, expires)
     local k = self:key_of(key)
     local write_id = runtime.uuid()
@@ -304,11 +314,7 @@ function Etcd:put(key, text, index, expires)
             if not lease then return nil, err, code end
             put.lease = lease
         end
-        local reply, unknown, code = self:post("/v3/kv/txn", {
-            compare = { compare(k, index) },
-            success = { { request_put = put } },
-            failure = { { request_range = { key = b64(k) } } },
-        })
+        local reply, unknown, code = self:post("/v3/kv/txn", put_txn(k, index, put))
         if reply then
             if reply.succeeded then
                 local revision = type(reply.header) == "table" and int(reply.header.revision)
@@ -437,29 +443,24 @@ end
 -- sent again unchanged; when its compare fails, a current value equal to the
 -- one sent is its own earlier write. Endpoints are tried in turn after errors.
 -- The auth token of now is reused: each request keeps it from idling out.
+local OBJECT, WRITE = json.mark("object"), json.mark("write")
+local INDEX, VALUE, LEASE = json.mark("index"), json.mark("value"), json.mark("lease")
+
 function Etcd:renewal_plan(key, parts, grace)
-    local k = b64(self:key_of(key))
-    local value = { ('{"Key":%s,"Write":"'):format(json.encode(key)), { slot = "id" },
-                    '","Object":' }
-    for _, part in ipairs(parts) do value[#value + 1] = part end
-    value[#value + 1] = "}"
-    local bases = {}
-    for i = 0, #self.endpoints - 1 do
-        bases[#bases + 1] = self.endpoints[(self.preferred + i - 1) % #self.endpoints + 1]
-    end
+    local k = self:key_of(key)
+    local txn = put_txn(k, INDEX, { key = b64(k), value = VALUE, lease = LEASE })
     local headers = {}
     for name, v in pairs(self:headers()) do headers[#headers + 1] = name .. ": " .. v end
     local tls = self.transport_opts.tls or {}
     return {
-        kind = "http", method = "POST", bases = bases,
+        kind = "http", method = "POST", bases = nodes.in_turn(self.endpoints, self.preferred),
         lease_path = "/v3/lease/grant", lease_grace = grace + 1,
         url = { "/v3/kv/txn" },
-        value = value, value_base64 = true,
-        body = { ('{"compare":[{"key":"%s","target":"MOD","result":"EQUAL","mod_revision":"')
-                     :format(k), { slot = "index" },
-                 ('"}],"success":[{"request_put":{"key":"%s","value":"'):format(k),
-                 { slot = "value" }, '","lease":"', { slot = "lease" },
-                 ('"}}],"failure":[{"request_range":{"key":"%s"}}]}'):format(k) },
+        value = json.template(envelope(key, OBJECT, WRITE),
+            { [OBJECT] = parts, [WRITE] = { { slot = "id" } } }),
+        value_base64 = true,
+        body = json.template(assert(json.encode(txn)), { [INDEX] = { { slot = "index" } },
+            [VALUE] = { { slot = "value" } }, [LEASE] = { { slot = "lease" } } }),
         headers = headers,
         timeout = self.timeout,
         ca = tls.ca, cert = tls.cert, key_file = tls.key, verify = tls.verify,

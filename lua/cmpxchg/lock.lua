@@ -133,16 +133,14 @@ the lease again every ttl/3 over its own connection, from a plan the backend
 makes; the lock reads what the thread publishes at every call into it (or
 into its store), and a loss becomes `on_lost` there, in Lua. ]]
 
-local SLOT = "@@cmpxchg-expiry@@"
+local EXPIRY = json.mark("expiry")
 
---- The lease value as JSON text split around its expiry: {before, 0, after}
--- (0: the slot takes the date "now + ttl" at each renewal).
+--- The lease value as a template: its JSON text with a date slot for the
+-- expiry (0: the date "now + ttl" at each renewal).
 local function value_parts(o, owner)
     local value = lease_value(o, owner, 0)
-    value[o.expires_field] = SLOT
-    local text = assert(json.encode(value))
-    local a, b = text:find(SLOT, 1, true)
-    return { text:sub(1, a - 1), 0, text:sub(b + 1) }
+    value[o.expires_field] = EXPIRY
+    return json.template(assert(json.encode(value)), { [EXPIRY] = { 0 } })
 end
 
 local function renewal_plan(st, key, o, owner)

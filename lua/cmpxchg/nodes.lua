@@ -24,6 +24,17 @@ function nodes.connection(self, url)
     return c
 end
 
+--- The URLs of `list` in the order requests try them: from position `first`
+-- (the preferred node) on, wrapping around; `url_of(item)` gives an item's URL.
+function nodes.in_turn(list, first, url_of)
+    local out = {}
+    for i = 0, #list - 1 do
+        local item = list[(first + i - 1) % #list + 1]
+        out[#out + 1] = url_of and url_of(item) or item
+    end
+    return out
+end
+
 --- Closes every connection of the backend; returns true.
 function nodes.close(self)
     for url, c in pairs(self.connections) do

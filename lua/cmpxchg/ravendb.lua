@@ -391,13 +391,10 @@ end
 -- @expires `grace` seconds after the lease end, to the preferred node first
 -- and to the next node after an error.
 function RavenDB:renewal_plan(key, parts, grace)
-    local bases = {}
-    for i = 0, #self.nodes - 1 do
-        bases[#bases + 1] = self.nodes[(self.preferred + i - 1) % #self.nodes + 1].url
-    end
     local tls = self.transport_opts.tls or {}
     return {
-        kind = "http", method = "PUT", bases = bases,
+        kind = "http", method = "PUT",
+        bases = nodes.in_turn(self.nodes, self.preferred, function(node) return node.url end),
         -- one raft-request-id per renewal, kept on its retries and failover (§6.4)
         url = { self:cmpxchg_path(("key=%s&index="):format(escape(key))), { slot = "index" },
                 "&raft-request-id=", { slot = "id" } },
