@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 
@@ -89,16 +91,75 @@ static int fill_random (unsigned char *buf, size_t n) {
     return 0;
 }
 
+/*
+** Random bytes are read from the kernel RANDOM_POOL bytes at a time and
+** handed out 16 at a time: one getrandom(2) per 32 UUIDs (every write
+** carries one) instead of one per UUID. The pool lives in its own page
+** marked MADV_WIPEONFORK, so a forked child (an nginx worker, a user's
+** fork) finds it zeroed: empty and unlocked (a zeroed mutex is an unlocked
+** one on Linux), and never hands out its parent's bytes. Where the kernel
+** has no MADV_WIPEONFORK, every UUID reads the kernel.
+*/
+#define RANDOM_POOL 512
+
+typedef struct RandomPool {
+    pthread_mutex_t lock;       /* renewal threads take UUIDs too */
+    size_t used;                /* bytes handed out; 0 after a fork: refill */
+    int filled;
+    unsigned char bytes[RANDOM_POOL];
+} RandomPool;
+
+static RandomPool *random_pool;         /* NULL: no pool, read the kernel each time */
+static pthread_once_t random_pool_once = PTHREAD_ONCE_INIT;
+
+static void random_pool_init (void) {
+    long page = sysconf(_SC_PAGESIZE);
+    size_t size = page > 0 && (size_t)page >= sizeof(RandomPool) ? (size_t)page : 4096;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return;
+    if (madvise(p, size, MADV_WIPEONFORK) != 0) {
+        munmap(p, size);
+        return;
+    }
+    random_pool = (RandomPool *)p;      /* zeroed: empty, and its lock unlocked */
+}
+
+/* 16 random bytes into `out`: 0, or -1 when the kernel gives none */
+static int random16 (unsigned char out[16]) {
+    RandomPool *pool;
+    int rc = 0;
+    pthread_once(&random_pool_once, random_pool_init);
+    pool = random_pool;
+    if (pool == NULL) return fill_random(out, 16);
+    pthread_mutex_lock(&pool->lock);
+    if (!pool->filled || pool->used + 16 > RANDOM_POOL) {
+        rc = fill_random(pool->bytes, RANDOM_POOL);
+        pool->filled = rc == 0;
+        pool->used = 0;
+    }
+    if (rc == 0) {
+        memcpy(out, pool->bytes + pool->used, 16);
+        memset(pool->bytes + pool->used, 0, 16);        /* handed out once */
+        pool->used += 16;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    return rc;
+}
+
 int cx_uuid (char out[37]) {
+    static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
-    if (fill_random(b, sizeof b) != 0)
+    int i, j = 0;
+    if (random16(b) != 0)
         return -1;
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-             b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    for (i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[j++] = '-';
+        out[j++] = hex[b[i] >> 4];
+        out[j++] = hex[b[i] & 15];
+    }
+    out[j] = '\0';
     return 0;
 }
 
@@ -225,6 +286,70 @@ static int core_fold_key (lua_State *L) {
     return 1;
 }
 
+/*
+** core.key_problem(key) -> nothing when the string `key` can be a
+** compare-exchange key, else why not: blank, longer than 512 bytes, not
+** UTF-8, or in RavenDB's reserved "rvn-atomic/" space (compared folded).
+** One pass in C: every put, get and delete checks its key.
+*/
+static int core_key_problem (lua_State *L) {
+    static const char reserved[] = "rvn-atomic/";
+    size_t len, i;
+    const char *key = luaL_checklstring(L, 1, &len);
+    char folded[CX_MAX_KEY_BYTES];
+    for (i = 0; i < len; i++) {
+        char c = key[i];
+        if (!(c == ' ' || (c >= '\t' && c <= '\r'))) break;     /* Lua's %s */
+    }
+    if (i == len) {
+        lua_pushliteral(L, "key must not be empty or blank");
+    } else if (len > CX_MAX_KEY_BYTES) {
+        lua_pushfstring(L, "key is %d bytes, the limit is %d", (int)len, CX_MAX_KEY_BYTES);
+    } else if (cx_key_fold(key, len, folded) != 0) {
+        lua_pushliteral(L, "key is not valid UTF-8");
+    } else if (len >= sizeof reserved - 1 && memcmp(folded, reserved, sizeof reserved - 1) == 0) {
+        lua_pushliteral(L, "keys starting with 'rvn-atomic/' are reserved for RavenDB's "
+                           "atomic guards");
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/*
+** core.url_escape(s) -> `s` with every byte outside RFC 3986's unreserved
+** set (ALPHA DIGIT - . _ ~) percent-encoded, so that "+" and "/" survive
+** ASP.NET's query decoding; `s` itself when nothing needs escaping.
+*/
+static int core_url_escape (lua_State *L) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t len, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+#define UNRESERVED(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || \
+                       ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '.' || \
+                       (c) == '_' || (c) == '~')
+    for (i = 0; i < len && UNRESERVED(s[i]); i++) {}
+    if (i == len) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, (const char *)s, i);
+    for (; i < len; i++) {
+        if (UNRESERVED(s[i])) {
+            luaL_addchar(&b, (char)s[i]);
+        } else {
+            luaL_addchar(&b, '%');
+            luaL_addchar(&b, hex[s[i] >> 4]);
+            luaL_addchar(&b, hex[s[i] & 15]);
+        }
+    }
+#undef UNRESERVED
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int core_pid (lua_State *L) {
     lua_pushinteger(L, (lua_Integer)getpid());
     return 1;
@@ -345,6 +470,8 @@ static const luaL_Reg core_functions[] = {
     {"format_time", core_format_time},
     {"parse_time", core_parse_time},
     {"fold_key", core_fold_key},
+    {"key_problem", core_key_problem},
+    {"url_escape", core_url_escape},
     {"pid", core_pid},
     {"hostname", core_hostname},
     {"mkdir_p", core_mkdir_p},

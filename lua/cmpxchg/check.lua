@@ -4,9 +4,6 @@ local core = require "cmpxchg.core"
 
 local check = {}
 
-local MAX_KEY_BYTES = core.MAX_KEY_BYTES
-local RESERVED_PREFIX = "rvn-atomic/"
-
 local math_type = math.type or function(x)      -- Lua 5.1/5.2
     if type(x) ~= "number" then return nil end
     return (x == math.floor(x) and x > -2^63 and x < 2^63) and "integer" or "float"
@@ -53,26 +50,21 @@ function check.type(v, want, n, fname, optional)
     return v
 end
 
---- Why `key` cannot be a compare-exchange key, or nil when it can.
+local key_problem = core.key_problem
+
+--- Why `key` cannot be a compare-exchange key, or nil when it can: blank,
+-- too long, not UTF-8, or reserved (one pass in C, csrc/cmpxchg_core.c).
 function check.key_problem(key)
     if type(key) ~= "string" then
         return "string expected, got " .. typename(key)
-    elseif not key:find("%S") then
-        return "key must not be empty or blank"
-    elseif #key > MAX_KEY_BYTES then
-        return ("key is %d bytes, the limit is %d"):format(#key, MAX_KEY_BYTES)
     end
-    local folded, why = core.fold_key(key)
-    if not folded then
-        return "key is " .. why
-    elseif folded:sub(1, #RESERVED_PREFIX) == RESERVED_PREFIX then
-        return "keys starting with 'rvn-atomic/' are reserved for RavenDB's atomic guards"
-    end
+    return key_problem(key)
 end
 
 function check.key(key, n, fname)
-    local problem = check.key_problem(key)
-    if problem then argerror(n, fname, problem) end
+    if type(key) ~= "string" or key_problem(key) then
+        argerror(n, fname, check.key_problem(key))
+    end
     return key
 end
 

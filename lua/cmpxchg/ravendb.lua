@@ -26,11 +26,7 @@ local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503]
 
 --- RFC 3986 percent-encoding of everything but the unreserved set, so that
 -- "+" and "/" survive ASP.NET's query decoding (§1.1).
-local ESCAPED = {}              -- byte -> "%XX": a table, not a function call per byte
-for b = 0, 255 do ESCAPED[string.char(b)] = ("%%%02X"):format(b) end
-local function escape(s)
-    return (s:gsub("[^%w%-%._~]", ESCAPED))
-end
+local escape = core.url_escape
 RavenDB.escape = escape
 
 --- Reads a JSON reply; a body that is not what RavenDB sends is a decode error.

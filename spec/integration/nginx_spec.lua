@@ -338,6 +338,19 @@ describe("nginx", function()
             end
         end)
 
+    it("gives every forked worker its own random ids (raft-request-id, write ids)", function()
+        -- the master drew an id before forking; each worker drew one after
+        local status, r = get("/phase/init")
+        assert.equal(200, status)
+        local seen = { [r.init.uuid] = "master" }
+        assert.equal(2, #r.worker_uuids)
+        for i, id in ipairs(r.worker_uuids) do
+            assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", id)
+            assert.is_nil(seen[id], "worker " .. i .. " repeated the id of " .. tostring(seen[id]))
+            seen[id] = "worker " .. i
+        end
+    end)
+
     it("reads sized and chunked replies over cosockets, with timeouts and refusals", function()
         local status, r = get("/transport")
         assert.equal(200, status, cjson.encode(r))

@@ -321,6 +321,8 @@ function app.init()
         return cmpxchg.open("http://127.0.0.1:1", { database = "x" })
     end)
     init_results.init.phase = ngx.get_phase()
+    -- the master takes random ids (filling the core's pool) before it forks
+    init_results.init.uuid = require("cmpxchg.core").uuid()
 end
 
 function app.init_worker()
@@ -329,9 +331,15 @@ function app.init_worker()
         return cmpxchg.open("etcd://127.0.0.1:1")
     end)
     init_results.init_worker.phase = ngx.get_phase()
+    -- each worker's first id after the fork: none may repeat another's
+    ngx.shared.test:set("uuid:" .. ngx.worker.id(), require("cmpxchg.core").uuid())
 end
 
 function app.init_result()
+    init_results.worker_uuids = {}
+    for id = 0, ngx.worker.count() - 1 do
+        init_results.worker_uuids[id + 1] = ngx.shared.test:get("uuid:" .. id)
+    end
     reply(init_results)
 end
 
