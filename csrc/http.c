@@ -298,7 +298,7 @@ static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad
 /* pushes the received headers as {lower-case name = value} */
 static void push_headers (lua_State *L, const Buffer *hb) {
     const char *p = hb->data, *end = hb->data + hb->len;
-    lua_newtable(L);
+    lua_createtable(L, 0, 8);           /* servers send about 8 */
     if (p == NULL) return;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -306,12 +306,19 @@ static void push_headers (lua_State *L, const Buffer *hb) {
         if (eol == NULL) eol = end;
         colon = memchr(p, ':', (size_t)(eol - p));
         if (colon != NULL && colon > p) {
-            luaL_Buffer name;
-            const char *c;
-            luaL_buffinit(L, &name);
-            for (c = p; c < colon; c++)
-                luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
-            luaL_pushresult(&name);
+            char small[64];             /* names are short: no Lua buffer for them */
+            size_t i, n = (size_t)(colon - p);
+            if (n <= sizeof small) {
+                for (i = 0; i < n; i++)
+                    small[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+                lua_pushlstring(L, small, n);
+            } else {
+                luaL_Buffer name;
+                luaL_buffinit(L, &name);
+                for (i = 0; i < n; i++)
+                    luaL_addchar(&name, (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]));
+                luaL_pushresult(&name);
+            }
             v = colon + 1;
             vend = eol;
             while (v < vend && (*v == ' ' || *v == '\t')) v++;

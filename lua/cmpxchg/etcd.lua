@@ -149,11 +149,12 @@ function Etcd:headers()
     return h
 end
 
---- POSTs `body` (a table) to each endpoint in turn until one answers.
+--- POSTs `body` (a table, or its JSON text) to each endpoint in turn until
+-- one answers.
 -- Returns the decoded reply and whether an earlier attempt may have been
 -- applied (`unknown`), or nil, err, code.
 function Etcd:post(path, body, unauthenticated)
-    local text = assert(json.encode(body))
+    local text = type(body) == "string" and body or assert(json.encode(body))
     local n, first = #self.endpoints, self.preferred
     local attempts = math.max(n, 2)
     local unknown, reauthenticated = false, false
@@ -286,35 +287,46 @@ end
 
 --[[ Operations ]]
 
---- A conditional txn on `k`: index 0 = absent (create), else mod_revision.
-local function compare(k, index)
+--[[ Txns are written as JSON text: every piece is base64, a decimal or one
+of our marks (json.mark), none of which needs escaping, and a format is
+cheaper than building and encoding tables on every write. ]]
+
+--- The compare of a txn on `k64` (a base64 key): index 0 = absent (create),
+-- else the key's mod_revision (an integer, or a mark in a renewal plan).
+local function compare(k64, index)
     if index == 0 then
-        return { key = b64(k), target = "CREATE", result = "EQUAL", create_revision = "0" }
+        return ('{"key":"%s","target":"CREATE","result":"EQUAL","create_revision":"0"}')
+            :format(k64)
     end
-    return { key = b64(k), target = "MOD", result = "EQUAL", mod_revision = tostring(index) }
+    return ('{"key":"%s","target":"MOD","result":"EQUAL","mod_revision":"%s"}')
+        :format(k64, index)
 end
 
---- The txn of a put on `k`: the compare on `index`, the write `put`, and the
--- read of the key when the compare fails (§2.7).
-local function put_txn(k, index, put)
-    return {
-        compare = { compare(k, index) },
-        success = { { request_put = put } },
-        failure = { { request_range = { key = b64(k) } } },
-    }
+--- A txn on `k64`: the compare on `index`, the request `success` (JSON
+-- text) and the read of the key when the compare fails (§2.7).
+local function txn(k64, index, success)
+    return ('{"compare":[%s],"success":[%s],"failure":[{"request_range":{"key":"%s"}}]}')
+        :format(compare(k64, index), success, k64)
+end
+
+--- The txn of a put on `k64` of `value64` (base64), under `lease` if any.
+local function put_txn(k64, index, value64, lease)
+    return txn(k64, index, ('{"request_put":{"key":"%s","value":"%s"%s}}'):format(k64,
+        value64, lease and (',"lease":"%s"'):format(lease) or ""))
 end
 
 function Etcd:put(key, text, index, expires)
-    local k = self:key_of(key)
+    local k64 = b64(self:key_of(key))
     local write_id = runtime.uuid()
-    local put = { key = b64(k), value = b64(envelope(key, text, write_id)) }
+    local value64 = b64(envelope(key, text, write_id))
+    local lease
     for _ = 1, 2 do                 -- a second time when the lease expired meanwhile
         if expires then
-            local lease, err, code = self:lease_for(expires)
+            local err, code
+            lease, err, code = self:lease_for(expires)
             if not lease then return nil, err, code end
-            put.lease = lease
         end
-        local reply, unknown, code = self:post("/v3/kv/txn", put_txn(k, index, put))
+        local reply, unknown, code = self:post("/v3/kv/txn", put_txn(k64, index, value64, lease))
         if reply then
             if reply.succeeded then
                 local revision = type(reply.header) == "table" and int(reply.header.revision)
@@ -327,8 +339,8 @@ function Etcd:put(key, text, index, expires)
                 return true, cur        -- our own write, applied by an earlier attempt
             end
             return false, cur, value
-        elseif code == "lease" and put.lease then
-            self:forget_lease(put.lease)
+        elseif code == "lease" and lease then
+            self:forget_lease(lease)
         else
             return nil, unknown, code
         end
@@ -337,12 +349,9 @@ function Etcd:put(key, text, index, expires)
 end
 
 function Etcd:delete(key, index)
-    local k = self:key_of(key)
-    local reply, unknown, code = self:post("/v3/kv/txn", {
-        compare = { compare(k, index) },
-        success = { { request_delete_range = { key = b64(k), prev_kv = true } } },
-        failure = { { request_range = { key = b64(k) } } },
-    })
+    local k64 = b64(self:key_of(key))
+    local reply, unknown, code = self:post("/v3/kv/txn", txn(k64, index,
+        ('{"request_delete_range":{"key":"%s","prev_kv":true}}'):format(k64)))
     if not reply then return nil, unknown, code end
     local revision = type(reply.header) == "table" and int(reply.header.revision)
     if not revision then return malformed("header") end
@@ -365,7 +374,8 @@ function Etcd:delete(key, index)
 end
 
 function Etcd:get(key)
-    local reply, err, code = self:post("/v3/kv/range", { key = b64(self:key_of(key)) })
+    local reply, err, code = self:post("/v3/kv/range",
+        ('{"key":"%s"}'):format(b64(self:key_of(key))))
     if not reply then return nil, err, code end
     local kvs = list_of(reply.kvs)
     if kvs == nil then return malformed("kvs") end
@@ -447,8 +457,7 @@ local OBJECT, WRITE = json.mark("object"), json.mark("write")
 local INDEX, VALUE, LEASE = json.mark("index"), json.mark("value"), json.mark("lease")
 
 function Etcd:renewal_plan(key, parts, grace)
-    local k = self:key_of(key)
-    local txn = put_txn(k, INDEX, { key = b64(k), value = VALUE, lease = LEASE })
+    local k64 = b64(self:key_of(key))
     local headers = {}
     for name, v in pairs(self:headers()) do headers[#headers + 1] = name .. ": " .. v end
     local tls = self.transport_opts.tls or {}
@@ -459,7 +468,7 @@ function Etcd:renewal_plan(key, parts, grace)
         value = json.template(envelope(key, OBJECT, WRITE),
             { [OBJECT] = parts, [WRITE] = { { slot = "id" } } }),
         value_base64 = true,
-        body = json.template(assert(json.encode(txn)), { [INDEX] = { { slot = "index" } },
+        body = json.template(put_txn(k64, INDEX, VALUE, LEASE), { [INDEX] = { { slot = "index" } },
             [VALUE] = { { slot = "value" } }, [LEASE] = { { slot = "lease" } } }),
         headers = headers,
         timeout = self.timeout,

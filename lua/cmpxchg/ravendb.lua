@@ -279,23 +279,28 @@ local function results_of(reply)
     return reply.Results
 end
 
---- GET by keys: index, value per folded key; one request for up to
--- MAX_QUERY bytes of keys. A single missing key is a 404 (§3.3).
-function RavenDB:get_keys(keys, found)
-    local query = {}
-    for i, key in ipairs(keys) do query[i] = "key=" .. escape(key) end
-    local status, body, headers = self:send("GET", self:cmpxchg_path(table.concat(query, "&")))
+--- The items of a GET by keys (`query`: key=...&key=...): its Results,
+-- or none when the only key asked for is missing (a 404, §3.3).
+function RavenDB:get_results(query, single)
+    local status, body, headers = self:send("GET", self:cmpxchg_path(query))
     if status == nil then return nil, body, headers end
-    if status == 404 and #keys == 1 and not (headers or {})["database-missing"] then
-        return found
+    if status == 404 and single and not (headers or {})["database-missing"] then
+        return {}
     elseif status ~= 200 then
         local err, code = self:status_error(status, body, headers)
         return nil, err, code
     end
     local reply, err, code = decode_reply(body, "get")
     if not reply then return nil, err, code end
-    local results
-    results, err, code = results_of(reply)
+    return results_of(reply)
+end
+
+--- GET by keys, in one request for up to MAX_QUERY bytes of keys: adds
+-- {index =, value =} per folded key to `found`.
+function RavenDB:get_keys(keys, found)
+    local query = {}
+    for i, key in ipairs(keys) do query[i] = "key=" .. escape(key) end
+    local results, err, code = self:get_results(table.concat(query, "&"), #keys == 1)
     if not results then return nil, err, code end
     for _, item in ipairs(results) do
         local index = tointeger(item.Index)
@@ -307,11 +312,16 @@ function RavenDB:get_keys(keys, found)
 end
 
 function RavenDB:get(key)
-    local found, err, code = self:get_keys({ key }, {})
-    if not found then return nil, err, code end
-    local item = found[core.fold_key(key)]
-    if not item then return 0, nil end
-    return item.index, item.value
+    local results, err, code = self:get_results("key=" .. escape(key), true)
+    if not results then return nil, err, code end
+    local folded = core.fold_key(key)
+    for _, item in ipairs(results) do
+        local index = tointeger(item.Index)
+        if index > 0 and core.fold_key(item.Key) == folded then
+            return index, item_value(item)
+        end
+    end
+    return 0, nil
 end
 
 function RavenDB:get_many(keys)
