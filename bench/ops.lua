@@ -2,27 +2,31 @@
 -- the phases of bench/floor.c (put0, putcas, get, delete over N keys) on one
 -- store, one line per phase: "phase NAME OPS WALL_S CPU_S FAILED", CPU being
 -- user+sys of this process during the phase (os.clock: CLOCK_PROCESS_CPUTIME_ID).
---   lua5.4 bench/ops.lua TARGET DATABASE PREFIX N [READY GO]
+--   lua5.4 bench/ops.lua [--bare] TARGET DATABASE PREFIX N [READY GO]
 -- TARGET as for cmpxchg.open (a file path, http://..., etcd://...); DATABASE
--- may be "-" for none. With READY (ending in this process's number) and GO, and
+-- may be "-" for none. --bare: the Lua floor (bench/bare.lua) instead of the
+-- library, for the two server backends. With READY (ending in this process's number) and GO, and
 -- $BENCH_PROCS processes: every phase starts when all processes are ready for it.
-package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+package.path = "./lua/?.lua;./lua/?/init.lua;./bench/?.lua;" .. package.path
 package.cpath = "./?.so;" .. package.cpath
 
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 
+local bare = arg[1] == "--bare"
+if bare then table.remove(arg, 1) end
 local target, database, prefix, n, ready, go = arg[1], arg[2], arg[3], tonumber(arg[4]),
     arg[5], arg[6]
-assert(target and prefix and n, "usage: ops.lua TARGET DATABASE PREFIX N [READY GO]")
+assert(target and prefix and n, "usage: ops.lua [--bare] TARGET DATABASE PREFIX N [READY GO]")
+database = database ~= "-" and database or nil
 
 local VALUE = { n = 42, s = "bench value", ok = true }
 
-local st = assert(cmpxchg.open(target, { database = database ~= "-" and database or nil }))
+local st = not bare and assert(cmpxchg.open(target, { database = database }))
 
 -- one function per phase, chosen before the timed loop (as floor.c's switch
 -- costs next to nothing, the loop should measure the library, not dispatch)
-local OPS = {
+local OPS = bare and require("bare").ops(target, database) or {
     put0 = function(key, indexes, i)
         local ok, idx = st:put(key, VALUE, 0)
         indexes[i] = idx
@@ -84,4 +88,4 @@ for _, phase in ipairs(PHASES) do
     io.write(("phase %s %d %.6f %.6f %d\n"):format(phase, n, core.monotime() - t0,
         os.clock() - c0, failed))
 end
-st:close()
+if st then st:close() end

@@ -25,6 +25,7 @@
 #include "lauxlib.h"
 
 #include "compat.h"
+#include "jsonpath.h"
 #include "keycase.h"
 #include "cmpxchg_core.h"
 
@@ -472,6 +473,8 @@ static const luaL_Reg core_functions[] = {
     {"fold_key", core_fold_key},
     {"key_problem", core_key_problem},
     {"url_escape", core_url_escape},
+    {"json_fields", cx_json_fields},
+    {"json_texts", cx_json_texts},
     {"pid", core_pid},
     {"hostname", core_hostname},
     {"mkdir_p", core_mkdir_p},

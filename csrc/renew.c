@@ -35,6 +35,7 @@
 #include "compat.h"
 #include "cmpxchg_core.h"
 #include "embedded.h"
+#include "jsonpath.h"
 
 #define RENEWER_MT  "cmpxchg.Renewer"
 
@@ -115,98 +116,10 @@ static size_t on_reply (char *p, size_t size, size_t n, void *ud) {
     return buf_add((Buf *)ud, p, size * n) == 0 ? size * n : 0;
 }
 
-static const char *skip_ws (const char *p, const char *end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
-    return p;
-}
-
-/* skips one JSON value; NULL when malformed */
-static const char *skip_value (const char *p, const char *end) {
-    int depth = 0;
-    p = skip_ws(p, end);
-    do {
-        if (p >= end) return NULL;
-        if (*p == '"') {
-            for (p++; p < end && *p != '"'; p++)
-                if (*p == '\\') p++;
-            if (p >= end) return NULL;
-            p++;
-        }
-        else if (*p == '{' || *p == '[') { depth++; p++; }
-        else if (*p == '}' || *p == ']') { depth--; p++; }
-        else if (depth > 0) p++;
-        else {
-            while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ') p++;
-        }
-    } while (depth > 0);
-    return p;
-}
-
-/* finds member `name` (nlen bytes) of the object at p; its value start */
-static const char *member (const char *p, const char *end, const char *name, size_t nlen) {
-    p = skip_ws(p, end);
-    if (p >= end || *p != '{') return NULL;
-    p++;
-    while (1) {
-        const char *k, *kend;
-        p = skip_ws(p, end);
-        if (p >= end || *p != '"') return NULL;
-        k = ++p;
-        while (p < end && *p != '"') { if (*p == '\\') p++; p++; }
-        if (p >= end) return NULL;
-        kend = p;
-        p = skip_ws(p + 1, end);
-        if (p >= end || *p != ':') return NULL;
-        p = skip_ws(p + 1, end);
-        if ((size_t)(kend - k) == nlen && memcmp(k, name, nlen) == 0) return p;
-        if ((p = skip_value(p, end)) == NULL) return NULL;
-        p = skip_ws(p, end);
-        if (p < end && *p == ',') { p++; continue; }
-        return NULL;
-    }
-}
-
-/* finds element `i` (from 0) of the array at p; its value start */
-static const char *element (const char *p, const char *end, long i) {
-    p = skip_ws(p, end);
-    if (p >= end || *p != '[') return NULL;
-    p = skip_ws(p + 1, end);
-    if (p < end && *p == ']') return NULL;
-    for (; i > 0; i--) {
-        if ((p = skip_value(p, end)) == NULL) return NULL;
-        p = skip_ws(p, end);
-        if (p >= end || *p != ',') return NULL;
-        p = skip_ws(p + 1, end);
-    }
-    return p;
-}
-
-/*
-** Finds the value at `path` in the JSON text s[0..n): names and array
-** positions separated by dots ("responses.0.response_range.kvs.0.value");
-** sets [*v, *vend). Returns 0 when found, -1 when absent or malformed.
-*/
-static int json_path (const char *s, size_t n, const char *path, const char **v,
-                      const char **vend) {
-    const char *p = s, *end = s + n;
-    while (p != NULL) {
-        size_t len = strcspn(path, ".");
-        if (len > 0 && path[0] >= '0' && path[0] <= '9')
-            p = element(p, end, strtol(path, NULL, 10));
-        else
-            p = member(p, end, path, len);
-        if (path[len] == '\0') break;
-        path += len + 1;
-    }
-    if (p == NULL || (*vend = skip_value(p, end)) == NULL) return -1;
-    *v = p;
-    return 0;
-}
-
 /* the integer at `path` (a JSON number or a string holding one); 0 when none */
 static long long json_int (const Buf *reply, const char *path) {
     const char *v, *vend;
-    if (json_path(reply->data, reply->len, path, &v, &vend) != 0) return 0;
+    if (cx_json_path(reply->data, reply->len, path, &v, &vend) != 0) return 0;
     return strtoll(*v == '"' ? v + 1 : v, NULL, 10);
 }
 
@@ -299,7 +212,7 @@ static long request (Renewer *r, CURL *curl, const Buf *url, const Buf *body, Bu
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
         const char *v, *vend;
-        if (reply->data && json_path(reply->data, reply->len, "message", &v, &vend) == 0)
+        if (reply->data && cx_json_path(reply->data, reply->len, "message", &v, &vend) == 0)
             snprintf(err, errlen, "%s: HTTP %ld: %.*s", r->bases[r->base], status,
                      (int)(vend - v > 200 ? 200 : vend - v), v);
         else
@@ -359,7 +272,7 @@ static int renew_http (Renewer *r, CURL *curl, Attempt *a, long long *index, cha
                       : (body.len = 0, buf_add(&body, a->encoded.data, a->encoded.len) != 0))
         goto nomem;
     if (request(r, curl, &url, &body, &reply, err, errlen) != 200) goto done;
-    if (json_path(reply.data, reply.len, r->success_field, &v, &vend) != 0) {
+    if (cx_json_path(reply.data, reply.len, r->success_field, &v, &vend) != 0) {
         if (!r->current_value_field) {  /* RavenDB always says; etcd leaves out false */
             snprintf(err, errlen, "a reply without %s", r->success_field);
             goto done;
@@ -374,7 +287,7 @@ static int renew_http (Renewer *r, CURL *curl, Attempt *a, long long *index, cha
     else if (vend - v != 5 || memcmp(v, "false", 5) != 0)
         snprintf(err, errlen, "a reply with a strange %s", r->success_field);
     else if (r->current_value_field &&
-             json_path(reply.data, reply.len, r->current_value_field, &v, &vend) == 0 &&
+             cx_json_path(reply.data, reply.len, r->current_value_field, &v, &vend) == 0 &&
              (size_t)(vend - v) == a->encoded.len + 2 &&
              memcmp(v + 1, a->encoded.data, a->encoded.len) == 0) {
         /* our own write, applied by an attempt whose reply was lost */

@@ -26,7 +26,7 @@ build = {
     modules = {
         ["cmpxchg.core"] = {
             sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/http.c",
-                        "csrc/keycase.c", "csrc/renew.c" },
+                        "csrc/jsonpath.c", "csrc/keycase.c", "csrc/renew.c" },
             defines = { "_DEFAULT_SOURCE" },
             incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
             libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },

@@ -23,6 +23,7 @@ local runtime = require "cmpxchg.runtime"
 
 local b64, unb64 = core.b64encode, core.b64decode
 local tointeger = check.tointeger
+local json_fields, json_texts = core.json_fields, core.json_texts
 local fail, snippet = nodes.fail, nodes.snippet
 
 local Etcd = {}
@@ -150,10 +151,9 @@ function Etcd:headers()
 end
 
 --- POSTs `body` (a table, or its JSON text) to each endpoint in turn until
--- one answers.
--- Returns the decoded reply and whether an earlier attempt may have been
--- applied (`unknown`), or nil, err, code.
-function Etcd:post(path, body, unauthenticated)
+-- one answers. Returns the text of a 200 reply and whether an earlier attempt
+-- may have been applied (`unknown`), or nil, err, code.
+function Etcd:exchange(path, body, unauthenticated)
     local text = type(body) == "string" and body or assert(json.encode(body))
     local n, first = #self.endpoints, self.preferred
     local attempts = math.max(n, 2)
@@ -170,17 +170,13 @@ function Etcd:post(path, body, unauthenticated)
             last_err, last_code = rbody, rheaders
             if last_code == "tls" then break end
             unknown = true      -- a dropped or timed-out request may have been applied
+        elseif status == 200 then
+            self.preferred = i
+            return rbody, unknown
         else
             local reply = json.decode(rbody)
             local class = classify(status, reply)
-            if class == "ok" then
-                if type(reply) ~= "table" then
-                    return fail("decode", "%s: the reply is not a JSON object: %s", path,
-                        snippet(rbody))
-                end
-                self.preferred = i
-                return reply, unknown
-            elseif class == "auth" and self.user and not reauthenticated then
+            if class == "auth" and self.user and not reauthenticated then
                 -- the token expired (it is idle-timed, §6.2): once more with a new one
                 reauthenticated = true
                 local ok, err, code = self:authenticate()
@@ -196,6 +192,27 @@ function Etcd:post(path, body, unauthenticated)
         attempt = attempt + 1
     end
     return nil, last_err, last_code
+end
+
+local function not_json(text, path)
+    return fail("decode", "%s: the reply is not a JSON object: %s", path, snippet(text))
+end
+
+--- A 200 reply's text as a table; nil, err, code when it is not a JSON object.
+local function decode_object(text, path)
+    local reply = json.decode(text)
+    if type(reply) ~= "table" then return not_json(text, path) end
+    return reply
+end
+
+--- As exchange, with the reply decoded: reply, unknown | nil, err, code.
+function Etcd:post(path, body, unauthenticated)
+    local text, unknown, code = self:exchange(path, body, unauthenticated)
+    if not text then return nil, unknown, code end
+    local reply, err
+    reply, err, code = decode_object(text, path)
+    if not reply then return nil, err, code end
+    return reply, unknown
 end
 
 function Etcd:authenticate()
@@ -221,18 +238,23 @@ local function envelope(key, text, write_id)
     return ('{"Key":%s,"Write":"%s","Object":%s}'):format(json.encode(key), write_id, text)
 end
 
---- original key, value, index, write id of a kv from a reply; nil, err,
--- code when malformed (callers test the first result).
-local function read_kv(kv)
-    if type(kv) ~= "table" then return fail("decode", "malformed kv in a reply") end
-    local index = int(kv.mod_revision)
-    local raw = unb64(kv.value or "")        -- an empty value is left out (§1.4)
+--- original key, value, index, write id of a kv from a reply (read_kv), or
+-- of its mod_revision and value (read_entry); nil, err, code when malformed
+-- (callers test the first result).
+local function read_entry(mod_revision, value64)
+    local index = int(mod_revision)
+    local raw = unb64(value64 or "")         -- an empty value is left out (§1.4)
     local env = raw and json.decode(raw)
     if not index or type(env) ~= "table" or env.Object == nil or type(env.Key) ~= "string" then
         return fail("decode", "a value under the store's prefix is not one of ours: %s",
             snippet(raw))
     end
     return env.Key, env.Object, index, env.Write
+end
+
+local function read_kv(kv)
+    if type(kv) ~= "table" then return fail("decode", "malformed kv in a reply") end
+    return read_entry(kv.mod_revision, kv.value)
 end
 
 --- The current kv in a failed txn's read branch (§2.7): index, value, write
@@ -326,13 +348,18 @@ function Etcd:put(key, text, index, expires)
             lease, err, code = self:lease_for(expires)
             if not lease then return nil, err, code end
         end
-        local reply, unknown, code = self:post("/v3/kv/txn", put_txn(k64, index, value64, lease))
-        if reply then
-            if reply.succeeded then
-                local revision = type(reply.header) == "table" and int(reply.header.revision)
+        local body, unknown, code = self:exchange("/v3/kv/txn",
+            put_txn(k64, index, value64, lease))
+        if body then
+            local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
+            if not valid then return not_json(body, "txn") end
+            if succeeded == true then
+                revision = int(revision)
                 if not revision then return malformed("header") end
                 return true, revision
             end
+            local reply, err, dcode = decode_object(body, "txn")
+            if not reply then return nil, err, dcode end
             local cur, value, cur_write = current_of(reply)
             if cur == nil then return nil, value, cur_write end
             if unknown and cur_write == write_id then
@@ -348,22 +375,27 @@ function Etcd:put(key, text, index, expires)
     return fail("http", "the lease for '%s' expired twice while writing", key)
 end
 
+-- where a successful delete's reply has the deleted kv (prev_kv)
+local DELETED = "responses.0.response_delete_range.prev_kvs.0."
+
 function Etcd:delete(key, index)
     local k64 = b64(self:key_of(key))
-    local reply, unknown, code = self:post("/v3/kv/txn", txn(k64, index,
+    local body, unknown, code = self:exchange("/v3/kv/txn", txn(k64, index,
         ('{"request_delete_range":{"key":"%s","prev_kv":true}}'):format(k64)))
-    if not reply then return nil, unknown, code end
-    local revision = type(reply.header) == "table" and int(reply.header.revision)
+    if not body then return nil, unknown, code end
+    local valid, succeeded, revision, prev_revision, prev_value = json_fields(body, "succeeded",
+        "header.revision", DELETED .. "mod_revision", DELETED .. "value")
+    if not valid then return not_json(body, "txn") end
+    revision = int(revision)
     if not revision then return malformed("header") end
-    if reply.succeeded then
+    if succeeded == true then
         if index == 0 then return false, 0, nil end     -- compared "absent": nothing deleted
-        local responses = list_of(reply.responses) or {}
-        local r = type(responses[1]) == "table" and responses[1].response_delete_range
-        local prev = type(r) == "table" and list_of(r.prev_kvs)
-        local original, value, dcode = read_kv(prev and prev[1])
+        local original, value, dcode = read_entry(prev_revision, prev_value)
         if original == nil then return nil, value, dcode end
         return true, revision, value
     end
+    local reply, err, dcode = decode_object(body, "txn")
+    if not reply then return nil, err, dcode end
     local cur, value, err_code = current_of(reply)
     if cur == nil then return nil, value, err_code end
     if unknown and cur == 0 then
@@ -374,13 +406,17 @@ function Etcd:delete(key, index)
 end
 
 function Etcd:get(key)
-    local reply, err, code = self:post("/v3/kv/range",
+    local body, err, code = self:exchange("/v3/kv/range",
         ('{"key":"%s"}'):format(b64(self:key_of(key))))
-    if not reply then return nil, err, code end
-    local kvs = list_of(reply.kvs)
-    if kvs == nil then return malformed("kvs") end
-    if kvs[1] == nil then return 0, nil end
-    local original, value, index = read_kv(kvs[1])
+    if not body then return nil, err, code end
+    local valid, kvs, first = json_texts(body, "kvs", "kvs.0")
+    if not valid then return not_json(body, "range") end
+    if first == nil then            -- no kv: kvs is left out or empty (§1.4)
+        if kvs == nil or kvs:sub(1, 1) == "[" then return 0, nil end
+        return malformed("kvs")
+    end
+    local _, mod_revision, value64 = json_fields(first, "mod_revision", "value")
+    local original, value, index = read_entry(mod_revision, value64)
     if original == nil then return nil, value, index end
     return index, value
 end

@@ -11,6 +11,7 @@ local nodes = require "cmpxchg.nodes"
 local runtime = require "cmpxchg.runtime"
 
 local tointeger = check.tointeger
+local json_fields, json_texts = core.json_fields, core.json_texts
 local fail, snippet = nodes.fail, nodes.snippet
 
 local RavenDB = {}
@@ -68,23 +69,36 @@ local function item_value(item)
     return unwrap(value)        -- may be false: no `and/or` here
 end
 
---- Parses a put/delete reply {Index, Successful, Value} (§2.2, §4).
-local function write_result(reply, is_delete)
-    local index = tointeger(reply.Index)
-    if index == nil or type(reply.Successful) ~= "boolean" then
-        return fail("decode", "reply without Index/Successful: %s",
-            snippet(json.encode(reply) or "?"))
+--- The user's value inside the JSON text of a stored item (nil: none).
+local function item_text_value(text, what)
+    if text == nil or text == "null" then return nil end
+    local item, err = json.decode(text)
+    if item == nil then return fail("decode", "%s: bad value (%s)", what, err) end
+    return unwrap(item)
+end
+
+--- Parses a put/delete reply {Index, Successful, Value} (§2.2, §4), picking
+-- out its fields: the value it echoes is decoded only when it is returned.
+local function write_result(body, what)
+    local valid, index, successful = json_fields(body, "Index", "Successful")
+    if not valid then
+        return fail("decode", "%s: the server's reply is not JSON: %s", what, snippet(body))
     end
-    local value = reply.Value
-    if value == json.null then value = nil end
-    if reply.Successful then
-        -- servers before PR 21644 report deleting an absent key as a success
-        -- with no value: it was absent, as newer servers say (§4)
-        if is_delete and value == nil then return false, 0, nil end
-        return true, index, is_delete and unwrap(value) or nil
+    index = tointeger(index)
+    if index == nil or type(successful) ~= "boolean" then
+        return fail("decode", "%s: reply without Index/Successful: %s", what, snippet(body))
     end
-    if index == 0 then return false, 0, nil end     -- absent (§2.2, PR 18822)
-    return false, index, unwrap(value)
+    local is_delete = what == "delete"
+    if successful and not is_delete then return true, index, nil end
+    if not successful and index == 0 then return false, 0, nil end  -- absent (§2.2, PR 18822)
+    local _, text = json_texts(body, "Value")
+    local value, err, code = item_text_value(text, what)
+    if code then return nil, err, code end
+    if not successful then return false, index, value end
+    -- servers before PR 21644 report deleting an absent key as a success
+    -- with no value: it was absent, as newer servers say (§4)
+    if value == nil then return false, 0, nil end
+    return true, index, value
 end
 
 --- Opens a RavenDB store. `urls`: one URL or an array of them (cluster
@@ -234,15 +248,15 @@ function RavenDB:cmpxchg_path(query)
     return ("/databases/%s/cmpxchg?%s"):format(self.database, query)
 end
 
---- Runs a request whose answer must be 200 with a JSON object.
-function RavenDB:call(method, query, body, is_write, what)
+--- Runs a request whose answer must be 200: its body.
+function RavenDB:call(method, query, body, is_write)
     local status, rbody, headers = self:send(method, self:cmpxchg_path(query), body, is_write)
     if status == nil then return nil, rbody, headers end
     if status ~= 200 then
         local err, code = self:status_error(status, rbody, headers)
         return nil, err, code
     end
-    return decode_reply(rbody, what)
+    return rbody
 end
 
 function RavenDB:put(key, text, index, expires)
@@ -254,16 +268,16 @@ function RavenDB:put(key, text, index, expires)
         body = '{"Object":' .. text .. "}"
     end
     local reply, err, code = self:call("PUT", ("key=%s&index=%d"):format(escape(key), index),
-        body, true, "put")
+        body, true)
     if not reply then return nil, err, code end
-    return write_result(reply, false)
+    return write_result(reply, "put")
 end
 
 function RavenDB:delete(key, index)
     local reply, err, code = self:call("DELETE",
-        ("key=%s&index=%d"):format(escape(key), index), nil, true, "delete")
+        ("key=%s&index=%d"):format(escape(key), index), nil, true)
     if not reply then return nil, err, code end
-    return write_result(reply, true)
+    return write_result(reply, "delete")
 end
 
 --- The items of a GET reply: {Results = [{Key, Value, Index}]} (§3.2).
@@ -349,8 +363,11 @@ end
 
 --- One page of a prefix listing (§3.1): startsWith, start, pageSize.
 function RavenDB:list_page(prefix, start, page_size)
-    local reply, err, code = self:call("GET", ("startsWith=%s&start=%d&pageSize=%d")
-        :format(escape(prefix), start, page_size), nil, false, "list")
+    local body, err, code = self:call("GET", ("startsWith=%s&start=%d&pageSize=%d")
+        :format(escape(prefix), start, page_size))
+    if not body then return nil, err, code end
+    local reply
+    reply, err, code = decode_reply(body, "list")
     if not reply then return nil, err, code end
     local results
     results, err, code = results_of(reply)

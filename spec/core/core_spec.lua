@@ -118,6 +118,85 @@ describe("cmpxchg.core", function()
         end)
     end)
 
+    describe("key_problem and url_escape", function()
+        it("says why a key cannot be one, in one pass", function()
+            assert.is_nil(core.key_problem("printers/First-Floor"))
+            assert.is_nil(core.key_problem(("é"):rep(256)))
+            assert.equal("key must not be empty or blank", core.key_problem(""))
+            assert.equal("key must not be empty or blank", core.key_problem(" \t\r\n\v\f"))
+            assert.equal("key is 513 bytes, the limit is 512", core.key_problem(("x"):rep(513)))
+            assert.equal("key is not valid UTF-8", core.key_problem("a\255b"))
+            assert.matches("reserved", core.key_problem("RVN-ATOMIC/users/1"))
+            assert.is_nil(core.key_problem("rvn-atomic"))
+        end)
+
+        it("percent-encodes all but RFC 3986's unreserved bytes", function()
+            local plain = "Az09-._~"
+            assert.equal(plain, core.url_escape(plain))
+            assert.equal("a%20b%2Fc%2Bd%25%C3%A9%00", core.url_escape("a b/c+d%\195\169\0"))
+        end)
+    end)
+
+    describe("json_fields", function()
+        local put_reply = '{"Index":90482,"Value":{"Object":{"n":42}},"Successful":true}'
+
+        it("picks values by path without decoding the rest", function()
+            assert.same({ true, 90482, true, '{"Object":{"n":42}}', nil },
+                { core.json_fields(put_reply, "Index", "Successful", "Value", "Missing") })
+            local etcd = '{"header":{"revision":"12242"},"responses":[{"r":{"kvs":[{"v":"x"}]}}]}'
+            assert.same({ true, "12242", "x" },
+                { core.json_fields(etcd, "header.revision", "responses.0.r.kvs.0.v") })
+            assert.same({ true, nil, nil },
+                { core.json_fields(etcd, "responses.1", "header.revision.x") })
+        end)
+
+        it("converts scalars as lua-cjson does, objects and arrays stay text", function()
+            local ok, i, f, e, big, neg, null, fals, arr = core.json_fields(
+                ' { "i" : 12 , "f" : 1.5, "e": 1e3, "big": 123456789012345678901234,'
+                .. ' "neg": -7, "n": null, "b": false, "a": [1, {"x": []}] } ',
+                "i", "f", "e", "big", "neg", "n", "b", "a")
+            assert.is_true(ok)
+            assert.equal(12, i)
+            assert.equal("integer", math.type(i))
+            assert.equal(1.5, f)
+            assert.equal(1000.0, e)
+            assert.equal("float", math.type(big))
+            assert.equal(-7, neg)
+            assert.is_nil(null)
+            assert.is_false(fals)
+            assert.equal('[1, {"x": []}]', arr)
+        end)
+
+        it("unescapes strings, surrogate pairs included", function()
+            local _, s = core.json_fields([[{"s":"a\"b\\c\/d\n\u00e9\u20ac\ud83d\ude00"}]], "s")
+            assert.equal('a"b\\c/d\n\195\169\226\130\172\240\159\152\128', s)
+        end)
+
+        it("json_texts gives every value as its JSON text", function()
+            assert.same({ true, "90482", '{"Object":{"n":42}}', "true", nil },
+                { core.json_texts(put_reply, "Index", "Value", "Successful", "Missing") })
+            assert.same({ true, '"a\\"b"', "null" },
+                { core.json_texts('{"s":"a\\"b","n":null}', "s", "n") })
+            assert.same({ false, "not valid JSON" }, { core.json_texts("{", "s") })
+        end)
+
+        it("keeps the last of repeated members, as lua-cjson does", function()
+            assert.same({ true, 2 }, { core.json_fields('{"a":1,"a":2}', "a") })
+        end)
+
+        it("refuses anything that is not valid JSON, however small the fault", function()
+            for _, bad in ipairs({ "", "{", '{"Index":5,"Successful":true', '{"a":1,}',
+                    '{"a" 1}', "[1 2]", '{"a":tru}', '{"a":01}', '{"a":1.}', '{"a":-}',
+                    '{"a":"\\x"}', '{"a":"\\u12"}', '{"a":"tab\there"}', '{"a":1} x',
+                    "<html>502 Bad Gateway</html>", ("["):rep(1001) .. ("]"):rep(1001) }) do
+                local ok, why = core.json_fields(bad, "a")
+                assert.is_false(ok, bad)
+                assert.equal("not valid JSON", why)
+            end
+            assert.is_true((core.json_fields(("["):rep(1000) .. ("]"):rep(1000))))
+        end)
+    end)
+
     describe("embedded handle", function()
         local path
 

@@ -282,7 +282,10 @@ describe("etcd protocol", function()
 
     it("never crashes on malformed replies", function()
         for _, bad in ipairs({ "", "[]", "null", "{", '{"kvs":5}', '{"kvs":[5]}', '{"header":5}',
-                '{"kvs":[{"mod_revision":"x","value":"@@"}]}', '{"responses":[{"response_range":{"kvs":[{}]}}]}' }) do
+                '{"kvs":[{"mod_revision":"x","value":"@@"}]}', '{"responses":[{"response_range":{"kvs":[{}]}}]}',
+                -- right fields, broken text: replies are checked whole, not only where read
+                '{"header":{"revision":"5"},"succeeded":true', '{"header":{"revision":"5"},"succeeded":true}x',
+                '{"header":{"revision":"5"},"succeeded":true,"responses":[}' }) do
             for _, op in ipairs({ "get", "put", "delete", "get_many", "list" }) do
                 local t = Scripted.new()
                 local st = open(t)
@@ -291,6 +294,9 @@ describe("etcd protocol", function()
                                get_many = { { "k" } }, list = { "k" } }
                 local ok, res, err, code = pcall(st[op], st, (table.unpack or unpack)(args[op]))
                 assert.is_true(ok, op .. " raised on " .. bad .. ": " .. tostring(res))
+                if bad:find("succeeded", 1, true) then
+                    assert.is_nil(res, ("%s accepted %q"):format(op, bad))
+                end
                 if bad ~= "{" .. "}" and res == nil and code ~= nil then
                     assert.equal("decode", code, err)
                 end

@@ -351,7 +351,10 @@ describe("ravendb protocol", function()
             local bodies = { "", "null", "42", '"s"', "[1]", "{", '{"Index":"x","Successful":true}',
                 '{"Index":1}', '{"Successful":true}', '{"Results":5}', '{"Results":[5]}',
                 '{"Results":[{"Key":1,"Index":1}]}', '{"Results":[{"Key":"k","Index":"a"}]}',
-                "\0\1\2", ("["):rep(5000) }
+                "\0\1\2", ("["):rep(5000),
+                -- right fields, broken text: replies are checked whole, not only where read
+                '{"Index":5,"Successful":true', '{"Index":5,"Successful":true} x',
+                '{"Index":5,"Successful":true,}', '{"Index":5,"Value":{"Object":tru},"Successful":true}' }
             for _, body in ipairs(bodies) do
                 for _, op in ipairs({ "put", "delete", "get", "get_many", "list" }) do
                     local t = cluster()
