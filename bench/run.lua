@@ -31,14 +31,15 @@ local function wanted(n) return opts.only == nil or opts.only[n] end
 -- sizes: operations per phase and process, seconds per lock run
 local Q = opts.quick
 local SIZE = {
-    ravendb = Q and 20 or 1000, ravendb4 = Q and 10 or 400,
-    etcd = Q and 20 or 400, etcd4 = Q and 10 or 200,
-    embedded = Q and 50 or 20000, embedded4 = Q and 20 or 5000,
+    ravendb = Q and 20 or 3000, ravendb4 = Q and 10 or 1000,
+    etcd = Q and 20 or 1000, etcd4 = Q and 10 or 400,
+    embedded = Q and 50 or 100000, embedded4 = Q and 20 or 25000,
     lock_seconds = Q and 0.5 or 4, hold = 0.002, gap = 0.004,
     mem_embedded = Q and 2000 or 1000000, mem_http = Q and 200 or 100000,
     vg_embedded = Q and 200 or 3000, vg_http = Q and 20 or 300,
 }
 local LOCK_PROCS = Q and { 2 } or { 2, 4, 8 }
+local ROUNDS = Q and 1 or 3     -- runs of each per-operation case, reported by their median
 
 --[[ Processes and files ]]
 
@@ -294,6 +295,12 @@ local function verdict(ratio, limit, less)
     return ("%.2f"):format(ratio), met
 end
 
+--- A ratio reported without a target
+local function add_note(r, what, ratio)
+    r.ratios = r.ratios or {}
+    r.ratios[#r.ratios + 1] = ("%s %.2f"):format(what, ratio)
+end
+
 local function add_ratio(r, what, ratio, limit, cmp)
     local text, met = verdict(ratio, limit)
     r.ratios = r.ratios or {}
@@ -304,22 +311,46 @@ end
 
 --[[ 1-3: cost per operation ]]
 
+--- The median of each phase's ops/s and CPU/op over rounds of `phases`.
+local function medians(rounds)
+    local out = {}
+    for name in pairs(rounds[1]) do
+        local m = {}
+        for _, field in ipairs({ "ops_s", "cpu_us" }) do
+            local v = {}
+            for i, r in ipairs(rounds) do v[i] = r[name][field] end
+            table.sort(v)
+            m[field] = v[(#v + 1) // 2]
+        end
+        out[name] = m
+    end
+    return out
+end
+
+--- Each implementation's phases with 1, 4... processes: ROUNDS runs taking
+-- turns (so that a drift of the machine or the server touches them all
+-- alike), reported by their medians.
 local function ops_section(section, label, impls, procs_list, n_of)
     for _, procs in ipairs(procs_list) do
-        local results = {}
-        for _, impl in ipairs(impls) do
-            local cmds = {}
-            for p = 1, procs do
-                cmds[p] = impl.cmd(("%s%d/"):format(impl.prefix, p), n_of(procs))
+        local rounds = {}
+        for round = 1, ROUNDS do
+            for _, impl in ipairs(impls) do
+                local cmds = {}
+                for p = 1, procs do
+                    cmds[p] = impl.cmd(("%s%d.%d/"):format(impl.prefix, round, p), n_of(procs))
+                end
+                local outs, dir = run_together(cmds, true)
+                local ok, acc = pcall(phases, outs)
+                if not ok then      -- which implementation, and what its processes said
+                    error(("%s: %s\n%s"):format(impl.name, acc,
+                        sh("cat " .. dir .. "/err* 2>/dev/null | head -n 20")), 0)
+                end
+                rounds[impl.name] = rounds[impl.name] or {}
+                rounds[impl.name][round] = acc
             end
-            local outs, dir = run_together(cmds, true)
-            local ok, acc = pcall(phases, outs)
-            if not ok then      -- which implementation, and what its processes said
-                error(("%s: %s\n%s"):format(impl.name, acc,
-                    sh("cat " .. dir .. "/err* 2>/dev/null | head -n 20")), 0)
-            end
-            results[impl.name] = acc
         end
+        local results = {}
+        for name, r in pairs(rounds) do results[name] = medians(r) end
         for _, phase in ipairs({ "put0", "putcas", "get", "delete" }) do
             for _, impl in ipairs(impls) do
                 local a = results[impl.name][phase]
@@ -332,6 +363,14 @@ local function ops_section(section, label, impls, procs_list, n_of)
     end
 end
 
+--- The Lua floor (bench/bare.lua): floor.c's requests from a bare Lua loop
+-- over the library's C transport; what running in Lua costs before the library.
+local LUA_FLOOR = "Lua floor (bare loop)"
+local function lua_floor(target)
+    return { name = LUA_FLOOR, prefix = "l", cmd = function(prefix, n)
+        return ("%s bench/ops.lua --bare %s bench %s %d"):format(LUA, target, prefix, n) end }
+end
+
 local function section_ravendb()
     local url = ravendb().url
     local impls = {
@@ -341,9 +380,11 @@ local function section_ravendb()
             local ours = res["cmpxchg (Lua 5.4)"][phase].cpu_us
             add_ratio(r, "CPU/op vs npm", ours / res["npm ravendb"][phase].cpu_us, 0.25)
             add_ratio(r, "CPU/op vs floor", ours / res["libcurl floor"][phase].cpu_us, 1.10)
+            add_note(r, "vs Lua floor", ours / res[LUA_FLOOR][phase].cpu_us)
           end },
         { name = "npm ravendb", prefix = "n", cmd = function(prefix, n)
             return ("node bench/npm_ops.js %s bench %s %d"):format(url, prefix, n) end },
+        lua_floor(url),
         { name = "libcurl floor", prefix = "f", cmd = function(prefix, n)
             return ("build/bench/floor ravendb %s bench %s %d"):format(url, prefix, n) end },
     }
@@ -358,9 +399,11 @@ local function section_etcd()
             return ("%s bench/ops.lua %s bench %s %d"):format(LUA, e.url:gsub("^http", "etcd"),
                 prefix, n) end,
           ratios = function(r, res, phase)
-            add_ratio(r, "CPU/op vs floor", res["cmpxchg (Lua 5.4)"][phase].cpu_us
-                / res["libcurl floor"][phase].cpu_us, 1.10)
+            local ours = res["cmpxchg (Lua 5.4)"][phase].cpu_us
+            add_ratio(r, "CPU/op vs floor", ours / res["libcurl floor"][phase].cpu_us, 1.10)
+            add_note(r, "vs Lua floor", ours / res[LUA_FLOOR][phase].cpu_us)
           end },
+        lua_floor(e.url:gsub("^http", "etcd")),
         { name = "libcurl floor", prefix = "bench/f", cmd = function(prefix, n)
             return ("build/bench/floor etcd %s %s %d"):format(e.url, prefix, n) end },
     }
@@ -377,7 +420,7 @@ local function section_embedded()
     local current = {}
     local impls = {
         { name = "cmpxchg (Lua 5.4)", prefix = "o", cmd = function(prefix, n)
-            if prefix == "o1/" then current.ours = fresh() end
+            if prefix:match("%.1/$") then current.ours = fresh() end   -- a run's first process
             return ("%s bench/ops.lua %s - %s %d"):format(LUA, current.ours, prefix, n) end,
           ratios = function(r, res, phase)
             local ours, floor = res["cmpxchg (Lua 5.4)"][phase], res["SQLite floor"][phase]
@@ -385,7 +428,7 @@ local function section_embedded()
             r.cpu_ratio = ours.cpu_us / floor.cpu_us
           end },
         { name = "SQLite floor", prefix = "f", cmd = function(prefix, n)
-            if prefix == "f1/" then current.floor = fresh() end
+            if prefix:match("%.1/$") then current.floor = fresh() end
             return ("build/bench/floor sqlite %s %s %d"):format(current.floor, prefix, n) end },
     }
     ops_section("3 embedded", "embedded", impls, { 1, 4 },
@@ -627,9 +670,9 @@ local function chart(header)
     end
     local d = opts.out
     local panels = {
-        { "ravendb", "cpu_us", { "cmpxchg (Lua 5.4)", "npm ravendb", "libcurl floor" },
+        { "ravendb", "cpu_us", { "cmpxchg (Lua 5.4)", "npm ravendb", LUA_FLOOR, "libcurl floor" },
           "1. RavenDB: client CPU per op (us, log)", true },
-        { "etcd", "cpu_us", { "cmpxchg (Lua 5.4)", "libcurl floor" },
+        { "etcd", "cpu_us", { "cmpxchg (Lua 5.4)", LUA_FLOOR, "libcurl floor" },
           "2. etcd: client CPU per op (us)", false },
         { "embedded", "ops_s", { "cmpxchg (Lua 5.4)", "SQLite floor" },
           "3. embedded: ops/s (log)", true },

@@ -31,10 +31,14 @@ typedef struct Buffer {
     int overflow;               /* set when the limit cut the transfer */
 } Buffer;
 
+#define MAX_WANTED      8       /* reply headers a backend asks for by name */
+
 typedef struct Http {
     CURL *curl;                 /* NULL once closed */
     Buffer body, headers;
     char error[CURL_ERROR_SIZE];
+    int nwanted;                /* -1: every reply header is reported */
+    char *wanted[MAX_WANTED];   /* else only these (lower case) */
 } Http;
 
 static int curl_ready = 0;      /* the one mutable global: a once-only flag */
@@ -116,10 +120,13 @@ static int http_gc (lua_State *L) {
     Http *h = (Http *)luaL_checkudata(L, 1, HTTP_MT);
     CURL *curl = h->curl;
     if (curl != NULL) {
+        int i;
         h->curl = NULL;         /* closed before anything is freed */
         curl_easy_cleanup(curl);
         buffer_free(&h->body);
         buffer_free(&h->headers);
+        for (i = 0; i < h->nwanted; i++) free(h->wanted[i]);
+        h->nwanted = 0;
     }
     return 0;
 }
@@ -150,9 +157,49 @@ static const char *field_string (lua_State *L, int idx, const char *name) {
 }
 
 /*
+** Reads option reply_headers (an array of lower-case names) of the table at
+** 1 into h: the only reply headers request() will report. Reporting only
+** what a backend reads saves a dozen Lua strings per request.
+*/
+static void read_wanted (lua_State *L, Http *h) {
+    int i, n;
+    lua_getfield(L, 1, "reply_headers");
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+    luaL_argcheck(L, lua_istable(L, -1), 1, "reply_headers must be an array of names");
+    n = (int)lua_rawlen(L, -1);
+    luaL_argcheck(L, n <= MAX_WANTED, 1, "reply_headers: at most 8 names");
+    h->nwanted = 0;
+    for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *name;
+        char *copy;
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_argerror(L, 1, "reply_headers must be an array of names");
+        name = lua_tolstring(L, -1, &len);
+        luaL_argcheck(L, len <= 64, 1, "reply_headers: a name longer than 64 bytes");
+        copy = (char *)malloc(len + 1);
+        if (copy == NULL) luaL_error(L, "not enough memory");
+        memcpy(copy, name, len + 1);
+        h->wanted[h->nwanted++] = copy;     /* freed by __gc from here on */
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* whether the reply header `name` (n bytes, lower case) is reported */
+static int wanted (const Http *h, const char *name, size_t n) {
+    int i;
+    if (h->nwanted < 0) return 1;
+    for (i = 0; i < h->nwanted; i++)
+        if (strlen(h->wanted[i]) == n && memcmp(h->wanted[i], name, n) == 0) return 1;
+    return 0;
+}
+
+/*
 ** core.http_new([{connect_timeout = s, tls = {ca =, cert =, key =,
-** verify = true}}]) -> Http. The TLS settings stay with the handle (and its
-** kept-alive connection) for its whole life.
+** verify = true}, reply_headers = {name...}}]) -> Http. The TLS settings
+** stay with the handle (and its kept-alive connection) for its whole life.
 */
 static int http_new (lua_State *L) {
     Http *h;
@@ -185,9 +232,11 @@ static int http_new (lua_State *L) {
     luaL_setmetatable(L, HTTP_MT);
     h->body.limit = MAX_BODY;
     h->headers.limit = MAX_HEADERS;
+    h->nwanted = -1;
     h->curl = curl_easy_init();
     if (h->curl == NULL)
         return luaL_error(L, "curl_easy_init failed");
+    if (lua_istable(L, 1)) read_wanted(L, h);
     curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h->curl, CURLOPT_ERRORBUFFER, h->error);
     curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, on_body);
@@ -295,10 +344,11 @@ static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad
     return list;
 }
 
-/* pushes the received headers as {lower-case name = value} */
-static void push_headers (lua_State *L, const Buffer *hb) {
+/* pushes the received headers (those wanted) as {lower-case name = value} */
+static void push_headers (lua_State *L, const Http *h) {
+    const Buffer *hb = &h->headers;
     const char *p = hb->data, *end = hb->data + hb->len;
-    lua_createtable(L, 0, 8);           /* servers send about 8 */
+    lua_createtable(L, 0, h->nwanted < 0 ? 8 : 0);     /* servers send about 8 */
     if (p == NULL) return;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -311,7 +361,11 @@ static void push_headers (lua_State *L, const Buffer *hb) {
             if (n <= sizeof small) {
                 for (i = 0; i < n; i++)
                     small[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+                if (!wanted(h, small, n)) { p = eol + 1; continue; }
                 lua_pushlstring(L, small, n);
+            } else if (h->nwanted >= 0) {   /* longer than any name asked for */
+                p = eol + 1;
+                continue;
             } else {
                 luaL_Buffer name;
                 luaL_buffinit(L, &name);
@@ -388,7 +442,7 @@ static int http_request (lua_State *L) {
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
-    push_headers(L, &h->headers);
+    push_headers(L, h);
     return 3;
 }
 

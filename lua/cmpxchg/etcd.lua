@@ -68,7 +68,8 @@ function Etcd.open(endpoints, opts, transports)
         prefix = (opts.database and opts.database ~= "") and opts.database .. "/" or "",
         timeout = opts.timeout or DEFAULT_TIMEOUT,
         transports = transports,
-        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 2, 2) },
+        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 2, 2),
+                           reply_headers = {} },     -- no reply header is read here
         connections = {},
         preferred = 1,
         user = opts.user, password = opts.password,

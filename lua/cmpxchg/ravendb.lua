@@ -21,6 +21,9 @@ local DEFAULT_TIMEOUT = 15      -- seconds: the server's own Cluster.OperationTi
 local LIST_PAGE = 1024          -- items per page when listing everything
 local MAX_QUERY = 12000         -- bytes of key= parameters per GET (Kestrel caps lines at 16 KB)
 
+-- the only reply headers read here (§6.3, §7.2)
+local REPLY_HEADERS = { "refresh-topology", "database-missing" }
+
 -- statuses after which another node may succeed (§6.3)
 local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503] = true,
                    [504] = true }
@@ -109,7 +112,8 @@ function RavenDB.open(urls, opts, transports)
         database = opts.database,
         timeout = opts.timeout or DEFAULT_TIMEOUT,
         transports = transports,
-        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 5, 5) },
+        transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 5, 5),
+                           reply_headers = REPLY_HEADERS },
         connections = {},       -- url -> transport: one kept-alive connection per node
         nodes = {},             -- array of {url =, tag =}
         preferred = 1,
@@ -245,7 +249,7 @@ function RavenDB:send(method, path, body, is_write)
 end
 
 function RavenDB:cmpxchg_path(query)
-    return ("/databases/%s/cmpxchg?%s"):format(self.database, query)
+    return "/databases/" .. self.database .. "/cmpxchg?" .. query
 end
 
 --- Runs a request whose answer must be 200: its body.

@@ -42,6 +42,22 @@ describe("cmpxchg.core.http_new", function()
         h:close()
     end)
 
+    it("reports only the reply headers asked for by reply_headers", function()
+        local h = core.http_new({ reply_headers = { "x-multi", "content-type" } })
+        local status, _, headers = h:request("GET", base .. "/echo", nil, nil, 5)
+        assert.equal(200, status)
+        assert.same({ ["x-multi"] = "one", ["content-type"] = "application/json" }, headers)
+        h:close()
+        h = core.http_new({ reply_headers = {} })
+        assert.same({}, select(3, h:request("GET", base .. "/echo", nil, nil, 5)))
+        h:close()
+        for _, bad in ipairs({ "x-multi", { 1 }, { ("x"):rep(65) },
+                { "a", "b", "c", "d", "e", "f", "g", "h", "i" } }) do
+            assert.has_error(function() core.http_new({ reply_headers = bad }) end)
+        end
+        collectgarbage()        -- handles whose options were refused are collected
+    end)
+
     it("keeps one connection alive across requests", function()
         local h = core.http_new()
         local ports = {}

@@ -5,7 +5,8 @@
 --                                                   | nil, err, code
 --     close()
 -- opts: connect_timeout (seconds), tls = {cert =, key =, verify =} (tls.ca
--- is not available here: see below).
+-- is not available here: see below); reply_headers is not needed here (the
+-- reply is parsed in Lua anyway) and every header is reported.
 --
 -- Every request takes a connection from the worker's keep-alive pool (or
 -- opens one) and gives it back with setkeepalive, so one object serves any
