@@ -14,6 +14,8 @@ local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
 local runtime = require "cmpxchg.runtime"
 
+local json_decode = json.decode
+
 local Embedded = {}
 Embedded.__index = Embedded
 
@@ -95,11 +97,15 @@ function Embedded:delete(key, index)
 end
 
 function Embedded:get(key)
-    local index, text, code = call(self.handle, self.wait, "get", key)
-    if index == nil or text == nil then return index, text, code end
-    local value, err
-    value, err, code = decode(text, key)
-    if value == nil then return nil, err, code end
+    local index, text, code = self.handle:get(key)
+    if text == nil then
+        if code ~= "timeout" or not runtime.nginx then return index, text, code end
+        index, text, code = call(self.handle, self.wait, "get", key)    -- waits in nginx
+        if index == nil or text == nil then return index, text, code end
+    end
+    -- the common case without the wrappers: a read is most of what stores do
+    local value = json_decode(text)
+    if value == nil then return decode(text, key) end     -- its error
     return index, value
 end
 
