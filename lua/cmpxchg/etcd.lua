@@ -101,11 +101,10 @@ Etcd.connection = nodes.connection
 
 --[[ Requests, failover and error classes ]]
 
---- What an answer means: "ok", "final" (a definite error: not applied),
--- "unavailable" (no leader: not applied, another member may serve it),
--- "unknown" (the request may have been applied), "auth" (token expired).
+--- What an error answer (not 200) means: "final" (a definite error: not
+-- applied), "unavailable" (no leader: not applied, another member may serve
+-- it), "unknown" (the request may have been applied), "auth" (token expired).
 local function classify(status, reply)
-    if status == 200 then return "ok" end
     local message = type(reply) == "table" and tostring(reply.message or reply.error) or ""
     if status == 401 then return "auth" end
     if status == 503 and message:find("no leader", 1, true) then return "unavailable" end
