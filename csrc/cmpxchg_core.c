@@ -110,7 +110,9 @@ typedef struct RandomPool {
     unsigned char bytes[RANDOM_POOL];
 } RandomPool;
 
-static RandomPool *random_pool;         /* NULL: no pool, read the kernel each time */
+/* NULL: no pool, read the kernel each time; else one page for the life of
+** the process (a few KB, never unmapped: a renewal thread may be using it) */
+static RandomPool *random_pool;
 static pthread_once_t random_pool_once = PTHREAD_ONCE_INIT;
 
 static void random_pool_init (void) {
