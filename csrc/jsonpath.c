@@ -112,9 +112,10 @@ int cx_json_valid (const char *s, size_t n) {
     return p != NULL && skip_ws(p, s + n) == s + n ? 0 : -1;
 }
 
-/* member `name` (nlen bytes, compared unescaped only when plain) of the
-** object at p: the start of its value, the last one when repeated (as
-** lua-cjson keeps the last); NULL when absent */
+/* member `name` (nlen bytes, compared with the names as written: a name
+** spelled with escapes never matches) of the object at p: the start of its
+** value, the last one when repeated (as lua-cjson keeps the last); NULL when
+** absent */
 static const char *member (const char *p, const char *end, const char *name, size_t nlen) {
     const char *found = NULL;
     p = skip_ws(p, end);

@@ -37,9 +37,9 @@ file access is: a write is a few syscalls (an fsync with sync = "full"). In a
 phase that cannot yield (log, header_filter, ...) the store works as long as
 it needs no wait: a busy file is then reported at once. ]]
 
---- Calls handle[method](handle, ...), retrying busy attempts inside nginx.
-local function call(handle, wait, method, ...)
-    local a, b, c = handle[method](handle, ...)
+--- What handle[method](handle, ...) answered (a, b, c), and inside nginx,
+-- when the file was busy, the answer of trying again after pauses.
+local function unless_busy(handle, wait, method, a, b, c, ...)
     if a ~= nil or c ~= "timeout" or not runtime.nginx then return a, b, c end
     if not runtime.can_yield() then
         return nil, ("%s (the %s phase cannot wait for it)"):format(b, runtime.phase()), c
@@ -54,6 +54,12 @@ local function call(handle, wait, method, ...)
         a, b, c = handle[method](handle, ...)
         if a ~= nil or c ~= "timeout" then return a, b, c end
     end
+end
+
+--- Calls handle[method](handle, ...), retrying busy attempts inside nginx.
+local function call(handle, wait, method, ...)
+    local a, b, c = handle[method](handle, ...)
+    return unless_busy(handle, wait, method, a, b, c, ...)
 end
 
 --- Opens `path` (":memory:" for a private in-memory store).
@@ -97,13 +103,12 @@ function Embedded:delete(key, index)
 end
 
 function Embedded:get(key)
+    -- call() unrolled: a read is most of what stores do
     local index, text, code = self.handle:get(key)
     if text == nil then
-        if code ~= "timeout" or not runtime.nginx then return index, text, code end
-        index, text, code = call(self.handle, self.wait, "get", key)    -- waits in nginx
+        index, text, code = unless_busy(self.handle, self.wait, "get", index, text, code, key)
         if index == nil or text == nil then return index, text, code end
     end
-    -- the common case without the wrappers: a read is most of what stores do
     local value = json_decode(text)
     if value == nil then return decode(text, key) end     -- its error
     return index, value
