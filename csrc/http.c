@@ -10,6 +10,7 @@
 ** thread, so inside nginx the cosocket transport is used instead.
 */
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,22 +34,63 @@ typedef struct Buffer {
 
 #define MAX_WANTED      8       /* reply headers a backend asks for by name */
 
+/* the request body, read by libcurl from a Lua string on the stack */
+typedef struct Upload {
+    const char *data;
+    size_t len, pos;
+} Upload;
+
 typedef struct Http {
     CURL *curl;                 /* NULL once closed */
     Buffer body, headers;
+    Upload upload;
     char error[CURL_ERROR_SIZE];
     int nwanted;                /* -1: every reply header is reported */
     char *wanted[MAX_WANTED];   /* else only these (lower case) */
 } Http;
 
-static int curl_ready = 0;      /* the one mutable global: a once-only flag */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;   /* the one global: once-only */
 
-/* libcurl's global set-up, once, from the Lua thread; never cleaned up,
-** since other libraries in the process may share it */
-void cx_http_global_init (void) {
-    if (!curl_ready && curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK)
-        curl_ready = 1;
+static void curl_init (void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
 }
+
+/* libcurl's global set-up, once per process whichever thread comes first
+** (a store's renewal thread opens transports too); never cleaned up, since
+** other libraries in the process may share it */
+void cx_http_global_init (void) {
+    pthread_once(&curl_once, curl_init);
+}
+
+/*
+** {======================================================
+** The request body
+** =======================================================
+*/
+
+static size_t on_read (char *p, size_t size, size_t n, void *ud) {
+    Upload *u = (Upload *)ud;
+    size_t left = u->len - u->pos, want = size * n;
+    if (want > left) want = left;
+    memcpy(p, u->data + u->pos, want);
+    u->pos += want;
+    return want;
+}
+
+/*
+** libcurl sends a request again by itself when a kept-alive connection it
+** reused dies before any reply byte: for a write whose first copy reached the
+** server that would apply it twice, and report the second outcome as the
+** only one (an etcd txn applied, then "compare failed"). It must rewind the
+** body to do so, and this refuses: the request then fails (a `connect`
+** error, whose outcome the callers treat as unknown) and the backend decides.
+*/
+static int on_seek (void *ud, curl_off_t offset, int origin) {
+    (void)ud; (void)offset; (void)origin;
+    return CURL_SEEKFUNC_FAIL;
+}
+
+/* }====================================================== */
 
 /*
 ** {======================================================
@@ -243,6 +285,9 @@ static int http_new (lua_State *L) {
     curl_easy_setopt(h->curl, CURLOPT_WRITEDATA, (void *)h);
     curl_easy_setopt(h->curl, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h->curl, CURLOPT_HEADERDATA, (void *)h);
+    curl_easy_setopt(h->curl, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(h->curl, CURLOPT_READDATA, (void *)&h->upload);
+    curl_easy_setopt(h->curl, CURLOPT_SEEKFUNCTION, on_seek);
     curl_easy_setopt(h->curl, CURLOPT_ACCEPT_ENCODING, "");     /* gzip, deflate... */
     curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
     curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -418,14 +463,17 @@ static int http_request (lua_State *L) {
     curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
     curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);     /* resets any earlier body */
     if (body != NULL) {
+        h->upload.data = body;          /* argument 4 stays on the stack meanwhile */
+        h->upload.len = body_len;
+        h->upload.pos = 0;
+        curl_easy_setopt(h->curl, CURLOPT_POST, 1L);
         curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-        curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
     }
     curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST,
                      strcmp(method, "GET") == 0 ? NULL : method);
     rc = curl_easy_perform(h->curl);
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
-    curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, NULL);
+    h->upload.data = NULL;
     curl_slist_free_all(headers);   /* freed before anything below can raise */
 
     if (rc != CURLE_OK) {

@@ -69,6 +69,21 @@ describe("cmpxchg.core.http_new", function()
         h:close()
     end)
 
+    it("never sends a write again by itself when a reused connection dies unanswered", function()
+        -- libcurl resends a request whose kept-alive connection dies before any
+        -- reply byte; for a write that reached the server that applies it twice
+        local h = core.http_new()
+        assert.equal(200, (h:request("GET", base .. "/echo", nil, nil, 5)))   -- kept alive
+        local id = tostring(core.uuid())
+        local status, err, code = h:request("POST", base .. "/dropcount?id=" .. id, '{"w":1}',
+            { ["Content-Type"] = "application/json" }, 5)
+        assert.is_nil(status)
+        assert.equal("connect", code, err)
+        local _, count = h:request("GET", base .. "/count?id=" .. id, nil, nil, 5)
+        assert.equal("1", count)
+        h:close()
+    end)
+
     it("returns error statuses as statuses, not errors", function()
         local h = core.http_new()
         for _, status in ipairs({ 404, 408, 500, 503 }) do

@@ -7,9 +7,13 @@
 //   /gzip            -> a gzip-encoded JSON body when the client accepts gzip
 //   /drop            -> destroys the socket without answering
 //   /big?bytes=N     -> N bytes of "x", chunked
+//   /dropcount?id=X  -> counts the request under X, then destroys the socket
+//   /count?id=X      -> how many requests /dropcount counted under X
 'use strict';
 const http = require('http');
 const zlib = require('zlib');
+
+const counts = {};
 
 const server = http.createServer((req, res) => {
     const chunks = [];
@@ -38,6 +42,12 @@ const server = http.createServer((req, res) => {
             }
         } else if (url.pathname === '/drop') {
             req.socket.destroy();
+        } else if (url.pathname === '/dropcount') {
+            const id = url.searchParams.get('id');
+            counts[id] = (counts[id] || 0) + 1;
+            req.socket.destroy();
+        } else if (url.pathname === '/count') {
+            res.end(String(counts[url.searchParams.get('id')] || 0));
         } else if (url.pathname === '/big') {
             const n = Number(url.searchParams.get('bytes'));
             const piece = Buffer.alloc(65536, 'x');
