@@ -23,7 +23,6 @@
 #include "compat.h"
 #include "keycase.h"
 #include "cmpxchg_core.h"
-#include "embedded.h"
 
 #define EMBEDDED_MT     "cmpxchg.Embedded"
 #define APPLICATION_ID  0x636d7078      /* "cmpx": marks files that are ours */
@@ -71,13 +70,13 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS cmpxchg_items_expires "
     "  ON cmpxchg_items (expires) WHERE expires IS NOT NULL;";
 
-struct Embedded {
+typedef struct Embedded {
     sqlite3 *db;                        /* NULL once closed */
     sqlite3_stmt *stmt[N_STATEMENTS];
     char *ns;                           /* namespace, malloc'd */
     char *path;                         /* for tostring and messages */
     double sweep_interval;              /* seconds; negative: never sweep */
-};
+} Embedded;
 
 /*
 ** {======================================================
@@ -695,60 +694,6 @@ int cx_embedded_open (lua_State *L) {
     }
     return 1;
 }
-
-/*
-** {======================================================
-** The C face, for the renewal thread: its own connection, no Lua state
-** =======================================================
-*/
-
-Embedded *cx_embedded_connect (const char *path, const char *ns, int busy_ms,
-                               const char *sync, char *err, size_t errlen) {
-    const char *detail = NULL;
-    Embedded *h = (Embedded *)calloc(1, sizeof(Embedded));
-    if (h == NULL) {
-        snprintf(err, errlen, "not enough memory");
-        return NULL;
-    }
-    /* a negative period: the thread never sweeps, the Lua handles do */
-    if (embedded_init(h, path, ns, busy_ms, -1, sync, &detail) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot open %s: %s", path, detail);
-        embedded_release(h);
-        free(h);
-        return NULL;
-    }
-    return h;
-}
-
-int cx_embedded_swap (Embedded *h, const char *key, size_t klen, const char *json,
-                      size_t jlen, long long index, double expires, long long *result,
-                      char *err, size_t errlen) {
-    char k[CX_MAX_KEY_BYTES];
-    sqlite3_int64 r = 0;
-    int swapped = 0, present = 0, rc;
-    if (klen == 0 || klen > CX_MAX_KEY_BYTES || cx_key_fold(key, klen, k) != 0) {
-        snprintf(err, errlen, "invalid key");
-        return -1;
-    }
-    rc = cas_put(h, NULL, k, klen, key, json, jlen, (sqlite3_int64)index, 1, expires, &r,
-                 &swapped, &present);
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", h->path, sqlite3_errmsg(h->db));
-        rollback_open(h);
-        return -1;
-    }
-    *result = (long long)r;
-    return swapped;
-}
-
-void cx_embedded_disconnect (Embedded *h) {
-    if (h != NULL) {
-        embedded_release(h);
-        free(h);
-    }
-}
-
-/* }====================================================== */
 
 static const luaL_Reg embedded_methods[] = {
     {"put", embedded_put},

@@ -69,7 +69,7 @@ end
 -- An item is a lock when its value is a table with a date-time string in
 -- `ExpiresAt`, `ReservedUntil` or `opts.expires_field`; others are left out.
 function admin.locks(st, prefix, opts)
-    store.backend_of(st, "locks")
+    store.enter(st, "locks")
     check.type(prefix, "string", 2, "locks", true)
     local _, problem = core.fold_key(prefix or "")
     if problem then argerror(2, "locks", "prefix is " .. problem) end
@@ -90,7 +90,7 @@ end
 -- renewed or taken over meanwhile (0 when the key is gone); `nil, err, code`
 -- on a store failure (the outcome is then unknown: list again).
 function admin.break_lock(st, key, index)
-    store.backend_of(st, "break_lock")
+    store.enter(st, "break_lock")
     check.key(key, 2, "break_lock")
     index = check.index(index, 3, "break_lock")
     if index == 0 then argerror(3, "break_lock", "index must be positive") end

@@ -96,4 +96,20 @@ function check.seconds(v, name, n, fname, infinite_ok)
     return v
 end
 
+--- Checks the options of `opts` that `spec` names ({name = "type"}):
+-- their types, and that a number is not NaN. Options `spec` does not name
+-- are left alone (another backend's, say).
+function check.options(opts, spec, n, fname)
+    for name, want in pairs(spec) do
+        local v = opts[name]
+        if v ~= nil and type(v) ~= want then
+            argerror(n, fname, ("option '%s' must be a %s, got %s"):format(name, want,
+                typename(v)))
+        elseif want == "number" and v ~= nil and v ~= v then
+            argerror(n, fname, ("option '%s' is NaN"):format(name))
+        end
+    end
+    return opts
+end
+
 return check

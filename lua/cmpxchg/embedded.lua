@@ -1,15 +1,6 @@
---- The embedded backend: the Lua face of the C SQLite store (csrc/embedded.c).
--- It implements the backend interface that lock.lua and store.lua rely on:
---
---   put(key, json, index, expires)  -> true, index | false, index, value
---   delete(key, index)              -> true, index, value | false, index, value
---   get(key)                        -> index, value (0, nil when absent)
---   get_many(keys)                  -> array of {index =, value =}, in key order
---   list(prefix, start, page_size)  -> array of {key =, index =, value =}
---   close()
---
--- Writes take JSON text (the store encodes once); reads return decoded
--- values. Any of them may return nil, "<code>: <detail>", "<code>".
+--- The embedded backend: the Lua face of the C SQLite store (csrc/embedded.c),
+-- implementing the backend interface of store.lua.
+local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
 local runtime = require "cmpxchg.runtime"
@@ -62,11 +53,21 @@ local function call(handle, wait, method, ...)
     return unless_busy(handle, wait, method, a, b, c, ...)
 end
 
+-- the options of cmpxchg.open an embedded store reads
+local OPTIONS = { database = "string", timeout = "number", sweep_interval = "number",
+                  sync = "string" }
+Embedded.OPTIONS = OPTIONS
+
 --- Opens `path` (":memory:" for a private in-memory store).
 -- opts: database (namespace), timeout (seconds a write waits for the file's
 -- write lock), sweep_interval (seconds between @expires sweeps, < 0: never),
 -- sync ("normal": survives a killed process; "full": survives power loss).
 function Embedded.open(path, opts)
+    check.options(opts, OPTIONS, 2, "open")
+    if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
+    if opts.sync ~= nil and opts.sync ~= "normal" and opts.sync ~= "full" then
+        check.argerror(2, "open", "option 'sync' must be \"normal\" or \"full\"")
+    end
     local wait = opts.timeout or 5
     local settings = {
         namespace = opts.database or "",
@@ -77,8 +78,8 @@ function Embedded.open(path, opts)
     local handle, err, code = call({ open = function(_, ...) return core.embedded_open(...) end },
         wait, "open", path, settings)
     if not handle then return nil, err, code end
-    return setmetatable({ handle = handle, path = path, settings = settings, wait = wait },
-        Embedded)
+    return setmetatable({ handle = handle, path = path, settings = settings, wait = wait,
+                          private = path == ":memory:" }, Embedded)
 end
 
 function Embedded:describe()
@@ -140,19 +141,6 @@ function Embedded:list(prefix, start, page_size)
         row.value, row.json = value, nil
     end
     return rows
-end
-
---- What the renewal thread repeats to keep a lease (csrc/renew.c): a put of
--- the value `parts` (JSON text with date slots) on the held index, over a
--- connection of its own to the same file. A ":memory:" store cannot be
--- shared with another connection: nil then.
-function Embedded:renewal_plan(key, parts, grace)
-    if self.path == ":memory:" then return nil end
-    return {
-        kind = "embedded", path = self.path, namespace = self.settings.namespace, key = key,
-        sync = self.settings.sync, busy_ms = self.settings.busy_timeout,
-        value = parts, expires_offset = grace,
-    }
 end
 
 function Embedded:sweep()

@@ -59,15 +59,35 @@ local function prefix_end(prefix)
 end
 Etcd.prefix_end = prefix_end
 
---- Opens an etcd store: `endpoints` are http(s) URLs; opts: database (key
--- prefix), timeout, tls, user and password (etcd auth); `transports` a
--- factory new(opts) -> object with request(method, url, body, headers, timeout).
+-- the options of cmpxchg.open an etcd store reads
+local OPTIONS = { database = "string", timeout = "number", tls = "table", user = "string",
+                  password = "string" }
+Etcd.OPTIONS = OPTIONS
+
+local function check_options(opts)
+    check.options(opts, OPTIONS, 2, "open")
+    if opts.database and opts.database:find("[^%w%-%._/]") then
+        check.argerror(2, "open", "the etcd key prefix (database) holds only letters, digits "
+            .. "and '-', '_', '.', '/'")
+    end
+    if (opts.user == nil) ~= (opts.password == nil) then
+        check.argerror(2, "open", "options 'user' and 'password' go together")
+    end
+    if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
+    nodes.check_tls(opts.tls)
+end
+
+--- Opens an etcd store: `endpoints` are etcd(s):// (or http(s)://) URLs;
+-- opts: database (key prefix), timeout, tls, user and password (etcd auth);
+-- `transports` (tests) a factory new(opts) -> object with request(method,
+-- url, body, headers, timeout), by default the runtime's.
 function Etcd.open(endpoints, opts, transports)
+    check_options(opts)
     local self = setmetatable({
         endpoints = {},
         prefix = (opts.database and opts.database ~= "") and opts.database .. "/" or "",
         timeout = opts.timeout or DEFAULT_TIMEOUT,
-        transports = transports,
+        transports = transports or runtime.transport(),
         transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 2, 2),
                            reply_headers = {} },     -- no reply header is read here
         connections = {},
@@ -75,7 +95,11 @@ function Etcd.open(endpoints, opts, transports)
         user = opts.user, password = opts.password,
         leases = {},            -- granted leases still good: {id =, ends =}
     }, Etcd)
-    for i, url in ipairs(endpoints) do self.endpoints[i] = url:gsub("/+$", "") end
+    for i, url in ipairs(endpoints) do
+        -- the JSON gateway speaks HTTP: etcd:// is http://, etcds:// https://
+        url = url:gsub("^[Ee][Tt][Cc][Dd]([Ss]?)://", "http%1://")
+        self.endpoints[i] = url:gsub("/+$", "")
+    end
     if self.user then
         local ok, err, code = self:authenticate()
         if not ok then
@@ -274,6 +298,24 @@ end
 
 --[[ Leases (§3) ]]
 
+--- A lease ID of 18 decimal digits (below 2^63, never 0) from the kernel's
+-- randomness: the random bytes of UUIDs (not the two that carry the version
+-- and variant bits), each below 250 taken mod 10 (unbiased), so no two
+-- processes draw alike, whatever their Lua's math.random.
+local function lease_id()
+    local digits = { "1" }
+    while #digits < 18 do
+        local hex = runtime.uuid():gsub("%-", "")
+        for i = 0, 15 do
+            local byte = tonumber(hex:sub(2 * i + 1, 2 * i + 2), 16)
+            if i ~= 6 and i ~= 8 and byte < 250 and #digits < 18 then
+                digits[#digits + 1] = byte % 10
+            end
+        end
+    end
+    return table.concat(digits)
+end
+
 --- A lease ending no earlier than `expires` and not much later, reused by
 -- writes whose expiries are close rather than one lease per write.
 function Etcd:lease_for(expires)
@@ -288,17 +330,24 @@ function Etcd:lease_for(expires)
     self.leases = keep
     if found then return found.id end
     local ttl = math.max(2, math.ceil(expires - now + slack / 2))
-    -- our own ID: a retried grant that finds it taken knows it was granted (§5.3)
-    local digits = { "1" }
-    for i = 2, 18 do digits[i] = tostring(math.floor(runtime.random() * 10)) end
-    local id = table.concat(digits)
-    local sent = runtime.time()
-    local reply, err, code = self:post("/v3/lease/grant", { ID = id, TTL = ttl })
-    if not reply and not (err and err:find("lease already exists", 1, true)) then
-        return nil, err, code
+    -- a fresh random ID per grant; one that etcd says exists already is never
+    -- taken for ours (it may be another process's lease, ending at another
+    -- time): another ID is drawn. A grant of ours whose reply was lost just
+    -- lapses unused.
+    for _ = 1, 3 do
+        local id = lease_id()
+        local sent = runtime.time()
+        local reply, err, code = self:post("/v3/lease/grant", { ID = id, TTL = ttl })
+        if reply then
+            local granted = int(reply.TTL, ttl)
+            if granted == nil or granted < 1 then return malformed("lease grant TTL") end
+            self.leases[#self.leases + 1] = { id = id, ends = sent + math.min(ttl, granted) }
+            return id
+        elseif not (err and err:find("lease already exists", 1, true)) then
+            return nil, err, code
+        end
     end
-    self.leases[#self.leases + 1] = { id = id, ends = sent + ttl }
-    return id
+    return fail("http", "etcd said three fresh lease IDs exist already")
 end
 
 function Etcd:forget_lease(id)
@@ -309,18 +358,18 @@ end
 
 --[[ Operations ]]
 
---[[ Txns are written as JSON text: every piece is base64, a decimal or one
-of our marks (json.mark), none of which needs escaping, and a format is
-cheaper than building and encoding tables on every write. ]]
+--[[ Txns are written as JSON text: every piece is base64 or a decimal,
+neither of which needs escaping, and a format is cheaper than building and
+encoding tables on every write. ]]
 
 --- The compare of a txn on `k64` (a base64 key): index 0 = absent (create),
--- else the key's mod_revision (an integer, or a mark in a renewal plan).
+-- else the key's mod_revision.
 local function compare(k64, index)
     if index == 0 then
         return ('{"key":"%s","target":"CREATE","result":"EQUAL","create_revision":"0"}')
             :format(k64)
     end
-    return ('{"key":"%s","target":"MOD","result":"EQUAL","mod_revision":"%s"}')
+    return ('{"key":"%s","target":"MOD","result":"EQUAL","mod_revision":"%d"}')
         :format(k64, index)
 end
 
@@ -480,39 +529,6 @@ function Etcd:list(prefix, start, page_size)
         if not last then return malformed("key") end
         from = last .. "\0"
     end
-end
-
---- What the renewal thread repeats to keep a lease (csrc/renew.c): a lease
--- grant with our own ID (§3, §5.3), then the txn of Etcd.put on the held
--- revision, with the value `parts` (JSON text with date slots) in an envelope
--- whose write id changes at each renewal. A renewal of unknown outcome is
--- sent again unchanged; when its compare fails, a current value equal to the
--- one sent is its own earlier write. Endpoints are tried in turn after errors.
--- The auth token of now is reused: each request keeps it from idling out.
-local OBJECT, WRITE = json.mark("object"), json.mark("write")
-local INDEX, VALUE, LEASE = json.mark("index"), json.mark("value"), json.mark("lease")
-
-function Etcd:renewal_plan(key, parts, grace)
-    local k64 = b64(self:key_of(key))
-    local headers = {}
-    for name, v in pairs(self:headers()) do headers[#headers + 1] = name .. ": " .. v end
-    local tls = self.transport_opts.tls or {}
-    return {
-        kind = "http", method = "POST", bases = nodes.in_turn(self.endpoints, self.preferred),
-        lease_path = "/v3/lease/grant", lease_grace = grace + 1,
-        url = { "/v3/kv/txn" },
-        value = json.template(envelope(key, OBJECT, WRITE),
-            { [OBJECT] = parts, [WRITE] = { { slot = "id" } } }),
-        value_base64 = true,
-        body = json.template(put_txn(k64, INDEX, VALUE, LEASE), { [INDEX] = { { slot = "index" } },
-            [VALUE] = { { slot = "value" } }, [LEASE] = { { slot = "lease" } } }),
-        headers = headers,
-        timeout = self.timeout,
-        ca = tls.ca, cert = tls.cert, key_file = tls.key, verify = tls.verify,
-        success_field = "succeeded", index_field = "header.revision",
-        current_value_field = "responses.0.response_range.kvs.0.value",
-        current_index_field = "responses.0.response_range.kvs.0.mod_revision",
-    }
 end
 
 Etcd.close = nodes.close

@@ -1,14 +1,14 @@
 --- cmpxchg: RavenDB-style compare-exchange and distributed locks for Lua.
--- The public entry points: open, type, monitor, null, _VERSION.
+-- The public entry points: open, type, monitor, locks, break_lock, null,
+-- _VERSION. A target's scheme picks the backend; each backend checks the
+-- options it reads.
 local admin = require "cmpxchg.admin"
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
-local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
 local lock = require "cmpxchg.lock"
-local ravendb = require "cmpxchg.ravendb"
-local runtime = require "cmpxchg.runtime"
+local monitor = require "cmpxchg.monitor"
 local store = require "cmpxchg.store"
 
 local argerror = check.argerror
@@ -18,10 +18,9 @@ local cmpxchg = {
     null = json.null,           -- store JSON null with this
 }
 
--- store methods that live in lock.lua
-local Store = store.metatable.__index
-function Store:lock(key, opts) return lock.acquire(self, key, opts) end
-function Store:with_lock(key, opts, fn, ...) return lock.with_lock(self, key, opts, fn, ...) end
+-- the backend of each URL scheme
+local SCHEMES = { http = "cmpxchg.ravendb", https = "cmpxchg.ravendb",
+                  etcd = "cmpxchg.etcd", etcds = "cmpxchg.etcd" }
 
 --- Where cmpxchg.open() keeps its file when neither a target nor
 -- $CMPXCHG_URL is given: $XDG_STATE_HOME/cmpxchg/default.db, else
@@ -36,45 +35,6 @@ function cmpxchg.default_path()
     return base .. "/cmpxchg/default.db"
 end
 
-local open_server           -- defined below
-
-local OPTIONS = { database = "string", timeout = "number", sweep_interval = "number",
-                  sync = "string", tls = "table", user = "string", password = "string" }
-
-local function check_options(opts)
-    if opts == nil then return {} end
-    check.type(opts, "table", 2, "open")
-    for k, v in pairs(opts) do
-        local want = OPTIONS[k]
-        if want == nil then
-            argerror(2, "open", "unknown option '" .. tostring(k) .. "'")
-        elseif type(v) ~= want then
-            argerror(2, "open", ("option '%s' must be a %s, got %s"):format(k, want, type(v)))
-        end
-    end
-    if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
-    if opts.sync ~= nil and opts.sync ~= "normal" and opts.sync ~= "full" then
-        argerror(2, "open", "option 'sync' must be \"normal\" or \"full\"")
-    end
-    if opts.sweep_interval ~= nil and opts.sweep_interval ~= opts.sweep_interval then
-        argerror(2, "open", "option 'sweep_interval' is NaN")
-    end
-    return opts
-end
-
-local function check_tls(tls)
-    if tls == nil then return end
-    for k, v in pairs(tls) do
-        if k == "verify" then
-            if type(v) ~= "boolean" then argerror(2, "open", "tls.verify must be a boolean") end
-        elseif k == "ca" or k == "cert" or k == "key" then
-            if type(v) ~= "string" then argerror(2, "open", "tls." .. k .. " must be a path") end
-        else
-            argerror(2, "open", "unknown tls option '" .. tostring(k) .. "'")
-        end
-    end
-end
-
 --- The URLs of a server target (a URL or a table of them, one scheme for
 -- all) and that scheme.
 local function server_urls(target)
@@ -84,7 +44,7 @@ local function server_urls(target)
     for i, url in ipairs(urls) do
         local s = type(url) == "string" and url:match("^(%a+)://[^/]")
         s = s and s:lower()
-        if not (s == "http" or s == "https" or s == "etcd" or s == "etcds") then
+        if not SCHEMES[s] then
             argerror(1, "open", ("URL #%d is not an http(s):// or etcd(s):// URL: %s")
                 :format(i, tostring(url)))
         elseif scheme and s ~= scheme then
@@ -95,37 +55,26 @@ local function server_urls(target)
     return urls, scheme
 end
 
---- A RavenDB cluster or an etcd cluster, by the URLs' scheme.
-open_server = function(target, opts)
-    local urls, scheme = server_urls(target)
-    check_tls(opts.tls)
-    -- inside nginx: cosockets, never libcurl (it would block the worker)
-    local transport = require(runtime.nginx and "cmpxchg.transport.ngx"
-        or "cmpxchg.transport.curl")
-    local backend, err, code
-    if scheme == "etcd" or scheme == "etcds" then
-        if opts.database and opts.database:find("[^%w%-%._/]") then
-            argerror(2, "open", "the etcd key prefix (database) holds only letters, digits "
-                .. "and '-', '_', '.', '/'")
+--- Raises on an option no backend reads: a misspelt one would otherwise go
+-- unnoticed. (Options of another backend than the target's are accepted, so
+-- code moves between backends by changing only the target.)
+local function check_known(opts)
+    for k in pairs(opts) do
+        local backend
+        for _, name in pairs(SCHEMES) do
+            backend = backend or require(name).OPTIONS[k]
         end
-        if (opts.user == nil) ~= (opts.password == nil) then
-            argerror(2, "open", "options 'user' and 'password' go together")
+        if not (backend or embedded.OPTIONS[k]) then
+            argerror(2, "open", "unknown option '" .. tostring(k) .. "'")
         end
-        local endpoints = {}
-        for i, url in ipairs(urls) do
-            endpoints[i] = url:gsub("^%a+://", scheme == "etcds" and "https://" or "http://")
-        end
-        backend, err, code = etcd.open(endpoints, opts, transport)
-    else
-        if type(opts.database) ~= "string" or opts.database == "" then
-            argerror(2, "open", "option 'database' (the RavenDB database name) is required")
-        elseif opts.database:find("[^%w%-%._]") then
-            argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
-        end
-        backend, err, code = ravendb.open(urls, opts, transport)
     end
-    if not backend then return nil, err, code end
-    return store.new(backend)
+end
+
+--- A copy of `opts` (the renewal thread opens the same store from it).
+local function copy(opts)
+    local c = {}
+    for k, v in pairs(opts) do c[k] = v end
+    return c
 end
 
 --- store, err, code = cmpxchg.open([target] [, opts])
@@ -133,12 +82,14 @@ end
 -- "etcd(s)://..." (etcd), a table of such URLs (a cluster), or a file path for
 -- the embedded store (":memory:" too).
 function cmpxchg.open(target, opts)
-    opts = check_options(opts)
+    if opts ~= nil then check.type(opts, "table", 2, "open") end
+    opts = copy(opts or {})
+    check_known(opts)
     if target == nil then
         target = os.getenv("CMPXCHG_URL")
         if target == "" then target = nil end
         if target and opts.database == nil and os.getenv("CMPXCHG_DATABASE") then
-            opts = setmetatable({ database = os.getenv("CMPXCHG_DATABASE") }, { __index = opts })
+            opts.database = os.getenv("CMPXCHG_DATABASE")
         end
         if target == nil then
             target = cmpxchg.default_path()
@@ -151,14 +102,18 @@ function cmpxchg.open(target, opts)
         end
     end
     local scheme = type(target) == "string" and target:match("^(%a[%w+.-]*)://")
+    local backend, err, code
     if type(target) == "table" or scheme then
-        return open_server(target, opts)
+        local urls
+        urls, scheme = server_urls(target)
+        backend, err, code = require(SCHEMES[scheme]).open(urls, opts)
+    else
+        check.type(target, "string", 1, "open")
+        if target == "" then argerror(1, "open", "empty target") end
+        backend, err, code = embedded.open(target, opts)
     end
-    check.type(target, "string", 1, "open")
-    if target == "" then argerror(1, "open", "empty target") end
-    local backend, err, code = embedded.open(target, opts)
     if not backend then return nil, err, code end
-    return store.new(backend)
+    return store.new(backend, { target = target, options = opts })
 end
 
 --- cmpxchg.type(x) -> "store", "closed store", "lock", "released lock" or nil
@@ -173,7 +128,7 @@ function cmpxchg.type(x)
 end
 
 --- monitor = cmpxchg.monitor(store [, opts]): the seed's RavenDbProcessMonitor
-cmpxchg.monitor = lock.monitor
+cmpxchg.monitor = monitor.new
 
 --- The operator view: the locks under a prefix, and breaking a stale one by
 -- CAS on the index that was shown (bin/cmpxchg is their command line).

@@ -29,33 +29,4 @@ function json.decode(text)
     return nil, tostring(value)
 end
 
--- marks carry a random part, so that no key or value can spell one
-local NONCE = require("cmpxchg.core").uuid():gsub("%-", "")
-
---- A mark for a template slot, to put in a value before encoding it.
-function json.mark(name)
-    return ("@@cmpxchg:%s_%s@@"):format(name, NONCE)
-end
-
---- JSON `text` as a template of csrc/renew.c: its pieces, with each mark
--- found in it (json.mark, a key of `slots`) replaced by that slot's parts
--- (an array, spliced in). Other text that looks like a mark stays text.
-function json.template(text, slots)
-    local parts, pos = {}, 1
-    while true do
-        local a, b, mark = text:find("(@@cmpxchg:[%w_]+@@)", pos)
-        if not a then break end
-        if slots[mark] then
-            parts[#parts + 1] = text:sub(pos, a - 1)
-            for _, part in ipairs(slots[mark]) do parts[#parts + 1] = part end
-            pos = b + 1
-        else
-            parts[#parts + 1] = text:sub(pos, b)
-            pos = b + 1
-        end
-    end
-    parts[#parts + 1] = text:sub(pos)
-    return parts
-end
-
 return json

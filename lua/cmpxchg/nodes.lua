@@ -35,6 +35,21 @@ function nodes.in_turn(list, first, url_of)
     return out
 end
 
+--- Checks the `tls` option of cmpxchg.open (a server backend's).
+function nodes.check_tls(tls)
+    if tls == nil then return end
+    local argerror = require("cmpxchg.check").argerror
+    for k, v in pairs(tls) do
+        if k == "verify" then
+            if type(v) ~= "boolean" then argerror(2, "open", "tls.verify must be a boolean") end
+        elseif k == "ca" or k == "cert" or k == "key" then
+            if type(v) ~= "string" then argerror(2, "open", "tls." .. k .. " must be a path") end
+        else
+            argerror(2, "open", "unknown tls option '" .. tostring(k) .. "'")
+        end
+    end
+end
+
 --- Closes every connection of the backend; returns true.
 function nodes.close(self)
     for url, c in pairs(self.connections) do

@@ -104,14 +104,31 @@ local function write_result(body, what)
     return true, index, value
 end
 
---- Opens a RavenDB store. `urls`: one URL or an array of them (cluster
--- seeds); opts: database (required), timeout, tls; `transports`: a factory
--- new(opts) -> object with request(method, url, body, headers, timeout).
+-- the options of cmpxchg.open a RavenDB store reads
+local OPTIONS = { database = "string", timeout = "number", tls = "table" }
+RavenDB.OPTIONS = OPTIONS
+
+local function check_options(opts)
+    check.options(opts, OPTIONS, 2, "open")
+    if type(opts.database) ~= "string" or opts.database == "" then
+        check.argerror(2, "open", "option 'database' (the RavenDB database name) is required")
+    elseif opts.database:find("[^%w%-%._]") then
+        check.argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
+    end
+    if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
+    nodes.check_tls(opts.tls)
+end
+
+--- Opens a RavenDB store. `urls`: an array of node URLs (cluster seeds);
+-- opts: database (required), timeout, tls; `transports` (tests): a factory
+-- new(opts) -> object with request(method, url, body, headers, timeout), by
+-- default the runtime's.
 function RavenDB.open(urls, opts, transports)
+    check_options(opts)
     local self = setmetatable({
         database = opts.database,
         timeout = opts.timeout or DEFAULT_TIMEOUT,
-        transports = transports,
+        transports = transports or runtime.transport(),
         transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 5, 5),
                            reply_headers = REPLY_HEADERS },
         connections = {},       -- url -> transport: one kept-alive connection per node
@@ -390,6 +407,7 @@ local GUARD = "rvn-atomic/"
 -- skipped here, so start and page_size count only the items we return.
 function RavenDB:list(prefix, start, page_size)
     local lower = core.fold_key(prefix)
+    if lower:sub(1, #GUARD) == GUARD then return {} end     -- nothing but guards there
     local guards_possible = GUARD:sub(1, #lower) == lower
     if not guards_possible and page_size then
         return self:list_page(prefix, start, page_size)
@@ -411,28 +429,6 @@ function RavenDB:list(prefix, start, page_size)
         if #page < LIST_PAGE then return out end
         offset = offset + #page
     end
-end
-
---- What the renewal thread repeats to keep a lease (csrc/renew.c): the put of
--- RavenDB.put with the value `parts` (JSON text with date slots) and
--- @expires `grace` seconds after the lease end, to the preferred node first
--- and to the next node after an error.
-function RavenDB:renewal_plan(key, parts, grace)
-    local tls = self.transport_opts.tls or {}
-    return {
-        kind = "http", method = "PUT",
-        bases = nodes.in_turn(self.nodes, self.preferred, function(node) return node.url end),
-        -- one raft-request-id per renewal, kept on its retries and failover (§6.4)
-        url = { self:cmpxchg_path(("key=%s&index="):format(escape(key))), { slot = "index" },
-                "&raft-request-id=", { slot = "id" } },
-        value = parts,
-        body = { '{"Object":', { slot = "value" }, ',"@metadata":{"@expires":"', grace, '"}}' },
-        headers = { "Content-Type: application/json",
-                    ('Topology-Etag: "%d"'):format(self.topology_etag) },
-        timeout = math.min(self.timeout, 5),
-        ca = tls.ca, cert = tls.cert, key_file = tls.key, verify = tls.verify,
-        success_field = "Successful", index_field = "Index",
-    }
 end
 
 RavenDB.close = nodes.close

@@ -21,8 +21,24 @@ local runtime = {
     time = core.time,           -- wall clock, epoch seconds: what others see
     uuid = core.uuid,
     hostname = core.hostname(),
+    pid = core.pid,             -- read each time: a forked child is another process
     nginx = in_nginx,           -- true inside an nginx worker (or master)
 }
+
+--- The HTTP transport module of the server backends: cosockets inside
+-- nginx (libcurl would block the worker), libcurl elsewhere.
+function runtime.transport()
+    return require(in_nginx and "cmpxchg.transport.ngx" or "cmpxchg.transport.curl")
+end
+
+--- A uniform random number in [0, 1) from the kernel's randomness: jitter
+-- must differ between processes, and math.random is unseeded on Lua 5.1-5.3
+-- and LuaJIT (every process draws the same numbers), and its state is copied
+-- into every forked nginx worker.
+function runtime.random()
+    local u = core.uuid()       -- 48 random bits of it, ahead of the version digit
+    return tonumber(u:sub(1, 8) .. u:sub(10, 13), 16) / 2^48
+end
 
 -- the phases whose handlers run in a coroutine that may yield (cosockets,
 -- ngx.sleep); shared/ref/openresty-notes.md §1
@@ -73,21 +89,8 @@ if in_nginx then
         -- a mere yield (and a warning on nginx builds without OpenResty's patch)
         ngx_sleep(math.max(seconds, 0.001))
     end
-    -- the worker's own pid: a module loaded by init_by_lua runs in the
-    -- master first, and the workers are forked from it
-    setmetatable(runtime, { __index = function(_, k)
-        if k == "pid" then return core.pid() end
-    end })
-    -- math.random's state is copied into every forked worker; jitter and
-    -- random ids must differ between workers, so draw them from getrandom
-    function runtime.random()
-        local u = core.uuid()   -- 48 random bits of it, ahead of the version digit
-        return tonumber(u:sub(1, 8) .. u:sub(10, 13), 16) / 2^48
-    end
 else
     runtime.sleep = core.sleep
-    runtime.pid = core.pid()
-    runtime.random = math.random
 end
 
 return runtime

@@ -1,9 +1,28 @@
 --- The public store object: argument checks, JSON encoding and the closed
--- state, in front of a backend (see embedded.lua for the backend interface).
--- Every backend gets the same checks here, so they fail the same way.
+-- state, in front of a backend. Every backend gets the same checks here, so
+-- they fail the same way.
+--
+-- The backend interface (embedded.lua, ravendb.lua, etcd.lua implement it;
+-- lock.lua, lease.lua and this file use it):
+--
+--   put(key, json, index, expires)  -> true, index | false, index, value
+--   delete(key, index)              -> true, index, value | false, index, value
+--   get(key)                        -> index, value (0, nil when absent)
+--   get_many(keys)                  -> array of {index =, value =}, in key order
+--   list(prefix, start, page_size)  -> array of {key =, index =, value =}
+--   describe()                      -> text for messages and tostring
+--   close()
+--   private                         -> true when no other connection can see
+--                                      the data (":memory:"): nothing renews it
+--
+-- Writes take JSON text (the store encodes once); reads return decoded
+-- values; keys reach a backend checked (check.key). Note the order of get:
+-- index first, unlike store:get. Any call may return nil, "<code>: <detail>",
+-- "<code>".
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local renewal = require "cmpxchg.renewal"
 local runtime = require "cmpxchg.runtime"
 
 local argerror = check.argerror
@@ -16,13 +35,17 @@ local store_mt = {
 
 local store = { metatable = store_mt }
 
---- Wraps an opened backend.
-function store.new(backend)
-    return setmetatable({ backend = backend }, store_mt)
+--- Wraps an opened backend; `origin` = {target =, options =} is how it was
+-- opened (a renewal thread opens its own store from it).
+function store.new(backend, origin)
+    return setmetatable({ backend = backend, origin = origin }, store_mt)
 end
 
---- The store behind `self`, raising on anything else or a closed store.
-local function backend_of(self, fname)
+--- Every call into a store starts here: the backend behind `self`, raising
+-- on anything else or a closed store. It also hands the store's locks what
+-- their renewers learned since the last call, so a loss found by a renewal
+-- thread becomes on_lost in the caller's Lua, at this call.
+function store.enter(self, fname)
     if getmetatable(self) ~= store_mt then
         argerror(1, fname, "cmpxchg.Store expected, got " .. check.typename(self))
     end
@@ -30,15 +53,10 @@ local function backend_of(self, fname)
     if backend == nil then
         check.raise("attempt to use a closed store")
     end
-    -- locks renewed by a thread learn of a loss on the next call from Lua
-    if self.renewing and next(self.renewing) then
-        local locks = {}
-        for l in pairs(self.renewing) do locks[#locks + 1] = l end
-        for _, l in ipairs(locks) do l:sync() end
-    end
+    if self.renewal then renewal.deliver(self) end
     return backend
 end
-store.backend_of = backend_of
+local enter = store.enter
 
 local function encode(value, n, fname)
     if value == nil then
@@ -47,6 +65,13 @@ local function encode(value, n, fname)
     local text, err = json.encode(value)
     if text == nil then argerror(n, fname, err) end
     return text
+end
+
+--- Raises on an option of `opts` that `known` does not name.
+local function check_known(opts, known, n, fname)
+    for k in pairs(opts) do
+        if not known[k] then argerror(n, fname, "unknown option '" .. tostring(k) .. "'") end
+    end
 end
 
 local function check_expires(opts, n, fname)
@@ -60,15 +85,18 @@ local function check_expires(opts, n, fname)
     return expires
 end
 
+local PUT_OPTIONS = { expires = true }
+
 --- ok, index, value = store:put(key, value, index [, {expires = epoch}])
 -- index 0 creates only. ok=true: stored, index is the new version and value
 -- the one given. ok=false: compare failed, index/value are the current ones
 -- (0, nil when the key is absent).
 function Store:put(key, value, index, opts)
-    local backend = backend_of(self, "put")
+    local backend = enter(self, "put")
     check.key(key, 1, "put")
     local text = encode(value, 2, "put")
     index = check.index(index, 3, "put")
+    if opts ~= nil then check_known(check.type(opts, "table", 4, "put"), PUT_OPTIONS, 4, "put") end
     local expires = check_expires(opts, 4, "put")
     local ok, new_index, current = backend:put(key, text, index, expires)
     if ok then return true, new_index, value end
@@ -77,7 +105,7 @@ end
 
 --- value, index = store:get(key); absent: nil, 0
 function Store:get(key)
-    local backend = backend_of(self, "get")
+    local backend = enter(self, "get")
     check.key(key, 1, "get")
     local index, value, code = backend:get(key)
     if index == nil then return nil, value, code end
@@ -87,7 +115,7 @@ end
 --- map = store:get_many({k1, k2, ...}) -> { [key] = {value =, index =} },
 -- absent keys left out. All keys are read from one snapshot.
 function Store:get_many(keys)
-    local backend = backend_of(self, "get_many")
+    local backend = enter(self, "get_many")
     check.type(keys, "table", 1, "get_many")
     for i = 1, #keys do
         local problem = check.key_problem(keys[i])
@@ -104,43 +132,32 @@ function Store:get_many(keys)
     return map
 end
 
-local RESERVED = "rvn-atomic/"
+local LIST_OPTIONS = { start = true, page_size = true }
 
 --- items = store:list([prefix] [, {start =, page_size =}]) -> array of
 -- {key =, value =, index =} ordered by key (case-insensitively).
 function Store:list(prefix, opts)
-    local backend = backend_of(self, "list")
+    local backend = enter(self, "list")
     prefix = prefix or ""
     check.type(prefix, "string", 1, "list")
     local _, problem = core.fold_key(prefix)
     if problem then argerror(1, "list", "prefix is " .. problem) end
     local start, page_size = 0, nil
     if opts ~= nil then
-        check.type(opts, "table", 2, "list")
+        check_known(check.type(opts, "table", 2, "list"), LIST_OPTIONS, 2, "list")
         if opts.start ~= nil then start = check.index(opts.start, 2, "list") end
         if opts.page_size ~= nil then
             page_size = check.index(opts.page_size, 2, "list")
             if page_size == 0 then argerror(2, "list", "page_size must be positive") end
         end
     end
-    local items, err, code = backend:list(prefix, start, page_size)
-    if items == nil then return nil, err, code end
-    local n = 0      -- RavenDB lists its atomic guards too: never hand them out
-    for i = 1, #items do
-        local item = items[i]
-        if item.key:lower():sub(1, #RESERVED) ~= RESERVED then
-            n = n + 1
-            items[n] = item
-        end
-    end
-    for i = #items, n + 1, -1 do items[i] = nil end
-    return items
+    return backend:list(prefix, start, page_size)
 end
 
 --- ok, index, value = store:delete(key, index): the shape of put; on success
 -- value is the deleted one.
 function Store:delete(key, index)
-    local backend = backend_of(self, "delete")
+    local backend = enter(self, "delete")
     check.key(key, 1, "delete")
     index = check.index(index, 2, "delete")
     return backend:delete(key, index)
@@ -162,12 +179,7 @@ end
 
 local function update_options(opts)
     if opts == nil then return UPDATE_RETRIES, nil end
-    check.type(opts, "table", 3, "update")
-    for k in pairs(opts) do
-        if not UPDATE_OPTIONS[k] then
-            argerror(3, "update", "unknown option '" .. tostring(k) .. "'")
-        end
-    end
+    check_known(check.type(opts, "table", 3, "update"), UPDATE_OPTIONS, 3, "update")
     local retries = UPDATE_RETRIES
     if opts.retries ~= nil then
         local r = opts.retries
@@ -190,13 +202,13 @@ end
 -- nil, err, code (for a write that failed so, the outcome is unknown). Errors
 -- raised by fn propagate unchanged, and nothing is written then.
 function Store:update(key, fn, opts)
-    backend_of(self, "update")
+    enter(self, "update")
     check.key(key, 1, "update")
     check.type(fn, "function", 2, "update")
     local retries, expires = update_options(opts)
     local step, attempts = BACKOFF_MIN, 0
     while true do
-        local index, current, code = backend_of(self, "update"):get(key)
+        local index, current, code = enter(self, "update"):get(key)
         if index == nil then return nil, current, code end
         local value = fn(current)
         if value == nil then return current, index end
@@ -205,7 +217,7 @@ function Store:update(key, fn, opts)
             argerror(2, "update", "fn returned a value JSON cannot encode: " .. why)
         end
         -- fn may have used (or closed) the store: check it again
-        local ok, new_index, failure = backend_of(self, "update"):put(key, text, index, expires)
+        local ok, new_index, failure = enter(self, "update"):put(key, text, index, expires)
         if ok then return value, new_index end
         if ok == nil then return nil, new_index, failure end
         attempts = attempts + 1
@@ -227,11 +239,24 @@ function Store:close()
     end
     local backend = self.backend
     if backend ~= nil then
-        for l in pairs(self.renewing or {}) do l:stop_renewing() end
+        renewal.stop_all(self)
         self.backend = nil      -- closed before the backend is released
         backend:close()
     end
     return true
+end
+
+--[[ Locks (lock.lua; required on first use, since lock.lua builds on this
+file) ]]
+
+--- lock, err, code = store:lock(key [, opts])
+function Store:lock(key, opts)
+    return require("cmpxchg.lock").acquire(self, key, opts)
+end
+
+--- ok, ... = store:with_lock(key, opts, fn, ...)
+function Store:with_lock(key, opts, fn, ...)
+    return require("cmpxchg.lock").with_lock(self, key, opts, fn, ...)
 end
 
 store_mt.__close = function(self) self:close() end

@@ -48,7 +48,7 @@ describe("lock (unit, fake clock)", function()
         assert.equal(l:token(), index)
         assert.equal("2027-01-15T08:00:10.0000000Z", value.ExpiresAt)
         assert.equal(runtime.hostname, value.Host)
-        assert.equal(runtime.pid, value.Pid)
+        assert.equal(runtime.pid(), value.Pid)
         assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", value.Owner)
         assert.equal(WALL0 + 10 + 60, expires)     -- @expires = lease end + grace
         assert.equal(1, l.attempts)
