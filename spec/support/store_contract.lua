@@ -228,11 +228,12 @@ return function(t, ctx)
                 { "put", "k", "v", -1 }, { "put", "k", "v", 1.5 }, { "put", "k", "v", 0 / 0 },
                 { "put", "k", "v", "0" }, { "put", "k", "v", nil },
                 { "put", "k", "v", 0, { expires = "soon" } }, { "put", "k", "v", 0, "opts" },
+                { "put", "k", "v", 0, { expire = 2e9 } },     -- misspelt: must not be ignored
                 { "get", nil }, { "get", "" }, { "get", {} },
                 { "delete", "k", -3 }, { "delete", "k", nil }, { "delete", 7, 1 },
                 { "get_many", "k" }, { "get_many", { "a", "" } }, { "get_many", { "a", 1 } },
                 { "list", 42 }, { "list", "p", { start = -1 } }, { "list", "p", { page_size = 0 } },
-                { "list", "p", "all" }, { "list", "\255" },
+                { "list", "p", "all" }, { "list", "\255" }, { "list", "p", { pagesize = 1 } },
                 { "update", "", print }, { "update", "k", nil }, { "update", "k", "fn" },
                 { "update", "k", print, { retries = -1 } }, { "update", "k", print, { bogus = 1 } },
                 { "update", "k", print, { expires = "soon" } },

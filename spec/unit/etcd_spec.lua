@@ -110,6 +110,49 @@ describe("etcd protocol", function()
             assert.are_not.equal(grant.ID, body(t.requests[5]).ID)
         end)
 
+        it("never takes a lease etcd says exists already for its own: it draws another ID", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local now = os.time()
+            t:reply(400, '{"error":"etcdserver: lease already exists","code":9}')
+             :reply(200, "{" .. H(5) .. ',"ID":"2","TTL":"95"}')
+             :reply(200, "{" .. H(6) .. ',"succeeded":true}')
+            assert.is_true((st:put("a", 1, 0, { expires = now + 90 })))
+            local first, second = body(t.requests[2]).ID, body(t.requests[3]).ID
+            assert.equal(A .. "/v3/lease/grant", t.requests[3].url)
+            assert.are_not.equal(first, second)
+            assert.equal(second, body(t.requests[4]).success[1].request_put.lease)
+        end)
+
+        it("draws lease IDs from the kernel: fresh processes never draw alike", function()
+            -- math.random is unseeded on Lua 5.1-5.3 and LuaJIT: every fresh
+            -- process used to draw the same IDs, and rode on another's lease
+            local helpers = require "spec.helpers"
+            local code = [[
+                local etcd = require "cmpxchg.etcd"
+                local Scripted = require "spec.support.scripted_transport"
+                local t = Scripted.new()
+                t:reply(200, '{"header":{"revision":"1"}}')
+                 :reply(200, '{"header":{"revision":"2"},"ID":"1","TTL":"95"}')
+                 :reply(200, '{"header":{"revision":"3"},"succeeded":true}')
+                local b = assert(etcd.open({ "http://a:2379" }, { database = "x" }, t.factory))
+                assert(b:put("k", "1", 0, os.time() + 90))
+                io.write(require("cmpxchg.json").decode(t.requests[2].body).ID, " ",
+                    require("cmpxchg.runtime").random())
+            ]]
+            local seen = {}
+            for _ = 1, 3 do
+                local p = io.popen(helpers.lua_command("-e", { code }) .. " 2>&1")
+                local out = p:read("*a")
+                p:close()
+                local id, r = out:match("^(%d+) (%S+)$")
+                assert.truthy(id, out)
+                assert.is_nil(seen[id], "two processes drew lease ID " .. id)
+                assert.is_nil(seen[r], "two processes drew jitter " .. r)
+                seen[id], seen[r] = true, true
+            end
+        end)
+
         it("grants a new lease when the cached one is gone, and retries", function()
             local t = Scripted.new()
             local st = open(t)

@@ -299,6 +299,25 @@ describe("lock (unit, fake clock)", function()
         assert.equal(rival:token(), select(2, backend:item("k2")))
     end)
 
+    it("describes a holder whose value has a strange Pid without raising", function()
+        local cases = { { 1.5, "o@h (pid 1.5)" }, { "42", "o@h until" }, { -3, "o@h (pid -3)" },
+                        { 2^40, "o@h (pid 1099511627776)" } }
+        for i, case in ipairs(cases) do
+            assert(st:put("k" .. i, { ExpiresAt = core.format_time(WALL0 + 100), Owner = "o",
+                Host = "h", Pid = case[1] }, 0))
+            local l, err, code = st:lock("k" .. i, { timeout = 0 })
+            assert.is_nil(l)
+            assert.equal("timeout", code)
+            assert.truthy(err:find("held by " .. case[2], 1, true), err)
+        end
+    end)
+
+    it("takes a huge timeout as a long wait, not as an error", function()
+        local l = assert(st:lock("k", { timeout = 1e6, ttl = 1e9 }))
+        assert.is_true(l:is_held())
+        assert.is_true(l:release())
+    end)
+
     it("settles an extend whose reply was lost", function()
         local l = assert(st:lock("k", { ttl = 5 }))
         local before = l:token()
@@ -414,10 +433,20 @@ describe("lock (unit, fake clock)", function()
             { ttl = 0 }, { ttl = -1 }, { ttl = 0 / 0 }, { ttl = "10" }, { timeout = -1 },
             { backoff_min = 1, backoff_max = 0.5 }, { expires_field = "" },
             { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { owner = 7 },
+            { on_lost = true }, { auto_renew = "yes" },
         }
         for _, opts in ipairs(bad) do
             assert.has_error(function() st:lock("k", opts) end)
         end
+        -- a misspelt option would quietly do nothing: autorenew gave a lock
+        -- that was never renewed
+        assert.has_error(function() st:lock("k", { autorenew = true }) end,
+            "bad argument #2 to 'lock' (unknown option 'autorenew')")
+        -- valid but huge values are refused here, never raised from inside
+        assert.has_error(function() st:lock("k", { ttl = 1e12 }) end,
+            "bad argument #2 to 'lock' (ttl and expires_grace must be at most 10000000000 seconds)")
+        assert.has_error(function() st:lock("k", { backoff_max = 1e12 }) end,
+            "bad argument #2 to 'lock' (backoff_max must be at most 86400 seconds)")
         assert.has_error(function() st:lock("k", "fast") end,
             "bad argument #2 to 'lock' (table expected, got string)")
         assert.has_error(function() st:lock("", {}) end)
