@@ -9,6 +9,7 @@
 //   /big?bytes=N     -> N bytes of "x", chunked
 //   /dropcount?id=X  -> counts the request under X, then destroys the socket
 //   /count?id=X      -> how many requests /dropcount counted under X
+//   /hang/...        -> never answers (the connection stays open)
 'use strict';
 const http = require('http');
 const zlib = require('zlib');
@@ -46,6 +47,8 @@ const server = http.createServer((req, res) => {
             const id = url.searchParams.get('id');
             counts[id] = (counts[id] || 0) + 1;
             req.socket.destroy();
+        } else if (url.pathname.startsWith('/hang/')) {
+            // no answer, ever: the client's timeout must end the request
         } else if (url.pathname === '/count') {
             res.end(String(counts[url.searchParams.get('id')] || 0));
         } else if (url.pathname === '/big') {
