@@ -1,6 +1,6 @@
 --- The etcd backend: compare-exchange on etcd v3's JSON gateway, with
 -- RavenDB's semantics. Wire details and their sources:
--- shared/ref/etcd-v3-gateway.md (§ below). It implements the backend
+-- doc/etcd-v3-gateway.md (§ below). It implements the backend
 -- interface described in embedded.lua.
 --
 -- Mapping: index = the key's mod_revision (etcd's global revision);

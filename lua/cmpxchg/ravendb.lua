@@ -1,7 +1,7 @@
 --- The RavenDB backend: the /databases/{db}/cmpxchg protocol over a
 -- transport (libcurl in plain Lua, cosockets in nginx), with the topology,
 -- failover and raft-request-id handling of the official clients. Wire
--- details and their sources: shared/ref/ravendb-protocol.md (§ below).
+-- details and their sources: doc/ravendb-protocol.md (§ below).
 --
 -- It implements the backend interface described in embedded.lua.
 local check = require "cmpxchg.check"

@@ -41,7 +41,7 @@ function runtime.random()
 end
 
 -- the phases whose handlers run in a coroutine that may yield (cosockets,
--- ngx.sleep); shared/ref/openresty-notes.md §1
+-- ngx.sleep); doc/openresty-notes.md §1
 local CAN_YIELD = { rewrite = true, server_rewrite = true, access = true, content = true,
                     timer = true, ssl_cert = true, ssl_session_fetch = true,
                     preread = true }

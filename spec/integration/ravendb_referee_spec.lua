@@ -1,7 +1,7 @@
 -- luacheck: std +busted
 -- The official RavenDB Node.js client (npm `ravendb`, pinned in spec/support/ravendb) referees
 -- the RavenDB emulator: spec/support/ravendb/referee.js runs each scenario with the client, and
--- the assertions say what ref/ravendb-protocol.md says a real server returns. When the client
+-- the assertions say what doc/ravendb-protocol.md says a real server returns. When the client
 -- and the emulator disagree, the emulator is wrong.
 --
 -- With RAVENDB_URL (and RAVENDB_DATABASE) set, the same scenarios run against that server

@@ -4,7 +4,7 @@
 **
 ** It answers the HTTP API that RavenDB clients use for compare-exchange (cmpxchg) items,
 ** database topology and database creation/deletion, the way a RavenDB 6.x/7.x cluster does.
-** Every behaviour is written from the protocol reference, /work/shared/ref/ravendb-protocol.md
+** Every behaviour is written from the protocol reference, doc/ravendb-protocol.md
 ** ("ref §N" below), and from the RavenDB server source it cites; the official npm `ravendb`
 ** client referees it (spec/support/ravendb/referee.js, spec/integration/ravendb_referee_spec.lua).
 **
