@@ -8,6 +8,26 @@ helpers.cpath = os.getenv("CMPXCHG_TEST_CPATH") or "./?.so"
 -- live in files loaded only then (named *_54_spec.lua, or required behind this).
 helpers.has_close = (loadstring or load)("local x <close> = nil") ~= nil
 
+--- Replaces the runtime's clocks and sleep (runtime.lua is the library's one
+-- seam for them) with a fake clock that only sleeps move, for exact unit
+-- tests of waits. Returns the clock ({now = seconds, sleeps = {each sleep}};
+-- the wall clock is wall0 + now) and a function that restores the real one.
+function helpers.fake_clock(wall0)
+    local runtime = require "cmpxchg.runtime"
+    local saved = { monotime = runtime.monotime, time = runtime.time, sleep = runtime.sleep }
+    local clock = { now = 0, sleeps = {} }
+    runtime.monotime = function() return clock.now end
+    runtime.time = function() return (wall0 or 0) + clock.now end
+    runtime.sleep = function(s)
+        assert(s >= 0, "negative sleep")
+        clock.sleeps[#clock.sleeps + 1] = s
+        clock.now = clock.now + s
+    end
+    return clock, function()
+        for k, v in pairs(saved) do runtime[k] = v end
+    end
+end
+
 local created = {}
 
 --- A fresh path for an embedded store file, removed by helpers.cleanup().

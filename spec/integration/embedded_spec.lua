@@ -1,20 +1,13 @@
 -- The embedded store: the shared contracts, then what only a local file has
 -- (several processes on one file, durability, sweeps, file errors).
+local backends = require "spec.support.backends"
 local cmpxchg = require "cmpxchg"
 local helpers = require "spec.helpers"
 
+local ctx = backends.embedded()
+
 local t = { describe = describe, it = it, before_each = before_each,
             after_each = after_each, assert = assert }
-local current_path
-local ctx = {
-    name = "embedded",
-    open = function()
-        current_path = helpers.tmpdb()
-        return cmpxchg.open(current_path)
-    end,
-    target = function() return current_path end,
-}
-
 require("spec.support.store_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
 

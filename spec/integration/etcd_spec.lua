@@ -3,24 +3,16 @@
 -- members (killed leader, paused member, all gone), and TLS with etcd auth.
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
+local backends = require "spec.support.backends"
 local harness = require "spec.support.etcd_harness"
 local helpers = require "spec.helpers"
 local json = require "cmpxchg.json"
 
-local cluster = harness.cluster()
+local ctx = backends.etcd()
+local cluster = ctx.cluster
 
 local t = { describe = describe, it = it, before_each = before_each,
             after_each = after_each, assert = assert }
-local current
-local ctx = {
-    name = "etcd cluster",
-    open = function()
-        current = harness.fresh_prefix()
-        return cmpxchg.open(cluster.endpoints, { database = current, timeout = 3 })
-    end,
-    target = function() return cluster.endpoints[1] .. "#" .. current end,
-}
-
 require("spec.support.store_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
 

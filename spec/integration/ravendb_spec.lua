@@ -3,30 +3,20 @@
 -- HTTP has (failover, node restarts, injected faults, TLS, old servers).
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
+local backends = require "spec.support.backends"
 local harness = require "spec.support.ravendb_harness"
 local helpers = require "spec.helpers"
 
-local server = harness.server()
+local ctx = backends.ravendb(teardown)
+local server = ctx.server
 local emulator_only = server.real and pending or it   -- real servers take no fault injection
-
-local t = { describe = describe, it = it, before_each = before_each,
-            after_each = after_each, assert = assert }
 local databases = {}
-local current
-local ctx = {
-    name = server.real and "ravendb " .. server.urls[1] or "ravendb emulator",
-    open = function()
-        current = harness.create_database(server)
-        databases[#databases + 1] = current
-        return cmpxchg.open(server.urls, { database = current, timeout = 5 })
-    end,
-    target = function() return server.urls[1] .. "#" .. current end,
-}
-
 teardown(function()
     for _, name in ipairs(databases) do harness.delete_database(server, name) end
 end)
 
+local t = { describe = describe, it = it, before_each = before_each,
+            after_each = after_each, assert = assert }
 require("spec.support.store_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
 

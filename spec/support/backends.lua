@@ -1,59 +1,81 @@
---- The three backends as the per-backend specs run them. backends.each(run,
--- teardown) calls run(ctx) for the embedded store, the RavenDB emulator (a
--- real server when RAVENDB_URL is set) and the etcd cluster, where ctx is
+--- The three backends as the per-backend specs run them: one constructor
+-- each, and backends.each(run, teardown) that calls run(ctx) for all three
+-- (the embedded store, the RavenDB emulator or a real server when
+-- RAVENDB_URL is set, the etcd cluster). A ctx is
 --   name            what the spec's descriptions call it
---   open()          a store in a fresh place (file, database or key prefix)
+--   open([opts])    a store in a fresh place (file, database or key prefix);
+--                   opts add to or replace the default open options
 --   target()        that place as bin/cmpxchg and the workers take it
 --   example_args()  the --store (and --database) arguments of the examples
+-- plus server (RavenDB) or cluster (etcd), what the constructor started.
 -- Databases made on RavenDB are deleted by `teardown` (busted's).
 local cmpxchg = require "cmpxchg"
 local helpers = require "spec.helpers"
 
 local backends = {}
 
-function backends.each(run, teardown)
+local function with(defaults, opts)
+    local o = {}
+    for k, v in pairs(defaults) do o[k] = v end
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return o
+end
+
+function backends.embedded()
     local path
-    run({
+    return {
         name = "embedded",
-        open = function()
+        open = function(opts)
             path = helpers.tmpdb()
-            return cmpxchg.open(path)
+            return cmpxchg.open(path, opts)
         end,
         target = function() return path end,
         example_args = function() return { "--store", path } end,
-    })
+    }
+end
 
-    local ravendb = require "spec.support.ravendb_harness"
-    local server = ravendb.server()
+function backends.ravendb(teardown)
+    local harness = require "spec.support.ravendb_harness"
+    local server = harness.server()
     local databases, db = {}, nil
-    run({
+    teardown(function()
+        for _, name in ipairs(databases) do harness.delete_database(server, name) end
+    end)
+    return {
         name = server.real and "ravendb " .. server.urls[1] or "ravendb emulator",
-        open = function()
-            db = ravendb.create_database(server)
+        server = server,
+        open = function(opts)
+            db = harness.create_database(server)
             databases[#databases + 1] = db
-            return cmpxchg.open(server.urls, { database = db, timeout = 5 })
+            return cmpxchg.open(server.urls, with({ database = db, timeout = 5 }, opts))
         end,
         target = function() return server.urls[1] .. "#" .. db end,
         example_args = function() return { "--store", server.urls[1], "--database", db } end,
-    })
-    teardown(function()
-        for _, name in ipairs(databases) do ravendb.delete_database(server, name) end
-    end)
+    }
+end
 
-    local etcd = require "spec.support.etcd_harness"
-    local cluster = etcd.cluster()
+function backends.etcd()
+    local harness = require "spec.support.etcd_harness"
+    local cluster = harness.cluster()
     local prefix
-    run({
+    return {
         name = "etcd cluster",
-        open = function()
-            prefix = etcd.fresh_prefix()
-            return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
+        cluster = cluster,
+        open = function(opts)
+            prefix = harness.fresh_prefix()
+            return cmpxchg.open(cluster.endpoints, with({ database = prefix, timeout = 3 }, opts))
         end,
         target = function() return cluster.endpoints[1] .. "#" .. prefix end,
         example_args = function()
             return { "--store", cluster.endpoints[1], "--database", prefix }
         end,
-    })
+    }
+end
+
+function backends.each(run, teardown)
+    run(backends.embedded())
+    run(backends.ravendb(teardown))
+    run(backends.etcd())
 end
 
 return backends

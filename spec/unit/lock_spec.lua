@@ -2,6 +2,7 @@
 -- a fake clock: every wait, lease and takeover is checked exactly.
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
+local helpers = require "spec.helpers"
 local json = require "cmpxchg.json"
 local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
@@ -10,29 +11,20 @@ local Memory = require "spec.support.memory_backend"
 local WALL0 = 1800000000        -- 2027-01-15T08:00:00Z
 
 describe("lock (unit, fake clock)", function()
-    local saved, clock, sleeps, backend, st
+    local clock, restore, sleeps, backend, st
 
     before_each(function()
-        saved = { monotime = runtime.monotime, time = runtime.time, sleep = runtime.sleep }
-        clock, sleeps = 0, {}
-        runtime.monotime = function() return clock end
-        runtime.time = function() return WALL0 + clock end
-        runtime.sleep = function(s)
-            assert(s >= 0, "negative sleep")
-            sleeps[#sleeps + 1] = s
-            clock = clock + s
-        end
+        clock, restore = helpers.fake_clock(WALL0)
+        sleeps = clock.sleeps
         backend = Memory.new()
         st = store.new(backend)
     end)
 
-    after_each(function()
-        for k, v in pairs(saved) do runtime[k] = v end
-    end)
+    after_each(function() restore() end)
 
     -- a lease held by someone else, ending `ends` seconds from now
     local function foreign_lease(key, ends, field)
-        local value = { [field or "ExpiresAt"] = core.format_time(WALL0 + clock + ends),
+        local value = { [field or "ExpiresAt"] = core.format_time(WALL0 + clock.now + ends),
                         Owner = "someone-else" }
         local ok, idx = st:put(key, value, 0)
         assert.is_true(ok)
@@ -93,7 +85,7 @@ describe("lock (unit, fake clock)", function()
 
     it("takes over an expired lease with a put on the index it was shown", function()
         local old = foreign_lease("k", 5)
-        clock = clock + 6
+        clock.now = clock.now + 6
         local l = assert(st:lock("k", { timeout = 0 }))
         assert.equal(1, l.takeovers)
         assert.equal(2, l.attempts)
@@ -112,15 +104,15 @@ describe("lock (unit, fake clock)", function()
 
     it("honours the clock-skew margin before a takeover", function()
         foreign_lease("k", 1)
-        clock = clock + 1.5                       -- expired, but within a 1 s margin
+        clock.now = clock.now + 1.5                       -- expired, but within a 1 s margin
         assert.is_nil((st:lock("k", { timeout = 0, clock_skew = 1 })))
-        clock = clock + 0.6
+        clock.now = clock.now + 0.6
         assert.truthy(st:lock("k", { timeout = 0, clock_skew = 1 }))
     end)
 
     it("never takes over a value that names no expiry", function()
         assert.is_true((st:put("k", { Owner = "legacy" }, 0)))
-        clock = clock + 1e6
+        clock.now = clock.now + 1e6
         local l, err = st:lock("k", { timeout = 0.1 })
         assert.is_nil(l)
         assert.matches("until an unknown time", err)
@@ -131,7 +123,7 @@ describe("lock (unit, fake clock)", function()
 
     it("loses a takeover race cleanly and keeps waiting", function()
         local old = foreign_lease("k", 1)
-        clock = clock + 2
+        clock.now = clock.now + 2
         -- a rival takes it over between our read and our put
         local real_put = backend.put
         local raced = false
@@ -139,7 +131,7 @@ describe("lock (unit, fake clock)", function()
             if index == old and not raced then
                 raced = true
                 assert.is_true((real_put(self, key, json.encode({
-                    ExpiresAt = core.format_time(WALL0 + clock + 100), Owner = "rival" }), old)))
+                    ExpiresAt = core.format_time(WALL0 + clock.now + 100), Owner = "rival" }), old)))
             end
             return real_put(self, key, text, index, expires)
         end
@@ -152,14 +144,14 @@ describe("lock (unit, fake clock)", function()
     it("counts the lease from before the request and reports is_held/valid_until", function()
         local real_put = backend.put
         backend.put = function(...)
-            clock = clock + 2                 -- a slow request
+            clock.now = clock.now + 2                 -- a slow request
             return real_put(...)
         end
         local l = assert(st:lock("k", { ttl = 10, clock_skew = 0.5 }))
         assert.equal(WALL0 + 10 - 0.5, l:valid_until())
-        clock = 9.4
+        clock.now = 9.4
         assert.is_true(l:is_held())
-        clock = 9.6
+        clock.now = 9.6
         assert.is_false(l:is_held())
     end)
 
@@ -176,7 +168,7 @@ describe("lock (unit, fake clock)", function()
 
     it("release reports 'lost' when the lease was taken over, and leaves the new holder", function()
         local l = assert(st:lock("k", { ttl = 1 }))
-        clock = clock + 2
+        clock.now = clock.now + 2
         local rival = assert(st:lock("k", { timeout = 0 }))
         assert.same({ false, "lost" }, { l:release() })
         assert.same({ false, "lost" }, { l:release() })
@@ -195,19 +187,19 @@ describe("lock (unit, fake clock)", function()
     it("extend renews by a put on the held index and moves the token", function()
         local l = assert(st:lock("k", { ttl = 5 }))
         local first = l:token()
-        clock = 4
+        clock.now = 4
         assert.is_true(l:extend(20))
         assert.is_true(l:token() > first)
         assert.equal(first, backend.calls[#backend.calls][3])
         assert.equal(WALL0 + 24, l:valid_until())
         assert.equal("2027-01-15T08:00:24.0000000Z", backend:item("k").ExpiresAt)
-        clock = 23
+        clock.now = 23
         assert.is_true(l:is_held())
     end)
 
     it("extend after a takeover reports lost and marks the lock lost", function()
         local l = assert(st:lock("k", { ttl = 1 }))
-        clock = 2
+        clock.now = 2
         assert(st:lock("k", { timeout = 0 }))
         local ok, err, code = l:extend()
         assert.is_nil(ok)
@@ -292,7 +284,7 @@ describe("lock (unit, fake clock)", function()
         assert.is_nil(backend:item("k"))
         -- a release that did not happen, with someone else holding it now
         local l2 = assert(st:lock("k2", { ttl = 1 }))
-        clock = clock + 2
+        clock.now = clock.now + 2
         local rival = assert(st:lock("k2", { timeout = 0 }))
         backend:fail_next("delete", "connect: reset", "connect")
         assert.same({ false, "lost" }, { l2:release() })
@@ -355,7 +347,7 @@ describe("lock (unit, fake clock)", function()
         local l = assert(st:lock("k", { ttl = 1, on_lost = function(lk, why)
             calls[#calls + 1] = { lk, why }
         end }))
-        clock = clock + 2
+        clock.now = clock.now + 2
         assert(st:lock("k", { timeout = 0 }))
         assert.is_nil((l:extend()))
         assert.equal(1, #calls)
@@ -396,7 +388,7 @@ describe("lock (unit, fake clock)", function()
 
     it("with_lock reports a lease lost while the body ran", function()
         local ok, _, code = st:with_lock("k", { ttl = 1 }, function()
-            clock = clock + 2
+            clock.now = clock.now + 2
             assert(st:lock("k", { timeout = 0 }))
         end)
         assert.is_nil(ok)
@@ -407,8 +399,8 @@ describe("lock (unit, fake clock)", function()
         local mon = cmpxchg.monitor(st)
         foreign_lease("proc", 120)
         local index = assert(mon:enter("proc"))
-        assert.is_true(clock >= 120, "entered before the lease ended")
-        assert.equal(WALL0 + clock + 300, core.parse_time(backend:item("proc").ExpiresAt))
+        assert.is_true(clock.now >= 120, "entered before the lease ended")
+        assert.equal(WALL0 + clock.now + 300, core.parse_time(backend:item("proc").ExpiresAt))
         assert.is_true(mon:exit("proc", index))
         assert.is_nil(backend:item("proc"))
         assert.same({ false, "lost" }, { mon:exit("proc", index) })

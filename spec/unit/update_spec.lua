@@ -1,29 +1,21 @@
 -- store:update, driven through the scripted memory backend and a fake clock:
 -- what it reads and writes, each lost race, each pause and the retry limit, exactly.
 local cmpxchg = require "cmpxchg"
-local runtime = require "cmpxchg.runtime"
+local helpers = require "spec.helpers"
 local store = require "cmpxchg.store"
 local Memory = require "spec.support.memory_backend"
 
 describe("store:update (unit, fake clock)", function()
-    local saved, clock, sleeps, backend, st
+    local clock, restore, sleeps, backend, st
 
     before_each(function()
-        saved = { monotime = runtime.monotime, sleep = runtime.sleep }
-        clock, sleeps = 0, {}
-        runtime.monotime = function() return clock end
-        runtime.sleep = function(s)
-            assert(s >= 0, "negative sleep")
-            sleeps[#sleeps + 1] = s
-            clock = clock + s
-        end
+        clock, restore = helpers.fake_clock()
+        sleeps = clock.sleeps
         backend = Memory.new()
         st = store.new(backend)
     end)
 
-    after_each(function()
-        for k, v in pairs(saved) do runtime[k] = v end
-    end)
+    after_each(function() restore() end)
 
     local function calls()
         local out = {}
@@ -108,7 +100,7 @@ describe("store:update (unit, fake clock)", function()
         assert.equal("conflict", select(3, st:update("k", fn)))
         assert.equal(11, #seen)
         fn, seen = raced(math.huge)
-        sleeps = {}
+        for i = #sleeps, 1, -1 do sleeps[i] = nil end
         local _, err = st:update("k", fn, { retries = 0 })
         assert.matches("at each of 1 attempt$", err)
         assert.equal(1, #seen)
