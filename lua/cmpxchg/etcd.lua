@@ -57,7 +57,8 @@ local function prefix_end(prefix)
     if p == "" then return "\0" end
     return p:sub(1, -2) .. string.char(p:byte(-1) + 1)
 end
-Etcd.prefix_end = prefix_end
+-- internals the unit specs check directly (lua-resty-lock's way: not API)
+Etcd._private = { prefix_end = prefix_end }
 
 -- the options of cmpxchg.open an etcd store reads
 local OPTIONS = { database = "string", timeout = "number", tls = "table", user = "string",

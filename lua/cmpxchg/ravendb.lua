@@ -31,7 +31,6 @@ local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503]
 --- RFC 3986 percent-encoding of everything but the unreserved set, so that
 -- "+" and "/" survive ASP.NET's query decoding (§1.1).
 local escape = core.url_escape
-RavenDB.escape = escape
 
 --- Reads a JSON reply; a body that is not what RavenDB sends is a decode error.
 local function decode_reply(body, what)

@@ -36,11 +36,11 @@ local function body(r) return json.decode(r.body) end
 
 describe("etcd protocol", function()
     it("computes range_end for prefixes as etcd does, 0xff included", function()
-        assert.equal("p0", etcd.prefix_end("p/"))
-        assert.equal("y", etcd.prefix_end("x\255"))
-        assert.equal("\0", etcd.prefix_end("\255"))
-        assert.equal("\0", etcd.prefix_end(""))
-        assert.equal("app0", etcd.prefix_end("app/"))
+        assert.equal("p0", etcd._private.prefix_end("p/"))
+        assert.equal("y", etcd._private.prefix_end("x\255"))
+        assert.equal("\0", etcd._private.prefix_end("\255"))
+        assert.equal("\0", etcd._private.prefix_end(""))
+        assert.equal("app0", etcd._private.prefix_end("app/"))
     end)
 
     it("probes with one linearizable read on open, with the gateway headers", function()

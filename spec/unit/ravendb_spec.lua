@@ -1,5 +1,6 @@
 -- The RavenDB protocol layer, byte for byte, over a scripted transport:
 -- URLs, bodies, headers, result parsing, retries, failover, error mapping.
+local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
 local ravendb = require "cmpxchg.ravendb"
 local store = require "cmpxchg.store"
@@ -23,10 +24,10 @@ end
 describe("ravendb protocol", function()
     describe("keys in URLs", function()
         it("percent-encodes everything but RFC 3986's unreserved set, + too", function()
-            assert.equal("users%2F1", ravendb.escape("users/1"))
-            assert.equal("a%2Bb%20c", ravendb.escape("a+b c"))
-            assert.equal("A-z_0.9~", ravendb.escape("A-z_0.9~"))
-            assert.equal("%C3%A9%26%3D%3F%23", ravendb.escape("é&=?#"))
+            assert.equal("users%2F1", core.url_escape("users/1"))
+            assert.equal("a%2Bb%20c", core.url_escape("a+b c"))
+            assert.equal("A-z_0.9~", core.url_escape("A-z_0.9~"))
+            assert.equal("%C3%A9%26%3D%3F%23", core.url_escape("é&=?#"))
         end)
     end)
 
