@@ -27,7 +27,8 @@ LIBFLAG ?= -shared
 ALL_CFLAGS = $(CFLAGS) -fPIC -pthread -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
              $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
-SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/jsonpath.c csrc/keycase.c csrc/renew.c
+SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/jsonpath.c csrc/keycase.c csrc/renew.c \
+          csrc/storedir.c
 HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h csrc/embedded.h csrc/jsonpath.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
 LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)

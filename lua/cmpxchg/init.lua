@@ -2,7 +2,6 @@
 -- The public entry points: open, type, monitor, null, _VERSION.
 local admin = require "cmpxchg.admin"
 local check = require "cmpxchg.check"
-local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
 local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
@@ -10,6 +9,7 @@ local lock = require "cmpxchg.lock"
 local ravendb = require "cmpxchg.ravendb"
 local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
+local target_of = require "cmpxchg.target"
 
 local argerror = check.argerror
 
@@ -25,16 +25,9 @@ function Store:with_lock(key, opts, fn, ...) return lock.with_lock(self, key, op
 
 --- Where cmpxchg.open() keeps its file when neither a target nor
 -- $CMPXCHG_URL is given: $XDG_STATE_HOME/cmpxchg/default.db, else
--- $HOME/.local/state/cmpxchg/default.db (the directory is created, mode 0700).
-function cmpxchg.default_path()
-    local base = os.getenv("XDG_STATE_HOME")
-    if base == nil or base == "" then
-        local home = os.getenv("HOME")
-        if home == nil or home == "" then return nil end
-        base = home .. "/.local/state"
-    end
-    return base .. "/cmpxchg/default.db"
-end
+-- $HOME/.local/state/cmpxchg/default.db (the directory is created, mode 0700,
+-- and checked, whichever way this path is given to open).
+cmpxchg.default_path = target_of.default_path
 
 local open_server           -- defined below
 
@@ -131,7 +124,8 @@ end
 --- store, err, code = cmpxchg.open([target] [, opts])
 -- target: nil ($CMPXCHG_URL, else the default file), "http(s)://..." (RavenDB),
 -- "etcd(s)://..." (etcd), a table of such URLs (a cluster), or a file path for
--- the embedded store (":memory:" too).
+-- the embedded store (":memory:" too); host:port without a scheme raises
+-- (lua/cmpxchg/target.lua says which strings are files).
 function cmpxchg.open(target, opts)
     opts = check_options(opts)
     if target == nil then
@@ -146,18 +140,16 @@ function cmpxchg.open(target, opts)
                 return nil, "connect: no default store location: set CMPXCHG_URL or HOME",
                     "connect"
             end
-            local ok, err = core.mkdir_p(target:match("^(.*)/[^/]*$"))
-            if not ok then return nil, "connect: " .. err, "connect" end
         end
     end
-    local scheme = type(target) == "string" and target:match("^(%a[%w+.-]*)://")
-    if type(target) == "table" or scheme then
-        return open_server(target, opts)
+    local kind = target_of.kind(target)
+    if kind == "server" then return open_server(target, opts) end
+    if kind == "file" then
+        local ok, err, code = target_of.prepare(target, true)
+        if not ok then return nil, err, code end
     end
-    check.type(target, "string", 1, "open")
-    if target == "" then argerror(1, "open", "empty target") end
     local backend, err, code = embedded.open(target, opts)
-    if not backend then return nil, err, code end
+    if not backend then return nil, target_of.explain(target, err, code), code end
     return store.new(backend)
 end
 
