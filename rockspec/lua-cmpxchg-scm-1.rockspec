@@ -1,8 +1,8 @@
 rockspec_format = "3.0"
 package = "lua-cmpxchg"
 version = "scm-1"
--- For `luarocks make` in a checkout, which builds what is there and fetches
--- nothing. A release is lua-cmpxchg-<version>-1.rockspec, and `make dist`
+-- For `luarocks make` in a checkout (it builds what is there, fetching
+-- nothing). A release is lua-cmpxchg-<version>-1.rockspec, and `make dist`
 -- packs it with its sources into a .src.rock that installs anywhere.
 source = {
     url = "git+file:///dev/null",
