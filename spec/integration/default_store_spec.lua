@@ -174,7 +174,8 @@ describe("the default store", function()
 
         it("a directory or file owned by another user (needs root to arrange)", function()
             if sh("id -u") ~= "0" then
-                error("this test runs as root: it gives a file to another user (chown)")
+                pending("needs root: only root gives a file to another user (chown)")
+                return
             end
             local home = spoiled(function(_, dir) sh("chown 65534 " .. q(dir)) end)
             local me = sh("id -u")
