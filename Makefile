@@ -27,14 +27,16 @@ LIBFLAG ?= -shared
 ALL_CFLAGS = $(CFLAGS) -fPIC -pthread -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
              $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
-SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/jsonpath.c csrc/keycase.c csrc/renew.c
+SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/jsonpath.c csrc/keycase.c csrc/renew.c \
+          csrc/storedir.c
 HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h csrc/jsonpath.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
 LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
-.PHONY: all deps test demo bench bench-bin lint asan valgrind matrix install uninstall clean rock
+.PHONY: all deps test demo bench bench-bin lint asan valgrind matrix install uninstall clean rock \
+        dist
 
 all: $(CORE)
 
@@ -42,16 +44,21 @@ $(CORE): $(SOURCES) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SOURCES) $(SQLITE_LIBS) $(CURL_LIBS) -pthread $(LDFLAGS)
 
-# Debian packages the build, the tests and the demo need (installed when missing)
+# Debian packages (installed when missing): each target installs its own
+# profile of scripts/install-deps; `make deps` what the tests need (everything)
 deps:
-	@scripts/install-deps
+	@scripts/install-deps test
 
 test: deps
 	@$(MAKE) --no-print-directory all EXTRA_CFLAGS=-Werror
 	@$(MAKE) --no-print-directory all EXTRA_CFLAGS=-Werror BUILD=build/luajit LUA_PC=luajit
 	@scripts/run-tests
 
-demo: deps all
+# only what the demo needs: the build, Lua 5.4 and lua-cjson, never the
+# tests' servers nor their referee
+demo:
+	@scripts/install-deps demo
+	@$(MAKE) --no-print-directory all
 	$(LUA) examples/demo.lua
 
 # the benchmarks' own programs: the libcurl/SQLite floor and etcdctl's critical section
@@ -68,9 +75,9 @@ build/bench/hold: bench/hold.c Makefile
 
 bench-bin: $(BENCH_BIN)
 
-bench: deps all
-	@scripts/install-deps --bench
-	@$(MAKE) --no-print-directory bench-bin
+bench:
+	@scripts/install-deps bench
+	@$(MAKE) --no-print-directory all bench-bin
 	$(LUA) bench/run.lua
 
 lint: deps
@@ -89,13 +96,25 @@ MATRIX ?= lua5.1 lua5.2 lua5.3 lua5.4 luajit
 matrix: deps
 	@MATRIX="$(MATRIX)" scripts/run-tests --only matrix
 
-install: all
+# `make install LUA_VERSION=5.3` (LuaJIT: LUA_PC=luajit LUA_VERSION=5.1) builds
+# the core for that Lua, afresh in build/install (whatever was built last in
+# the checkout is for another Lua, as often as not), and installs bin/cmpxchg
+# to run on that Lua (or on LUA=... given here; never on $LUA from the
+# environment, which the tests set for their own children).
+INSTALL_LUA = $(if $(filter command line,$(origin LUA)),$(LUA),$(if $(filter luajit%,$(LUA_PC)),luajit,lua$(LUA_VERSION)))
+install:
+	@[ -n "$(LUA_INCDIR)" ] || $(PKG_CONFIG) --exists $(LUA_PC) || { echo "make install:" \
+	    "no headers for $(LUA_PC) (pkg-config $(LUA_PC)): install them (Debian:" \
+	    "$(if $(filter luajit%,$(LUA_PC)),libluajit2-5.1-dev,liblua$(LUA_VERSION)-dev)) or give" \
+	    "LUA_INCDIR" >&2; exit 1; }
+	@$(MAKE) --no-print-directory -B all BUILD=build/install
 	install -d $(DESTDIR)$(LUA_LIBDIR)/cmpxchg $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport
-	install -m 0755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
+	install -m 0755 build/install/cmpxchg/core.so $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
 	install -m 0644 $(LUA_MODULES) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/
 	install -m 0644 $(LUA_TRANSPORTS) $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/
 	install -d $(DESTDIR)$(BINDIR)
-	install -m 0755 bin/cmpxchg $(DESTDIR)$(BINDIR)/cmpxchg
+	sed '1s|.*|#!/usr/bin/env $(INSTALL_LUA)|' bin/cmpxchg >build/install/cmpxchg.bin
+	install -m 0755 build/install/cmpxchg.bin $(DESTDIR)$(BINDIR)/cmpxchg
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/cmpxchg/core.so
@@ -103,17 +122,39 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(LUA_SHAREDIR)/cmpxchg/transport/,$(notdir $(LUA_TRANSPORTS)))
 	rm -f $(DESTDIR)$(BINDIR)/cmpxchg
 
-# Debian keeps curl.h under the multiarch include directory, where luarocks
-# does not look by itself. luarocks' builtin build leaves cmpxchg/core.so in
-# the directory it runs in: it runs in a copy, so that a rock (for another Lua,
+# `luarocks make` of the scm rockspec for LUA_VERSION, into ROCK_TREE (default:
+# luarocks' own). luarocks' builtin build leaves cmpxchg/core.so in the
+# directory it runs in: it runs in a copy, so that a rock (for another Lua,
 # say) never replaces what `make` built.
 ROCK_TREE ?=
-rock: deps
+rock:
+	@scripts/install-deps rock
 	@tmp=$$(mktemp -d) && cp -R rockspec csrc lua bin "$$tmp"/ && \
 	(cd "$$tmp" && luarocks --lua-version=$(LUA_VERSION) \
 	    $(if $(ROCK_TREE),--tree=$(abspath $(ROCK_TREE))) make \
-	    --deps-mode=none rockspec/lua-cmpxchg-scm-1.rockspec \
-	    CURL_INCDIR=$(shell $(PKG_CONFIG) --variable=includedir libcurl)); \
+	    rockspec/lua-cmpxchg-scm-1.rockspec); \
+	rc=$$?; rm -rf "$$tmp"; exit $$rc
+
+# `make dist`: DIST_DIR/lua-cmpxchg-VERSION-1.src.rock, VERSION being
+# cmpxchg._VERSION's: the release rockspec and the tarball its source.url
+# names, zipped as `luarocks pack` does (which would fetch that url), so that
+# `luarocks install` builds it without a network
+VERSION = $(shell sed -n 's/^ *_VERSION = "cmpxchg \([^"]*\)".*/\1/p' lua/cmpxchg/init.lua)
+DIST_DIR ?= .
+DIST_FILES = README.md Makefile bin csrc lua rockspec examples
+dist:
+	@scripts/install-deps rock
+	@v=$(VERSION); spec=rockspec/lua-cmpxchg-$$v-1.rockspec; \
+	[ -n "$$v" ] || { echo "make dist: no _VERSION in lua/cmpxchg/init.lua" >&2; exit 1; }; \
+	[ -f $$spec ] || { echo "make dist: $$spec is missing (the release rockspec of" \
+	    "cmpxchg._VERSION, $$v)" >&2; exit 1; }; \
+	tmp=$$(mktemp -d) && mkdir "$$tmp/lua-cmpxchg-$$v" && \
+	cp -R $(DIST_FILES) "$$tmp/lua-cmpxchg-$$v"/ && \
+	tar -C "$$tmp" -czf "$$tmp/lua-cmpxchg-$$v.tar.gz" "lua-cmpxchg-$$v" && \
+	cp $$spec "$$tmp"/ && (cd "$$tmp" && zip -q "lua-cmpxchg-$$v-1.src.rock" \
+	    "lua-cmpxchg-$$v-1.rockspec" "lua-cmpxchg-$$v.tar.gz") && \
+	mkdir -p $(DIST_DIR) && mv "$$tmp/lua-cmpxchg-$$v-1.src.rock" $(DIST_DIR)/ && \
+	echo "$(DIST_DIR)/lua-cmpxchg-$$v-1.src.rock"; \
 	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 clean:

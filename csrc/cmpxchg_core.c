@@ -432,39 +432,6 @@ static int core_b64decode (lua_State *L) {
     return 1;
 }
 
-/*
-** core.mkdir_p(path) -> true | nil, message. Creates `path` and its missing
-** parents with mode 0700 (only the default store location is created).
-*/
-static int core_mkdir_p (lua_State *L) {
-    size_t len;
-    const char *path = luaL_checklstring(L, 1, &len);
-    char buf[4096];
-    size_t i;
-    struct stat st;
-    luaL_argcheck(L, len > 0 && len < sizeof buf, 1, "path empty or too long");
-    memcpy(buf, path, len + 1);
-    for (i = 1; i <= len; i++) {
-        if (buf[i] == '/' || buf[i] == '\0') {
-            char c = buf[i];
-            buf[i] = '\0';
-            if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
-                lua_pushnil(L);
-                lua_pushfstring(L, "cannot create directory %s: %s", buf, strerror(errno));
-                return 2;
-            }
-            buf[i] = c;
-        }
-    }
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s is not a directory", path);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 static const luaL_Reg core_functions[] = {
     {"monotime", core_monotime},
     {"time", core_time},
@@ -479,7 +446,8 @@ static const luaL_Reg core_functions[] = {
     {"json_texts", cx_json_texts},
     {"pid", core_pid},
     {"hostname", core_hostname},
-    {"mkdir_p", core_mkdir_p},
+    {"state_file", cx_state_file},
+    {"dir_problem", cx_dir_problem},
     {"b64encode", core_b64encode},
     {"b64decode", core_b64decode},
     {"embedded_open", cx_embedded_open},

@@ -37,6 +37,10 @@ void cx_http_global_init (void);      /* once per process, from the Lua thread *
 int cx_renewer_start (lua_State *L);
 void cx_renewer_register (lua_State *L);
 
+/* where a store file may live (storedir.c): core.state_file, core.dir_problem */
+int cx_state_file (lua_State *L);
+int cx_dir_problem (lua_State *L);
+
 /* the module's entry point */
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L);
 

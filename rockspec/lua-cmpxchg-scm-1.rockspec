@@ -1,24 +1,34 @@
 rockspec_format = "3.0"
 package = "lua-cmpxchg"
 version = "scm-1"
+-- For `luarocks make` in a checkout (it builds what is there, fetching
+-- nothing). A release is lua-cmpxchg-<version>-1.rockspec, and `make dist`
+-- packs it with its sources into a .src.rock that installs anywhere.
 source = {
-    url = "git+file:///dev/null",   -- built from a checkout with `luarocks make`
+    url = "git+file:///dev/null",
 }
 description = {
     summary = "RavenDB-style compare-exchange and distributed locks for Lua",
     detailed = [[
 Compare-exchange (versioned key/value with compare-and-set) with RavenDB's
 semantics, and distributed locks on top of it held with Lua 5.4's <close>.
-The embedded backend keeps everything in one SQLite file, across processes.]],
+The embedded backend keeps everything in one SQLite file, across processes.
+Needs lua-cjson (Debian: lua-cjson; else `luarocks install lua-cjson`).]],
     license = "MIT",
 }
+-- lua-cjson is not listed: LuaRocks only counts rocks, so a cjson from the
+-- system's packages (Debian's lua-cjson) would not satisfy it and every
+-- install would go to the network for a second copy. `require "cmpxchg"`
+-- says how to get it when it is missing.
 dependencies = {
     "lua >= 5.1",
-    "lua-cjson",
 }
+-- Only the libraries are looked for: LuaRocks finds them in the multiarch
+-- directories (lib/x86_64-linux-gnu) but never looks for headers there, where
+-- Debian keeps curl/curl.h; the compiler finds that header by itself.
 external_dependencies = {
-    SQLITE = { header = "sqlite3.h", library = "sqlite3" },
-    CURL = { header = "curl/curl.h", library = "curl" },   -- the HTTP backends' transport
+    SQLITE = { library = "sqlite3" },
+    CURL = { library = "curl" },   -- the HTTP backends' transport
 }
 build = {
     type = "builtin",
@@ -26,7 +36,8 @@ build = {
     modules = {
         ["cmpxchg.core"] = {
             sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/http.c",
-                        "csrc/jsonpath.c", "csrc/keycase.c", "csrc/renew.c" },
+                        "csrc/jsonpath.c", "csrc/keycase.c", "csrc/renew.c",
+                        "csrc/storedir.c" },
             defines = { "_DEFAULT_SOURCE" },
             incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
             libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
@@ -47,6 +58,7 @@ build = {
         ["cmpxchg.renewal"] = "lua/cmpxchg/renewal.lua",
         ["cmpxchg.runtime"] = "lua/cmpxchg/runtime.lua",
         ["cmpxchg.store"] = "lua/cmpxchg/store.lua",
+        ["cmpxchg.target"] = "lua/cmpxchg/target.lua",
         ["cmpxchg.timer_renewer"] = "lua/cmpxchg/timer_renewer.lua",
         ["cmpxchg.transport.curl"] = "lua/cmpxchg/transport/curl.lua",
         ["cmpxchg.transport.ngx"] = "lua/cmpxchg/transport/ngx.lua",

@@ -4,12 +4,12 @@
 -- options it reads.
 local admin = require "cmpxchg.admin"
 local check = require "cmpxchg.check"
-local core = require "cmpxchg.core"
 local embedded = require "cmpxchg.embedded"
 local json = require "cmpxchg.json"
 local lock = require "cmpxchg.lock"
 local monitor = require "cmpxchg.monitor"
 local store = require "cmpxchg.store"
+local target_of = require "cmpxchg.target"
 
 local argerror = check.argerror
 
@@ -24,16 +24,9 @@ local SCHEMES = { http = "cmpxchg.ravendb", https = "cmpxchg.ravendb",
 
 --- Where cmpxchg.open() keeps its file when neither a target nor
 -- $CMPXCHG_URL is given: $XDG_STATE_HOME/cmpxchg/default.db, else
--- $HOME/.local/state/cmpxchg/default.db (the directory is created, mode 0700).
-function cmpxchg.default_path()
-    local base = os.getenv("XDG_STATE_HOME")
-    if base == nil or base == "" then
-        local home = os.getenv("HOME")
-        if home == nil or home == "" then return nil end
-        base = home .. "/.local/state"
-    end
-    return base .. "/cmpxchg/default.db"
-end
+-- $HOME/.local/state/cmpxchg/default.db (the directory is created, mode 0700,
+-- and checked, whichever way this path is given to open).
+cmpxchg.default_path = target_of.default_path
 
 --- The URLs of a server target (a URL or a table of them, one scheme for
 -- all) and that scheme.
@@ -80,7 +73,8 @@ end
 --- store, err, code = cmpxchg.open([target] [, opts])
 -- target: nil ($CMPXCHG_URL, else the default file), "http(s)://..." (RavenDB),
 -- "etcd(s)://..." (etcd), a table of such URLs (a cluster), or a file path for
--- the embedded store (":memory:" too).
+-- the embedded store (":memory:" too); host:port without a scheme raises
+-- (lua/cmpxchg/target.lua says which strings are files).
 function cmpxchg.open(target, opts)
     if opts ~= nil then check.type(opts, "table", 2, "open") end
     opts = copy(opts or {})
@@ -97,20 +91,22 @@ function cmpxchg.open(target, opts)
                 return nil, "connect: no default store location: set CMPXCHG_URL or HOME",
                     "connect"
             end
-            local ok, err = core.mkdir_p(target:match("^(.*)/[^/]*$"))
-            if not ok then return nil, "connect: " .. err, "connect" end
         end
     end
-    local scheme = type(target) == "string" and target:match("^(%a[%w+.-]*)://")
+    local kind = target_of.kind(target)
     local backend, err, code
-    if type(target) == "table" or scheme then
+    if kind == "server" then
         local urls
-        urls, scheme = server_urls(target)
-        backend, err, code = require(SCHEMES[scheme]).open(urls, opts)
+        urls, kind = server_urls(target)
+        backend, err, code = require(SCHEMES[kind]).open(urls, opts)
     else
-        check.type(target, "string", 1, "open")
-        if target == "" then argerror(1, "open", "empty target") end
+        if kind == "file" then
+            local ok
+            ok, err, code = target_of.prepare(target, true)
+            if not ok then return nil, err, code end
+        end
         backend, err, code = embedded.open(target, opts)
+        if not backend then err = target_of.explain(target, err, code) end
     end
     if not backend then return nil, err, code end
     return store.new(backend, { target = target, options = opts })

@@ -1,7 +1,14 @@
 --- JSON for stored values: a private lua-cjson instance, so a user's own
 -- cjson settings never change what this library writes, set to refuse rather
 -- than guess (sparse arrays are errors instead of arrays padded with null).
-local cjson = require("cjson").new()
+-- the rock does not list lua-cjson (LuaRocks would not count Debian's): say
+-- how to get it rather than only that a module is missing
+local found, cjson_module = pcall(require, "cjson")
+if not found then
+    error("cmpxchg needs lua-cjson (Debian: apt-get install lua-cjson; else: luarocks "
+        .. "install lua-cjson): " .. tostring(cjson_module), 0)
+end
+local cjson = cjson_module.new()
 
 cjson.encode_sparse_array(false, 1, 0)  -- any hole in an array is an error
 cjson.encode_invalid_numbers(false)     -- NaN and inf are errors

@@ -204,13 +204,13 @@ describe("operator view (embedded)", function()
             assert.same(st:get("locks/live"), json.decode(raw))
         end)
 
-        it("show exits 1 for an absent key and for a value that is not a lock", function()
+        it("show exits 1 for an absent key and 4 for a value that is not a lock", function()
             assert.is_true((st:put("plain", { Name = "Ada" }, 0)))
             local out, code = at(path, "show absent")
             assert.equal(1, code, out)
             assert.matches("no lock 'absent'", out)
             out, code = at(path, "show plain")
-            assert.equal(1, code, out)
+            assert.equal(4, code, out)
             assert.matches("'plain' is not a lock", out)
         end)
 
@@ -226,10 +226,10 @@ describe("operator view (embedded)", function()
             assert.matches("no lock 'locks/stale'", out)
         end)
 
-        it("break refuses a live lock (exit 1) unless --force", function()
+        it("break refuses a live lock (exit 5) unless --force", function()
             local l = assert(st:lock("locks/live", { ttl = 60 }))
             local out, code = at(path, "break locks/live")
-            assert.equal(1, code, out)
+            assert.equal(5, code, out)
             assert.matches("refused: lock 'locks/live' is still valid", out)
             assert.equal(l:token(), select(2, st:get("locks/live")))
             out, code = at(path, "break locks/live --force")
@@ -238,11 +238,11 @@ describe("operator view (embedded)", function()
             assert.same({ false, "lost" }, { l:release() })
         end)
 
-        it("break --index exits 1 and leaves the lock when its index changed", function()
+        it("break --index exits 6 and leaves the lock when its index changed", function()
             local old = abandoned(st, "locks/stale", "ExpiresAt", 5)
             local l = assert(st:lock("locks/stale", { timeout = 0, owner = "bob" }))
             local out, code = at(path, "break locks/stale --force --index " .. old)
-            assert.equal(1, code, out)
+            assert.equal(6, code, out)
             assert.matches(("changed: lock 'locks/stale' is now at index %d, not %d")
                 :format(l:token(), old), out)
             assert.equal(l:token(), select(2, st:get("locks/stale")))
@@ -269,6 +269,132 @@ describe("operator view (embedded)", function()
             local out, code = run("--help")
             assert.equal(0, code, out)
             assert.matches("^usage: cmpxchg", out)
+        end)
+
+        --- stdout alone, and the exit code
+        local function stdout_of(args)
+            local p = assert(helpers.popen(("env -u CMPXCHG_URL -u CMPXCHG_DATABASE %s -e %s "
+                .. "bin/cmpxchg %s 2>/dev/null"):format(helpers.lua, q(helpers.preload_core), args)))
+            local out = p:read("*a")
+            local _, _, code = helpers.pclose(p)
+            return out, code
+        end
+
+        it("list --json prints one JSON document: every lock, null for what it lacks", function()
+            local l = assert(st:lock("locks/live", { ttl = 60, owner = "alice" }))
+            local stale = abandoned(st, "locks/stale", "ReservedUntil", 5)
+            assert.is_true((st:put("locks/plain", "not a lock", 0)))
+            assert.is_true((st:put("locks/bare", { ExpiresAt = core.format_time(core.time() + 60) }, 0)))
+            local out, code = stdout_of("--url " .. q(path) .. " list --json locks/")
+            assert.equal(0, code, out)
+            local doc = assert(json.decode(out), out)
+            assert.equal(3, #doc.locks, out)
+            local bare, live, gone = doc.locks[1], doc.locks[2], doc.locks[3]
+            assert.same({ "locks/bare", json.null, json.null, json.null, "ExpiresAt", false },
+                { bare.key, bare.owner, bare.host, bare.pid, bare.field, bare.expired })
+            assert.same({ "locks/live", l:token(), "alice", runtime.hostname, runtime.pid },
+                { live.key, live.token, live.owner, live.host, live.pid })
+            assert.near(l:valid_until(), live.expires_at, 0.001)
+            assert.is_true(live.remaining > 50 and live.remaining <= 60)
+            assert.equal(live.value.ExpiresAt, live.expires)
+            assert.same({ "locks/stale", stale, "ReservedUntil", true, "ghost" },
+                { gone.key, gone.token, gone.field, gone.expired, gone.value.Owner })
+            assert.equal(1, select(2, out:gsub("\n", "")))        -- one document, one line
+            out, code = stdout_of("--url " .. q(path) .. " --json list nothing/")
+            assert.equal(0, code, out)
+            assert.equal('{"locks":[]}\n', out)
+        end)
+
+        it("show --json prints the lock as one JSON document; failures print nothing", function()
+            local l = assert(st:lock("locks/live", { ttl = 60, owner = "alice" }))
+            local out, code = stdout_of("--url " .. q(path) .. " show --json locks/live")
+            assert.equal(0, code, out)
+            local doc = assert(json.decode(out), out)
+            assert.same({ "locks/live", l:token(), "alice", false },
+                { doc.key, doc.token, doc.owner, doc.expired })
+            assert.same(st:get("locks/live"), doc.value)
+            assert.is_true((st:put("plain", 1, 0)))
+            for args, want in pairs({ ["show --json absent"] = 1, ["show --json plain"] = 4 }) do
+                out, code = stdout_of("--url " .. q(path) .. " " .. args)
+                assert.equal(want, code, args)
+                assert.equal("", out, args)
+            end
+            out, code = at(path, "break locks/live --json")
+            assert.equal(2, code, out)
+            assert.matches("--json goes with list and show", out, 1, true)
+        end)
+
+        it("--version prints the library's version and the Lua it runs on", function()
+            local out, code = run("--version")
+            assert.equal(0, code, out)
+            local interpreter = helpers.sh(helpers.lua
+                .. [[ -e 'io.write(jit and jit.version or _VERSION)']])
+            assert.equal(("%s (%s)\n"):format(cmpxchg._VERSION, interpreter), out)
+        end)
+
+        it("documents one exit status per outcome in --help", function()
+            local out = run("--help")
+            for status, outcome in pairs({ [0] = "done", "absent", "usage error", "store error",
+                                           "not a lock", "refused", "changed" }) do
+                assert.matches("\n  " .. status .. "  " .. outcome, out)
+            end
+        end)
+
+        it("keeps a key with spaces in one column, and nothing stored reaches the terminal raw",
+            function()
+            local nasty = "x\27[31mred\27]0;title\7\194\155[2J\226\128\174\255\ty"
+            assert.is_true((st:put("locks/my key", { ExpiresAt = core.format_time(core.time() + 60),
+                Owner = "Mallory " .. nasty, Host = nasty, Pid = 1 }, 0)))
+            assert(st:lock("locks/plain", { ttl = 60, owner = "alice" }))
+            local function clean(out)
+                assert.is_nil(out:find("[%c\127]", 1) and out:gsub("\n", ""):find("[%c\127]"), out)
+                assert.is_nil(out:find("\194[\128-\159]"), out)
+                assert.is_nil(out:find("\226\128\174", 1, true), out)
+                assert.is_nil(out:find("\255", 1, true), out)
+            end
+            local out, code = at(path, "list locks/")
+            assert.equal(0, code, out)
+            clean(out)
+            local escaped = [["x\x1B[31mred\x1B]0;title\x07\u{9B}[2J\u{202E}\xFF\ty"]]
+            local row = line_of(out, [["locks/my key"]])
+            local cells = {}
+            for cell in (row .. "  "):gmatch("(.-)  +") do cells[#cells + 1] = cell end
+            assert.same({ [["locks/my key"]], [["Mallory ]] .. escaped:sub(2), escaped, "1" },
+                { cells[1], cells[2], cells[3], cells[4] })
+            -- the columns line up: every row's TOKEN starts where the header's does
+            local header = out:match("^[^\n]+")
+            assert.equal(header:find("TOKEN", 1, true), row:find("%d+  +[%d.]+s$"))
+            out, code = at(path, "show " .. q("locks/my key"))
+            assert.equal(0, code, out)
+            clean(out)
+            assert.matches("\nhost:%s+" .. escaped:gsub("%p", "%%%0") .. "\n", out)
+            local raw = assert(out:match("\nvalue:%s+([^\n]+)"), out)
+            local value = json.decode(raw)
+            assert.equal("Mallory " .. nasty:gsub("\255", "\239\191\189"), value.Owner)
+            -- error messages too: the stored value of a key that is not a lock
+            assert.is_true((st:put("plain", nasty, 0)))
+            out, code = at(path, "show plain")
+            assert.equal(4, code, out)
+            clean(out)
+        end)
+
+        it("masks the password of a user:password@ URL in what it prints", function()
+            local out, code = run("--url http://admin:s3cret@127.0.0.1:1 --database db list")
+            assert.equal(3, code, out)
+            assert.is_nil(out:find("s3cret", 1, true), out)
+            assert.truthy(out:find("http://admin:***@127.0.0.1:1", 1, true), out)
+            out, code = run("--url ftp://admin:s3cret@127.0.0.1:1 list")
+            assert.equal(2, code, out)
+            assert.is_nil(out:find("s3cret", 1, true), out)
+            assert.truthy(out:find("ftp://admin:***@127.0.0.1:1", 1, true), out)
+        end)
+
+        it("refuses a server address without its scheme (exit 2), creating nothing", function()
+            local out, code = run("--url localhost:8080 list")
+            assert.equal(2, code, out)
+            assert.truthy(out:find("'localhost:8080' looks like a server address without a "
+                .. "scheme: write http://localhost:8080", 1, true), out)
+            assert.is_false(helpers.file_exists("localhost:8080"))
         end)
 
         it("exits 3 when the store cannot be opened, creating nothing", function()

@@ -77,3 +77,36 @@ describe("examples/nginx", function()
         assert.equal(201, status)
     end)
 end)
+
+describe("examples/nginx/run from a checkout its workers cannot read", function()
+    it("fails at start, saying why, instead of serving 500s", function()
+        if helpers.sh("id -u") ~= "0" then
+            pending("needs root: only nginx started by root runs its workers as another user")
+            return
+        end
+        -- a copy of the checkout in a private directory, as a checkout under /root is
+        local private = helpers.sh("mktemp -d")
+        local copy = private .. "/cmpxchg"
+        helpers.sh(("mkdir -p %s/build && cp -Rp Makefile csrc lua examples %s/ && "
+            .. "cp -Rp build/luajit %s/build/"):format(helpers.shell_quote(copy),
+            helpers.shell_quote(copy), helpers.shell_quote(copy)))
+        local prefix = os.tmpname()
+        os.remove(prefix)
+        local port = helpers.sh([[node -e 'const s = require("net").createServer();
+            s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });']])
+        local p = assert(helpers.popen(("env -u LD_PRELOAD PORT=%s EXAMPLE_PREFIX=%s %s/examples/nginx/run "
+            .. "start 2>&1"):format(port, helpers.shell_quote(prefix), helpers.shell_quote(copy))))
+        local out = p:read("*a")
+        local ok, _, code = helpers.pclose(p)
+        -- whatever happened, no nginx is left behind
+        os.execute(("env PORT=%s EXAMPLE_PREFIX=%s %s/examples/nginx/run stop >/dev/null 2>&1")
+            :format(port, helpers.shell_quote(prefix), helpers.shell_quote(copy)))
+        helpers.sh("rm -rf " .. helpers.shell_quote(private) .. " " .. helpers.shell_quote(prefix))
+        assert.is_nil(ok, out)
+        assert.equal(1, code, out)
+        assert.equal(("run: nginx started by root runs its workers as nobody, who cannot read "
+            .. "%s/lua/cmpxchg/init.lua (every request would fail with 500): put the checkout "
+            .. "where nobody can read it (/opt, /srv; /root is private), or run this as another "
+            .. "user\n"):format(copy), out)
+    end)
+end)

@@ -1,0 +1,68 @@
+rockspec_format = "3.0"
+package = "lua-cmpxchg"
+version = "0.1.0-1"
+-- The release of cmpxchg._VERSION 0.1.0. `make dist` writes the tarball named
+-- here and packs it with this file into lua-cmpxchg-0.1.0-1.src.rock, which
+-- `luarocks install` builds without fetching anything. To publish the
+-- rockspec alone, put the tarball's address here (same file name).
+source = {
+    url = "lua-cmpxchg-0.1.0.tar.gz",
+    dir = "lua-cmpxchg-0.1.0",
+}
+description = {
+    summary = "RavenDB-style compare-exchange and distributed locks for Lua",
+    detailed = [[
+Compare-exchange (versioned key/value with compare-and-set) with RavenDB's
+semantics, and distributed locks on top of it held with Lua 5.4's <close>.
+The embedded backend keeps everything in one SQLite file, across processes.
+Needs lua-cjson (Debian: lua-cjson; else `luarocks install lua-cjson`).]],
+    license = "MIT",
+}
+-- lua-cjson is not listed: LuaRocks only counts rocks, so a cjson from the
+-- system's packages (Debian's lua-cjson) would not satisfy it and every
+-- install would go to the network for a second copy. `require "cmpxchg"`
+-- says how to get it when it is missing.
+dependencies = {
+    "lua >= 5.1",
+}
+-- Only the libraries are looked for: LuaRocks finds them in the multiarch
+-- directories (lib/x86_64-linux-gnu) but never looks for headers there, where
+-- Debian keeps curl/curl.h; the compiler finds that header by itself.
+external_dependencies = {
+    SQLITE = { library = "sqlite3" },
+    CURL = { library = "curl" },   -- the HTTP backends' transport
+}
+build = {
+    type = "builtin",
+    install = { bin = { cmpxchg = "bin/cmpxchg" } },
+    modules = {
+        ["cmpxchg.core"] = {
+            sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/http.c",
+                        "csrc/jsonpath.c", "csrc/keycase.c", "csrc/renew.c",
+                        "csrc/storedir.c" },
+            defines = { "_DEFAULT_SOURCE" },
+            incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
+            libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },
+            libraries = { "sqlite3", "curl", "pthread" },
+        },
+        ["cmpxchg"] = "lua/cmpxchg/init.lua",
+        ["cmpxchg.admin"] = "lua/cmpxchg/admin.lua",
+        ["cmpxchg.check"] = "lua/cmpxchg/check.lua",
+        ["cmpxchg.embedded"] = "lua/cmpxchg/embedded.lua",
+        ["cmpxchg.etcd"] = "lua/cmpxchg/etcd.lua",
+        ["cmpxchg.json"] = "lua/cmpxchg/json.lua",
+        ["cmpxchg.lease"] = "lua/cmpxchg/lease.lua",
+        ["cmpxchg.lock"] = "lua/cmpxchg/lock.lua",
+        ["cmpxchg.monitor"] = "lua/cmpxchg/monitor.lua",
+        ["cmpxchg.nodes"] = "lua/cmpxchg/nodes.lua",
+        ["cmpxchg.ravendb"] = "lua/cmpxchg/ravendb.lua",
+        ["cmpxchg.renew_worker"] = "lua/cmpxchg/renew_worker.lua",
+        ["cmpxchg.renewal"] = "lua/cmpxchg/renewal.lua",
+        ["cmpxchg.runtime"] = "lua/cmpxchg/runtime.lua",
+        ["cmpxchg.store"] = "lua/cmpxchg/store.lua",
+        ["cmpxchg.target"] = "lua/cmpxchg/target.lua",
+        ["cmpxchg.timer_renewer"] = "lua/cmpxchg/timer_renewer.lua",
+        ["cmpxchg.transport.curl"] = "lua/cmpxchg/transport/curl.lua",
+        ["cmpxchg.transport.ngx"] = "lua/cmpxchg/transport/ngx.lua",
+    },
+}
