@@ -292,7 +292,7 @@ describe("operator view (embedded)", function()
             local bare, live, gone = doc.locks[1], doc.locks[2], doc.locks[3]
             assert.same({ "locks/bare", json.null, json.null, json.null, "ExpiresAt", false },
                 { bare.key, bare.owner, bare.host, bare.pid, bare.field, bare.expired })
-            assert.same({ "locks/live", l:token(), "alice", runtime.hostname, runtime.pid },
+            assert.same({ "locks/live", l:token(), "alice", runtime.hostname, runtime.pid() },
                 { live.key, live.token, live.owner, live.host, live.pid })
             assert.near(l:valid_until(), live.expires_at, 0.001)
             assert.is_true(live.remaining > 50 and live.remaining <= 60)
