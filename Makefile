@@ -20,16 +20,16 @@ CURL_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libcurl)
 CURL_LIBS     ?= $(shell $(PKG_CONFIG) --libs libcurl)
 
 WARNINGS ?= -Wall -Wextra -Wshadow -Wconversion -Wsign-conversion -Wpointer-arith \
-            -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes
+            -Wcast-qual -Wstrict-prototypes -Wmissing-prototypes -Wdeclaration-after-statement
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 LIBFLAG ?= -shared
 ALL_CFLAGS = $(CFLAGS) -fPIC -pthread -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
              $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
-SOURCES = csrc/cmpxchg_core.c csrc/embedded.c csrc/http.c csrc/jsonpath.c csrc/keycase.c csrc/renew.c \
-          csrc/storedir.c
-HEADERS = csrc/compat.h csrc/keycase.h csrc/cmpxchg_core.h csrc/jsonpath.h
+SOURCES = csrc/module.c csrc/util.c csrc/keys.c csrc/jsonpick.c csrc/storedir.c \
+          csrc/embedded.c csrc/http.c csrc/renew.c
+HEADERS = csrc/compat.h csrc/util.h csrc/units.h csrc/keys.h csrc/jsonpick.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
 LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .

@@ -21,8 +21,9 @@
 #include "lauxlib.h"
 
 #include "compat.h"
-#include "keycase.h"
-#include "cmpxchg_core.h"
+#include "keys.h"
+#include "units.h"
+#include "util.h"
 
 #define EMBEDDED_MT     "cmpxchg.Embedded"
 #define APPLICATION_ID  0x636d7078      /* "cmpx": marks files that are ours */
@@ -665,7 +666,7 @@ static int embedded_init (Embedded *h, const char *path, const char *ns, int bus
     return rc;
 }
 
-int cx_embedded_open (lua_State *L) {
+static int core_embedded_open (lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     const char *ns, *sync, *detail = NULL;
     lua_Number busy, sweep;
@@ -714,12 +715,11 @@ static const luaL_Reg embedded_meta[] = {
     {NULL, NULL}
 };
 
-void cx_embedded_register (lua_State *L) {
-    luaL_newmetatable(L, EMBEDDED_MT);
-    luaL_setfuncs(L, embedded_meta, 0);
-    luaL_newlib(L, embedded_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+int embedded_open (lua_State *L) {
+    cx_newclass(L, EMBEDDED_MT, embedded_meta, embedded_methods);
+    lua_pushcfunction(L, core_embedded_open);
+    lua_setfield(L, -2, "embedded_open");
+    return 0;
 }
 
 /* }====================================================== */

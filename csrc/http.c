@@ -20,7 +20,8 @@
 #include "lauxlib.h"
 
 #include "compat.h"
-#include "cmpxchg_core.h"
+#include "units.h"
+#include "util.h"
 
 #define HTTP_MT         "cmpxchg.Http"
 #define MAX_BODY        (256u * 1024u * 1024u)  /* RavenDB allows 128 MB values */
@@ -58,7 +59,7 @@ static void curl_init (void) {
 /* libcurl's global set-up, once per process whichever thread comes first
 ** (a store's renewal thread opens transports too); never cleaned up, since
 ** other libraries in the process may share it */
-void cx_http_global_init (void) {
+static void http_global_init (void) {
     pthread_once(&curl_once, curl_init);
 }
 
@@ -268,7 +269,7 @@ static int http_new (lua_State *L) {
         }
         lua_pop(L, 1);
     }
-    cx_http_global_init();
+    http_global_init();
     h = (Http *)cx_newuserdata(L, sizeof(Http));
     memset(h, 0, sizeof *h);
     luaL_setmetatable(L, HTTP_MT);
@@ -478,9 +479,9 @@ static int http_request (lua_State *L) {
 
     if (rc != CURLE_OK) {
         const char *detail = h->error[0] ? h->error : curl_easy_strerror(rc);
+        const char *code = error_code(h->curl, rc, detail);
         if (h->body.overflow || h->headers.overflow)
             return cx_push_error(L, "http", "reply from %s is too large", url);
-        const char *code = error_code(h->curl, rc, detail);
         if (strcmp(code, "tls") == 0 && rc != CURLE_RECV_ERROR && strstr(detail, "SSL") == NULL)
             return cx_push_error(L, code, "%s %s: the server closed the TLS connection after "
                                  "the handshake, refusing our client certificate or its "
@@ -509,14 +510,9 @@ static const luaL_Reg http_meta[] = {
     {NULL, NULL}
 };
 
-int cx_http_new (lua_State *L) {
-    return http_new(L);
-}
-
-void cx_http_register (lua_State *L) {
-    luaL_newmetatable(L, HTTP_MT);
-    luaL_setfuncs(L, http_meta, 0);
-    luaL_newlib(L, http_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+int http_open (lua_State *L) {
+    cx_newclass(L, HTTP_MT, http_meta, http_methods);
+    lua_pushcfunction(L, http_new);
+    lua_setfield(L, -2, "http_new");
+    return 0;
 }

@@ -37,7 +37,8 @@
 #include "lualib.h"
 
 #include "compat.h"
-#include "cmpxchg_core.h"
+#include "units.h"
+#include "util.h"
 
 #define RENEWER_MT  "cmpxchg.Renewer"
 #define RENEWAL_MT  "cmpxchg.Renewal"
@@ -85,12 +86,6 @@ typedef struct Renewal {
     Slot *slot;
     State last;                 /* the final state, once stopped */
 } Renewal;
-
-static double mono_now (void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static char *copy_text (const char *s, size_t n) {
     char *d = (char *)malloc(n + 1);
@@ -209,7 +204,7 @@ static lua_Integer first_news (Worker *w, size_t *len) {
 static int mailbox_wait (lua_State *L) {
     Worker *w = mailbox_worker(L);
     lua_Number seconds = luaL_checknumber(L, 1);
-    double until = mono_now() + (seconds > 0 ? (seconds < 1e6 ? seconds : 1e6) : 0);
+    double until = cx_mono_time() + (seconds > 0 ? (seconds < 1e6 ? seconds : 1e6) : 0);
     struct timespec ts;
     lua_Integer id;
     size_t len = 0;
@@ -217,7 +212,7 @@ static int mailbox_wait (lua_State *L) {
     ts.tv_sec = (time_t)until;
     ts.tv_nsec = (long)((until - floor(until)) * 1e9);
     pthread_mutex_lock(&w->mu);
-    while (!w->stop && !w->news && mono_now() < until)
+    while (!w->stop && !w->news && cx_mono_time() < until)
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     stop = w->stop;
     w->news = 0;
@@ -580,7 +575,6 @@ static int renewer_start (lua_State *L) {
     pthread_condattr_destroy(&ca);
     w->refs = 2;                /* this Renewer and the thread */
     w->running = 1;
-    cx_http_global_init();      /* before any other thread may use libcurl */
     rc = pthread_create(&w->thread, NULL, worker_main, w);
     if (rc != 0) {
         worker_free(w);
@@ -616,23 +610,12 @@ static const luaL_Reg renewal_meta[] = {
     {NULL, NULL}
 };
 
-static void new_class (lua_State *L, const char *name, const luaL_Reg *meta,
-                       const luaL_Reg *methods) {
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, meta, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
-
-int cx_renewer_start (lua_State *L) {
-    return renewer_start(L);
-}
-
-void cx_renewer_register (lua_State *L) {
-    new_class(L, RENEWER_MT, renewer_meta, renewer_methods);
-    new_class(L, RENEWAL_MT, renewal_meta, renewal_methods);
+int renew_open (lua_State *L) {
+    cx_newclass(L, RENEWER_MT, renewer_meta, renewer_methods);
+    cx_newclass(L, RENEWAL_MT, renewal_meta, renewal_methods);
+    lua_pushcfunction(L, renewer_start);
+    lua_setfield(L, -2, "renewer_start");
+    return 0;
 }
 
 /* }====================================================== */

@@ -16,7 +16,7 @@
 #include "lauxlib.h"
 
 #include "compat.h"
-#include "cmpxchg_core.h"
+#include "units.h"
 
 #define PATH_BYTES 4096
 
@@ -51,7 +51,7 @@ static int unsafe (const char *path, const struct stat *st, int file, char *why,
 ** the file, that exist: below `top` nothing may be a symbolic link (lstat);
 ** `top` itself may be one (a HOME under /home -> /usr/home), so it is followed.
 */
-int cx_state_file (lua_State *L) {
+static int core_state_file (lua_State *L) {
     size_t len, toplen, i, n;
     const char *path = luaL_checklstring(L, 1, &len);
     const char *top = luaL_checklstring(L, 2, &toplen);
@@ -109,7 +109,7 @@ refuse:
 ** holds `path` from holding a store file (missing, not a directory, not
 ** writable), or nil when nothing does.
 */
-int cx_dir_problem (lua_State *L) {
+static int core_dir_problem (lua_State *L) {
     size_t len, n;
     const char *path = luaL_checklstring(L, 1, &len);
     char dir[PATH_BYTES];
@@ -139,4 +139,15 @@ int cx_dir_problem (lua_State *L) {
         lua_pushnil(L);
     }
     return 1;
+}
+
+static const luaL_Reg storedir_functions[] = {
+    {"state_file", core_state_file},
+    {"dir_problem", core_dir_problem},
+    {NULL, NULL}
+};
+
+int storedir_open (lua_State *L) {
+    luaL_setfuncs(L, storedir_functions, 0);
+    return 0;
 }

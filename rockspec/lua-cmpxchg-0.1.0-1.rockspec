@@ -37,9 +37,8 @@ build = {
     install = { bin = { cmpxchg = "bin/cmpxchg" } },
     modules = {
         ["cmpxchg.core"] = {
-            sources = { "csrc/cmpxchg_core.c", "csrc/embedded.c", "csrc/http.c",
-                        "csrc/jsonpath.c", "csrc/keycase.c", "csrc/renew.c",
-                        "csrc/storedir.c" },
+            sources = { "csrc/module.c", "csrc/util.c", "csrc/keys.c", "csrc/jsonpick.c",
+                        "csrc/storedir.c", "csrc/embedded.c", "csrc/http.c", "csrc/renew.c" },
             defines = { "_DEFAULT_SOURCE" },
             incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
             libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },

@@ -53,7 +53,7 @@ end
 local key_problem = core.key_problem
 
 --- Why `key` cannot be a compare-exchange key, or nil when it can: blank,
--- too long, not UTF-8, or reserved (one pass in C, csrc/cmpxchg_core.c).
+-- too long, not UTF-8, or reserved (one pass in C, csrc/keys.c).
 function check.key_problem(key)
     if type(key) ~= "string" then
         return "string expected, got " .. typename(key)

@@ -4,6 +4,18 @@ local core = require "cmpxchg.core"
 local helpers = require "spec.helpers"
 
 describe("cmpxchg.core", function()
+    it("exports luaopen_cmpxchg_core and nothing else (internal helpers are hidden)", function()
+        local so = helpers.cpath:match("[^;]+"):gsub("%?", "cmpxchg/core")
+        local p = assert(io.popen("nm -D --defined-only " .. helpers.shell_quote(so) .. " 2>&1"))
+        local exported = {}
+        for line in p:lines() do
+            local name = line:match("^%x+ [TDBRVW] (%S+)$")
+            if name and not name:find("^_") then exported[#exported + 1] = name end
+        end
+        p:close()
+        assert.same({ "luaopen_cmpxchg_core" }, exported)
+    end)
+
     describe("clocks and sleep", function()
         it("monotime never goes back and sleep waits at least as asked", function()
             local t0 = core.monotime()

@@ -1,9 +1,9 @@
 /*
-** jsonpath.c: values found in JSON text by path, without decoding the rest.
-** A server's reply is mostly what we do not need (etcd's header, the value
-** RavenDB echoes back after a successful put): checking the text once and
-** picking out two or three fields costs a fraction of building Lua tables
-** for all of it. The renewal thread uses the same finder on its replies.
+** jsonpick.c: values picked out of JSON text by a dotted path, without
+** decoding the rest. A server's reply is mostly what we do not need (etcd's
+** header, the value RavenDB echoes back after a successful put): checking
+** the text once and picking out two or three fields costs a fraction of
+** building Lua tables for all of it.
 */
 
 #include <errno.h>
@@ -14,7 +14,8 @@
 #include "lauxlib.h"
 
 #include "compat.h"
-#include "jsonpath.h"
+#include "jsonpick.h"
+#include "units.h"
 
 #define MAX_DEPTH 1000          /* lua-cjson's decode_max_depth */
 
@@ -309,7 +310,7 @@ static int fields (lua_State *L, int raw) {
 ** in range), a boolean, nil for null or absent, and an object or array as its
 ** JSON text.
 */
-int cx_json_fields (lua_State *L) {
+static int core_json_fields (lua_State *L) {
     return fields(L, 0);
 }
 
@@ -318,8 +319,19 @@ int cx_json_fields (lua_State *L) {
 ** The same, giving every value found as its JSON text (to decode when it is
 ** needed), nil when absent.
 */
-int cx_json_texts (lua_State *L) {
+static int core_json_texts (lua_State *L) {
     return fields(L, 1);
+}
+
+static const luaL_Reg json_functions[] = {
+    {"json_fields", core_json_fields},
+    {"json_texts", core_json_texts},
+    {NULL, NULL}
+};
+
+int jsonpick_open (lua_State *L) {
+    luaL_setfuncs(L, json_functions, 0);
+    return 0;
 }
 
 /* }====================================================== */

@@ -1,14 +1,13 @@
 /*
-** jsonpath.h: finding values in JSON text without decoding it, shared by the
-** core (core.json_fields, for replies read from Lua) and the renewal thread
-** (which must not touch a Lua state).
+** jsonpick.h: picking values out of JSON text by a dotted path, without
+** decoding it (not JSONPath: member names and array positions only).
 */
-#ifndef CMPXCHG_JSONPATH_H
-#define CMPXCHG_JSONPATH_H
+#ifndef CMPXCHG_JSONPICK_H
+#define CMPXCHG_JSONPICK_H
 
 #include <stddef.h>
 
-#include "lua.h"
+#pragma GCC visibility push(hidden)
 
 /* 0 when s[0..n) is one valid JSON value (RFC 8259), surrounded only by
 ** white space and nested at most 1000 deep (as lua-cjson allows); else -1 */
@@ -23,8 +22,6 @@ int cx_json_valid (const char *s, size_t n);
 int cx_json_path (const char *s, size_t n, const char *path, const char **v,
                   const char **vend);
 
-/* core.json_fields and core.json_texts (text, path...): see jsonpath.c */
-int cx_json_fields (lua_State *L);
-int cx_json_texts (lua_State *L);
+#pragma GCC visibility pop
 
 #endif

@@ -1,9 +1,9 @@
 /*
-** keycase.h: case folding and checks of compare-exchange keys, shared by
-** the core (for the Lua layer) and the embedded store (for its primary key).
+** keys.h: case folding of compare-exchange keys, used by the embedded store
+** for its primary key (keys.c gives the Lua layer the same folding).
 */
-#ifndef CMPXCHG_KEYCASE_H
-#define CMPXCHG_KEYCASE_H
+#ifndef CMPXCHG_KEYS_H
+#define CMPXCHG_KEYS_H
 
 #include <stddef.h>
 
@@ -15,6 +15,8 @@
 ** `len` bytes (folding never changes the encoded length here). Returns 0 on
 ** success, -1 when `s` is not valid UTF-8.
 */
+#pragma GCC visibility push(hidden)
 int cx_key_fold (const char *s, size_t len, char *out);
+#pragma GCC visibility pop
 
 #endif
