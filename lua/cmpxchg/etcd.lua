@@ -7,7 +7,7 @@
 -- put(k, v, 0) = txn on create_revision == 0; put/delete with N = txn on
 -- mod_revision == N; the failure branch reads the key, so a failed compare
 -- returns the current value in the same round trip (§2.7). Keys are stored
--- folded (etcd keys are case-sensitive bytes) under "<database>/", and the
+-- folded (etcd keys are case-sensitive bytes) under "<database>:", and the
 -- value is an envelope {"Key": original key, "Write": id, "Object": value}.
 -- expires = a lease, shared by writes whose expiries are close (§3).
 --
@@ -32,6 +32,12 @@ Etcd.__index = Etcd
 local DEFAULT_TIMEOUT = 5       -- seconds per request; etcd itself gives up after 7 s
 local MAX_TXN_OPS = 128         -- --max-txn-ops (§8)
 local PAGE = 512                -- keys per range page when listing
+
+-- Where a database's key space ends and its keys begin: every key of
+-- database D is D .. ":" .. the folded key. ":" cannot be in a database name,
+-- so no database's key space holds another's, whatever the names ("shop"
+-- and "shop/eu", or "" and any other: "app/" once held "app/eu/"'s keys).
+local DATABASE_END = ":"
 
 --- An int64 of a reply (a JSON string, §1.3), or `default` when left out (§1.4).
 local function int(v, default)
@@ -86,7 +92,7 @@ function Etcd.open(endpoints, opts, transports)
     check_options(opts)
     local self = setmetatable({
         endpoints = {},
-        prefix = (opts.database and opts.database ~= "") and opts.database .. "/" or "",
+        prefix = (opts.database or "") .. DATABASE_END,
         timeout = opts.timeout or DEFAULT_TIMEOUT,
         transports = transports or runtime.transport(),
         transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 2, 2),
@@ -110,7 +116,7 @@ function Etcd.open(endpoints, opts, transports)
     end
     -- one linearizable read: connectivity, TLS and permissions fail here
     local reply, err, code = self:post("/v3/kv/range",
-        { key = b64(self.prefix ~= "" and self.prefix or "\0"), count_only = true })
+        { key = b64(self.prefix), count_only = true })
     if not reply then
         self:close()
         return nil, err, code
@@ -119,7 +125,7 @@ function Etcd.open(endpoints, opts, transports)
 end
 
 function Etcd:describe()
-    return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix)
+    return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix:sub(1, -2))
 end
 
 Etcd.connection = nodes.connection

@@ -43,6 +43,13 @@ describe("embedded store", function()
         b:close()
     end)
 
+    it("never lets namespaces share keys, whatever their names", function()
+        local path = helpers.tmpdb()
+        require("spec.support.database_isolation")(assert, function(name)
+            return cmpxchg.open(path, { database = name })
+        end, { "shop", "shop/eu", "shop/", "shopx", "" })
+    end)
+
     it("several processes doing compare-exchange on one counter lose no update", function()
         local st = assert(cmpxchg.open(path))
         assert.is_true((st:put("counter", 0, 0)))

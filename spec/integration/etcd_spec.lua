@@ -226,6 +226,15 @@ describe("etcd backend", function()
     end)
 end)
 
+describe("etcd databases", function()
+    it("never share keys, whatever their names", function()
+        local base = harness.fresh_prefix()
+        require("spec.support.database_isolation")(assert, function(name)
+            return cmpxchg.open(cluster.endpoints, { database = name, timeout = 3 })
+        end, { base, base .. "/eu", base .. "/", base .. "x", "" })
+    end)
+end)
+
 describe("etcd with TLS and auth", function()
     local tls = harness.cluster("tls")
     local certs = tls.certs

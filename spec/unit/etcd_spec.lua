@@ -49,7 +49,7 @@ describe("etcd protocol", function()
         local r = t.requests[1]
         assert.equal("POST", r.method)
         assert.equal(A .. "/v3/kv/range", r.url)
-        assert.same({ key = b64("app/"), count_only = true }, body(r))
+        assert.same({ key = b64("app:"), count_only = true }, body(r))
         assert.equal("true", r.headers["Grpc-Metadata-hasleader"])
         assert.equal("4700m", r.headers["Grpc-Timeout"])
         assert.is_nil(r.headers.Authorization)
@@ -64,11 +64,11 @@ describe("etcd protocol", function()
             local r = t:last()
             assert.equal(A .. "/v3/kv/txn", r.url)
             local b = body(r)
-            assert.same({ { key = b64("app/users/1"), target = "CREATE", result = "EQUAL",
+            assert.same({ { key = b64("app:users/1"), target = "CREATE", result = "EQUAL",
                             create_revision = "0" } }, b.compare)
-            assert.same({ { request_range = { key = b64("app/users/1") } } }, b.failure)
+            assert.same({ { request_range = { key = b64("app:users/1") } } }, b.failure)
             local put = b.success[1].request_put
-            assert.equal(b64("app/users/1"), put.key)
+            assert.equal(b64("app:users/1"), put.key)
             local env = json.decode(unb64(put.value))
             assert.equal("Users/1", env.Key)
             assert.same({ n = 1 }, env.Object)
@@ -80,9 +80,9 @@ describe("etcd protocol", function()
             local t = Scripted.new()
             local st = open(t)
             t:reply(200, "{" .. H(22) .. ',"responses":[{"response_range":{' .. H(22)
-                .. ',"kvs":[' .. kv("K", "app/k", "theirs", 22) .. '],"count":"1"}}]}')
+                .. ',"kvs":[' .. kv("K", "app:k", "theirs", 22) .. '],"count":"1"}}]}')
             assert.same({ false, 22, "theirs" }, { st:put("k", "mine", 21) })
-            assert.same({ { key = b64("app/k"), target = "MOD", result = "EQUAL",
+            assert.same({ { key = b64("app:k"), target = "MOD", result = "EQUAL",
                             mod_revision = "21" } }, body(t:last()).compare)
             t:reply(200, "{" .. H(22) .. ',"responses":[{"response_range":{' .. H(22) .. "}}]}")
             assert.same({ false, 0 }, { st:put("k", "mine", 5) })
@@ -173,10 +173,10 @@ describe("etcd protocol", function()
             local t = Scripted.new()
             local st = open(t)
             t:reply(200, "{" .. H(23) .. ',"succeeded":true,"responses":[{"response_delete_range":{'
-                .. H(23) .. ',"deleted":"1","prev_kvs":[' .. kv("k", "app/k", { v = 1 }, 22) .. "]}}]}")
+                .. H(23) .. ',"deleted":"1","prev_kvs":[' .. kv("k", "app:k", { v = 1 }, 22) .. "]}}]}")
             assert.same({ true, 23, { v = 1 } }, { st:delete("k", 22) })
             local b = body(t:last())
-            assert.same({ { request_delete_range = { key = b64("app/k"), prev_kv = true } } }, b.success)
+            assert.same({ { request_delete_range = { key = b64("app:k"), prev_kv = true } } }, b.success)
             t:reply(200, "{" .. H(23) .. ',"responses":[{"response_range":{' .. H(23) .. "}}]}")
             assert.same({ false, 0 }, { st:delete("k", 22) })
         end)
@@ -188,9 +188,9 @@ describe("etcd protocol", function()
             local st = open(t)
             t:reply(200, "{" .. H(4) .. "}")
             assert.same({ nil, 0 }, { st:get("k") })
-            t:reply(200, "{" .. H(4) .. ',"kvs":[' .. kv("K", "app/k", true, 3) .. '],"count":"1"}')
+            t:reply(200, "{" .. H(4) .. ',"kvs":[' .. kv("K", "app:k", true, 3) .. '],"count":"1"}')
             assert.same({ true, 3 }, { st:get("K") })
-            assert.same({ key = b64("app/k") }, body(t:last()))
+            assert.same({ key = b64("app:k") }, body(t:last()))
         end)
 
         it("get_many is one range-only txn per 128 keys", function()
@@ -200,7 +200,7 @@ describe("etcd protocol", function()
             for i = 1, 130 do keys[i] = "k" .. i end
             for i = 1, 128 do
                 responses[i] = i == 2
-                    and ('{"response_range":{' .. H(9) .. ',"kvs":[' .. kv("k2", "app/k2", 2, 7) .. "]}}")
+                    and ('{"response_range":{' .. H(9) .. ',"kvs":[' .. kv("k2", "app:k2", 2, 7) .. "]}}")
                     or ('{"response_range":{' .. H(9) .. "}}")
             end
             t:reply(200, "{" .. H(9) .. ',"succeeded":true,"responses":[' .. table.concat(responses, ",") .. "]}")
@@ -216,7 +216,7 @@ describe("etcd protocol", function()
             local st = open(t)
             local function page(keys, more)
                 local kvs = {}
-                for i, k in ipairs(keys) do kvs[i] = kv(k, "app/" .. k, k, 10 + i) end
+                for i, k in ipairs(keys) do kvs[i] = kv(k, "app:" .. k, k, 10 + i) end
                 return "{" .. H(30) .. ',"kvs":[' .. table.concat(kvs, ",") .. "]"
                     .. (more and ',"more":true' or "") .. "}"
             end
@@ -224,8 +224,8 @@ describe("etcd protocol", function()
             local items = st:list("P/", { start = 1, page_size = 2 })
             assert.same({ "p/b", "p/c" }, { items[1].key, items[2].key })
             local first, second = body(t.requests[2]), body(t.requests[3])
-            assert.same({ key = b64("app/p/"), range_end = b64("app/p0"), limit = "3" }, first)
-            assert.same({ key = b64("app/p/b\0"), range_end = b64("app/p0"), limit = "1",
+            assert.same({ key = b64("app:p/"), range_end = b64("app:p0"), limit = "3" }, first)
+            assert.same({ key = b64("app:p/b\0"), range_end = b64("app:p0"), limit = "1",
                           revision = "30" }, second)
         end)
     end)
@@ -274,7 +274,7 @@ describe("etcd protocol", function()
                 if #self.requests == 2 then
                     our_id = json.decode(unb64(json.decode(b).success[1].request_put.value)).Write
                     self.script[1] = { 200, "{" .. H(40) .. ',"responses":[{"response_range":{' .. H(40)
-                        .. ',"kvs":[' .. kv("k", "app/k", "v", 39, our_id) .. "]}}]}", {} }
+                        .. ',"kvs":[' .. kv("k", "app:k", "v", 39, our_id) .. "]}}]}", {} }
                 end
                 return real(self, method, url, b, headers, timeout)
             end
@@ -285,7 +285,7 @@ describe("etcd protocol", function()
             t.answer = real
             t:fail("timeout: no answer", "timeout")
             t:reply(200, "{" .. H(41) .. ',"responses":[{"response_range":{' .. H(41)
-                .. ',"kvs":[' .. kv("k", "app/k", "other", 41, "someone-else") .. "]}}]}")
+                .. ',"kvs":[' .. kv("k", "app:k", "other", 41, "someone-else") .. "]}}]}")
             assert.same({ false, 41, "other" }, { st:put("k", "v", 39) })
         end)
 
