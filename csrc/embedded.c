@@ -564,23 +564,34 @@ static int read_int (sqlite3 *db, const char *sql, sqlite3_int64 *out) {
 }
 
 /*
-** Creates the schema when the file is new. A SQLite file that belongs to
-** another application is refused rather than written into.
+** Reads whether the file is ours (or new): *app is its application_id. A
+** SQLite file of another application is refused.
 */
-static int init_schema (sqlite3 *db, const char **problem) {
-    sqlite3_int64 app, foreign, version;
-    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return rc;
-    if ((rc = read_int(db, "PRAGMA application_id", &app)) != SQLITE_OK ||
+static int check_owner (sqlite3 *db, sqlite3_int64 *app, const char **problem) {
+    sqlite3_int64 foreign;
+    int rc;
+    if ((rc = read_int(db, "PRAGMA application_id", app)) != SQLITE_OK ||
         (rc = read_int(db, "SELECT count(*) FROM sqlite_master WHERE "
                        "name NOT LIKE 'cmpxchg\\_%' ESCAPE '\\' AND "
                        "name NOT LIKE 'sqlite\\_%' ESCAPE '\\'", &foreign)) != SQLITE_OK)
-        goto done;
-    if ((app != 0 && app != APPLICATION_ID) || (app == 0 && foreign > 0)) {
+        return rc;
+    if ((*app != 0 && *app != APPLICATION_ID) || (*app == 0 && foreign > 0)) {
         *problem = "is a SQLite database of another application";
-        rc = SQLITE_ERROR;
-        goto done;
+        return SQLITE_ERROR;
     }
+    return SQLITE_OK;
+}
+
+/*
+** Creates the schema when the file is new, checking again under the write
+** lock that the file is ours (another process may have written it since).
+*/
+static int init_schema (sqlite3 *db, const char **problem) {
+    sqlite3_int64 app, version;
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return rc;
+    if ((rc = check_owner(db, &app, problem)) != SQLITE_OK)
+        goto done;
     if ((rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL)) != SQLITE_OK ||
         (rc = read_int(db, "SELECT value FROM cmpxchg_meta WHERE name = 'schema'",
                        &version)) != SQLITE_OK)
@@ -640,6 +651,7 @@ static int embedded_init (Embedded *h, const char *path, const char *ns, int bus
                           double sweep_interval, const char *sync, const char **detail) {
     const char *problem = NULL;
     char pragma[64];
+    sqlite3_int64 app;
     int rc, i;
     h->sweep_interval = sweep_interval;
     h->ns = dup_string(ns);
@@ -652,7 +664,9 @@ static int embedded_init (Embedded *h, const char *path, const char *ns, int bus
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(h->db, busy_ms);
         snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
-        if ((rc = exec_pragma_wal(h->db, busy_ms)) == SQLITE_OK &&
+        /* another application's file is refused before anything is written */
+        if ((rc = check_owner(h->db, &app, &problem)) == SQLITE_OK &&
+            (rc = exec_pragma_wal(h->db, busy_ms)) == SQLITE_OK &&
             (rc = sqlite3_exec(h->db, pragma, NULL, NULL, NULL)) == SQLITE_OK &&
             (rc = init_schema(h->db, &problem)) == SQLITE_OK) {
             for (i = 0; i < N_STATEMENTS && rc == SQLITE_OK; i++)
