@@ -262,6 +262,8 @@ static size_t check_key (lua_State *L, int arg, char *out) {
     const char *key = luaL_checklstring(L, arg, &len);
     luaL_argcheck(L, len > 0, arg, "empty key");
     luaL_argcheck(L, len <= CX_MAX_KEY_BYTES, arg, "key longer than 512 bytes");
+    /* stored as a C string, and no key may hold one: see core.key_problem */
+    luaL_argcheck(L, memchr(key, '\0', len) == NULL, arg, "key must not contain a NUL byte");
     luaL_argcheck(L, cx_key_fold(key, len, out) == 0, arg, "key is not valid UTF-8");
     return len;
 }
@@ -435,7 +437,8 @@ static int embedded_get_many (lua_State *L) {
         if (lua_type(L, -1) != LUA_TSTRING)     /* before tolstring converts it */
             return luaL_argerror(L, 2, lua_pushfstring(L, "string expected at position %d", i));
         key = lua_tolstring(L, -1, &len);
-        if (len == 0 || len > CX_MAX_KEY_BYTES || cx_key_fold(key, len, k) != 0)
+        if (len == 0 || len > CX_MAX_KEY_BYTES || memchr(key, '\0', len) != NULL ||
+            cx_key_fold(key, len, k) != 0)
             return luaL_argerror(L, 2, lua_pushfstring(L, "invalid key at position %d", i));
         lua_pop(L, 1);
     }
@@ -481,6 +484,7 @@ static int embedded_list (lua_State *L) {
     sqlite3_stmt *s = h->stmt[S_LIST];
     int rc, n = 0;
     luaL_argcheck(L, plen <= CX_MAX_KEY_BYTES, 2, "prefix longer than 512 bytes");
+    luaL_argcheck(L, memchr(prefix, '\0', plen) == NULL, 2, "prefix must not contain a NUL byte");
     luaL_argcheck(L, cx_key_fold(prefix, plen, p) == 0, 2, "prefix is not valid UTF-8");
     luaL_argcheck(L, start >= 0, 3, "start must not be negative");
     lua_newtable(L);
@@ -614,11 +618,20 @@ done:
     return rc;
 }
 
+/*
+** opts[field] as a string, or `def`. The value stays on the stack: a number
+** is converted there, and that string is referenced nowhere else, so it
+** must stay until the open is done (popping it was a use-after-free).
+*/
 static const char *opt_string (lua_State *L, const char *field, const char *def) {
+    size_t len;
     const char *v;
     lua_getfield(L, 2, field);
-    v = luaL_optstring(L, -1, def);
-    lua_pop(L, 1);      /* the string stays alive: it is referenced by opts */
+    if (lua_isnil(L, -1)) return def;
+    if ((v = lua_tolstring(L, -1, &len)) == NULL)
+        luaL_argerror(L, 2, lua_pushfstring(L, "%s must be a string", field));
+    if (strlen(v) != len)       /* it is used as a C string */
+        luaL_argerror(L, 2, lua_pushfstring(L, "%s must not contain a NUL byte", field));
     return v;
 }
 
@@ -650,17 +663,27 @@ static char *dup_string (const char *s) {
 static int embedded_init (Embedded *h, const char *path, const char *ns, int busy_ms,
                           double sweep_interval, const char *sync, const char **detail) {
     const char *problem = NULL;
-    char pragma[64];
+    char pragma[64], *name;
     sqlite3_int64 app;
     int rc, i;
     h->sweep_interval = sweep_interval;
     h->ns = dup_string(ns);
     h->path = dup_string(path);
-    if (h->ns == NULL || h->path == NULL) {
+    /*
+    ** SQLite reads a name that starts with "file:" as a URI (Debian builds
+    ** it with SQLITE_USE_URI, which no open flag turns off), so that
+    ** "file:x?mode=memory" or "?nolock=1" would change what the store is:
+    ** "./" makes it the plain file name it is everywhere else.
+    */
+    name = (char *)malloc(strlen(path) + 3);
+    if (h->ns == NULL || h->path == NULL || name == NULL) {
+        free(name);
         *detail = "not enough memory";
         return SQLITE_NOMEM;
     }
-    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    snprintf(name, strlen(path) + 3, "%s%s", strncmp(path, "file:", 5) == 0 ? "./" : "", path);
+    rc = sqlite3_open_v2(name, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    free(name);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(h->db, busy_ms);
         snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
@@ -681,13 +704,16 @@ static int embedded_init (Embedded *h, const char *path, const char *ns, int bus
 }
 
 int cx_embedded_open (lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
+    size_t plen;
+    const char *path = luaL_checklstring(L, 1, &plen);
     const char *ns, *sync, *detail = NULL;
     lua_Number busy, sweep;
     Embedded *h;
     int rc;
+    luaL_argcheck(L, strlen(path) == plen, 1, "path must not contain a NUL byte");
     if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
     ns = opt_string(L, "namespace", "");
     sync = opt_string(L, "sync", "normal");
     busy = opt_number(L, "busy_timeout", 5000);

@@ -10,6 +10,7 @@
 --
 -- Writes take JSON text (the store encodes once); reads return decoded
 -- values. Any of them may return nil, "<code>: <detail>", "<code>".
+local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
 local runtime = require "cmpxchg.runtime"
@@ -67,6 +68,12 @@ end
 -- write lock), sweep_interval (seconds between @expires sweeps, < 0: never),
 -- sync ("normal": survives a killed process; "full": survives power loss).
 function Embedded.open(path, opts)
+    -- SQLite takes both as C strings: cut at a NUL, two names would be one
+    if path:find("\0", 1, true) then
+        check.argerror(1, "open", "path must not contain a NUL byte")
+    elseif opts.database and opts.database:find("\0", 1, true) then
+        check.argerror(2, "open", "option 'database' must not contain a NUL byte")
+    end
     local wait = opts.timeout or 5
     local settings = {
         namespace = opts.database or "",

@@ -1,7 +1,8 @@
 -- What the embedded store does to the file it is given: another application's
 -- SQLite file is refused before anything in it changes (not switched to WAL
 -- first), whether it is reached directly, through bin/cmpxchg or through a
--- symbolic link.
+-- symbolic link; a name is a file name, never a SQLite URI ("file:..."); the
+-- core's own options are read safely.
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 local helpers = require "spec.helpers"
@@ -86,5 +87,65 @@ describe("another application's SQLite file", function()
         assert.equal(3, code, out)
         assert.matches("is a SQLite database of another application", out)
         untouched(before)
+    end)
+end)
+
+describe("an embedded store's name", function()
+    local dir, remove
+
+    before_each(function() dir, remove = tmpdir() end)
+    after_each(function() remove() end)
+
+    it("that starts with file: is not read as a SQLite URI", function()
+        -- as a URI this is a private in-memory database (the open worked);
+        -- as a file name it is in a directory "file:" that does not exist
+        local s, err, code = cmpxchg.open("file:" .. dir .. "/x.db?mode=memory")
+        assert.is_nil(s)
+        assert.equal("connect", code)
+        assert.matches("^connect: cannot open file:", err)
+        s, err, code = cmpxchg.open("file:" .. dir .. "/x.db?nolock=1")
+        assert.is_nil(s)
+        assert.equal("connect", code)
+        assert.matches("^connect: cannot open file:", err)
+    end)
+
+    it("that starts with file: names a file, shared by every handle on it", function()
+        -- relative to the working directory: a child process started in `dir`
+        local root = helpers.sh("pwd")
+        local cpath = helpers.cpath:gsub("[^;]+", function(p)
+            return p:sub(1, 1) == "/" and p or root .. "/" .. p
+        end)
+        local code = [[
+            package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+            package.cpath = CPATH .. ";" .. package.cpath
+            local cmpxchg = require "cmpxchg"
+            local name = "file:shared.db?mode=memory"
+            local a = assert(cmpxchg.open(name))
+            local b = assert(cmpxchg.open(name))
+            assert(a:put("k", "seen", 0))
+            print(b:get("k"))
+            a:close() b:close()
+        ]]
+        local p = assert(helpers.popen(("cd %s && %s -e %s -e %s 2>&1"):format(q(dir),
+            helpers.lua, q(("ROOT, CPATH = %q, %q"):format(root, cpath)), q(code))))
+        local out = p:read("*a")
+        assert.is_true(helpers.pclose(p), out)
+        assert.matches("^seen\t%d+\n$", out)
+        assert.is_true(helpers.file_exists(dir .. "/file:shared.db?mode=memory"))
+    end)
+
+    it("may be given with a namespace that is a number", function()
+        -- the number's string was popped before it was copied: a use-after-free
+        -- (seen by the allocation-failure checker, spec/core/alloc_failure_spec.lua)
+        local path = dir .. "/n.db"
+        local h = assert(core.embedded_open(path, { namespace = 4321 }))
+        local ok, index = h:put("k", '"v"', 0)
+        assert.is_true(ok)
+        h:close()
+        local st = assert(cmpxchg.open(path, { database = "4321" }))
+        assert.same({ "v", index }, { st:get("k") })
+        st:close()
+        assert.has_error(function() core.embedded_open(path, { namespace = {} }) end,
+            "bad argument #2 to 'embedded_open' (namespace must be a string)")
     end)
 end)
