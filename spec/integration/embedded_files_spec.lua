@@ -109,15 +109,26 @@ describe("an embedded store's name", function()
         assert.matches("^connect: cannot open file:", err)
     end)
 
-    it("that starts with file: names a file, shared by every handle on it", function()
-        -- relative to the working directory: a child process started in `dir`
+    --- Runs Lua `code` in a child process whose working directory is `dir`
+    -- (a name that starts with file: is relative to it): its output.
+    local function in_dir(code)
         local root = helpers.sh("pwd")
         local cpath = helpers.cpath:gsub("[^;]+", function(p)
             return p:sub(1, 1) == "/" and p or root .. "/" .. p
         end)
-        local code = [[
-            package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
-            package.cpath = CPATH .. ";" .. package.cpath
+        local setup = ([[
+            package.path = %q .. package.path
+            package.cpath = %q .. package.cpath
+        ]]):format(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;", cpath .. ";")
+        local p = assert(helpers.popen(("cd %s && %s -e %s -e %s 2>&1"):format(q(dir),
+            helpers.lua, q(setup), q(code))))
+        local out = p:read("*a")
+        assert.is_true(helpers.pclose(p), out)
+        return out
+    end
+
+    it("that starts with file: names a file, shared by every handle on it", function()
+        local out = in_dir([[
             local cmpxchg = require "cmpxchg"
             local name = "file:shared.db?mode=memory"
             local a = assert(cmpxchg.open(name))
@@ -125,13 +136,30 @@ describe("an embedded store's name", function()
             assert(a:put("k", "seen", 0))
             print(b:get("k"))
             a:close() b:close()
-        ]]
-        local p = assert(helpers.popen(("cd %s && %s -e %s -e %s 2>&1"):format(q(dir),
-            helpers.lua, q(("ROOT, CPATH = %q, %q"):format(root, cpath)), q(code))))
-        local out = p:read("*a")
-        assert.is_true(helpers.pclose(p), out)
+        ]])
         assert.matches("^seen\t%d+\n$", out)
         assert.is_true(helpers.file_exists(dir .. "/file:shared.db?mode=memory"))
+    end)
+
+    it("that starts with file: is the file the renewal thread writes too", function()
+        -- as a URI, the thread's own connection opened an empty in-memory
+        -- database and the lock was lost at its first renewal
+        local out = in_dir([[
+            local cmpxchg = require "cmpxchg"
+            local core = require "cmpxchg.core"
+            local st = assert(cmpxchg.open("file:renew.db?mode=memory"))
+            local l = assert(st:lock("k", { ttl = 1, auto_renew = true }))
+            local first = l:token()
+            local deadline = core.monotime() + 30
+            while l:token() == first and l:is_held() and core.monotime() < deadline do
+                core.sleep(0.01)
+            end
+            local other = assert(cmpxchg.open("file:renew.db?mode=memory"))
+            print(l:token() > first, l:is_held(), select(2, other:get("k")) == l:token())
+            assert(l:release())
+            st:close() other:close()
+        ]])
+        assert.equal("true\ttrue\ttrue\n", out)
     end)
 
     it("may be given with a namespace that is a number", function()
