@@ -83,17 +83,17 @@ valgrind: deps all
 	@scripts/run-tests --only valgrind
 
 # The allocation-failure checker (spec/support/alloc/host.c): operations on
-# an embedded store with the Nth Lua allocation failing, for every N, under
-# ASan, UBSan and LeakSanitizer. The host is a Lua 5.4 program, so it links
-# liblua; the core it loads is the ASan build the asan pass uses.
+# an embedded store with the Nth Lua (then SQLite) allocation failing, for
+# every N, under ASan, UBSan and LeakSanitizer. The host is a Lua 5.4
+# program, so it links liblua; the core it loads is the asan pass's build.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 ALLOC_HOST = build/alloc/host
 
 $(ALLOC_HOST): spec/support/alloc/host.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(SANITIZE) -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
-	    $(shell $(PKG_CONFIG) --cflags lua5.4) -o $@ spec/support/alloc/host.c \
-	    $(shell $(PKG_CONFIG) --libs lua5.4) $(LDFLAGS)
+	    $(shell $(PKG_CONFIG) --cflags lua5.4) $(SQLITE_CFLAGS) -o $@ spec/support/alloc/host.c \
+	    $(shell $(PKG_CONFIG) --libs lua5.4) $(SQLITE_LIBS) $(LDFLAGS)
 
 alloc-check: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan EXTRA_CFLAGS=-Werror CFLAGS="$(SANITIZE)" \

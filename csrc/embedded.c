@@ -157,8 +157,9 @@ static void rollback_open (Embedded *h) {
 static int push_sqlite_error (lua_State *L, Embedded *h, int rc) {
     char msg[256];
     int primary = rc & 0xFF;
-    /* copied before ROLLBACK replaces it */
-    snprintf(msg, sizeof msg, "%s", sqlite3_errmsg(h->db));
+    /* copied before ROLLBACK replaces it; a reset since may have already */
+    snprintf(msg, sizeof msg, "%s", (sqlite3_errcode(h->db) & 0xFF) == primary
+             ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc));
     rollback_open(h);
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
         return cx_push_error(L, "timeout", "%s is locked by another writer (%s)",
@@ -177,6 +178,17 @@ static int run (Embedded *h, int which) {
 static void bind_key (Embedded *h, sqlite3_stmt *s, const char *folded, size_t len) {
     sqlite3_bind_text(s, 1, h->ns, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, folded, (int)len, SQLITE_TRANSIENT);
+}
+
+/*
+** Column `i` of the row `s` is on, as text of *len bytes. NULL when SQLite
+** could not allocate it: the columns read so are NOT NULL, so nothing else
+** gives NULL, and a NULL taken for "" answered "stored value is not JSON".
+*/
+static const char *column_text (sqlite3_stmt *s, int i, size_t *len) {
+    const char *text = (const char *)sqlite3_column_text(s, i);
+    *len = (size_t)sqlite3_column_bytes(s, i);
+    return text;
 }
 
 static int meta_get (Embedded *h, const char *name, double *num,
@@ -361,10 +373,13 @@ static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
     *index = 0;
     if (*present) {
         *index = sqlite3_column_int64(s, 0);
-        if (L != NULL)
-            lua_pushlstring(L, (const char *)sqlite3_column_text(s, 1),
-                            (size_t)sqlite3_column_bytes(s, 1));
         rc = SQLITE_OK;
+        if (L != NULL) {
+            size_t len;
+            const char *text = column_text(s, 1, &len);
+            if (text != NULL) lua_pushlstring(L, text, len);
+            else *present = 0, rc = SQLITE_NOMEM;
+        }
     }
     else if (rc == SQLITE_DONE)
         rc = SQLITE_OK;
@@ -520,14 +535,17 @@ static int get_small (lua_State *L, Call *c) {
     bind_key(c->h, s, c->k, c->klen);
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        const char *text = (const char *)sqlite3_column_text(s, 1);
-        len = (size_t)sqlite3_column_bytes(s, 1);
-        if (len > sizeof value) {
+        const char *text = column_text(s, 1, &len);
+        if (text == NULL)
+            rc = SQLITE_NOMEM;
+        else if (len > sizeof value) {
             sqlite3_reset(s);
             return -1;
         }
-        index = sqlite3_column_int64(s, 0);
-        if (len > 0) memcpy(value, text, len);
+        else {
+            index = sqlite3_column_int64(s, 0);
+            memcpy(value, text, len);
+        }
     }
     sqlite3_reset(s);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
@@ -617,14 +635,18 @@ static int list_body (lua_State *L) {
     sqlite3_bind_int64(s, 3, (sqlite3_int64)c->start);
     sqlite3_bind_int64(s, 4, c->page < 0 ? -1 : (sqlite3_int64)c->page);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        size_t klen, jlen;
+        const char *key = column_text(s, 0, &klen), *json = column_text(s, 2, &jlen);
+        if (key == NULL || json == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
         lua_createtable(L, 0, 3);
-        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 0),
-                        (size_t)sqlite3_column_bytes(s, 0));
+        lua_pushlstring(L, key, klen);
         lua_setfield(L, -2, "key");
         lua_pushinteger(L, (lua_Integer)sqlite3_column_int64(s, 1));
         lua_setfield(L, -2, "index");
-        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 2),
-                        (size_t)sqlite3_column_bytes(s, 2));
+        lua_pushlstring(L, json, jlen);
         lua_setfield(L, -2, "json");
         lua_rawseti(L, -2, ++n);
     }
