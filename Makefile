@@ -86,6 +86,7 @@ valgrind: deps all
 # an embedded store with the Nth Lua (then SQLite) allocation failing, for
 # every N, under ASan, UBSan and LeakSanitizer. The host is a Lua 5.4
 # program, so it links liblua; the core it loads is the asan pass's build.
+# Its store lives in /dev/shm where there is one: a few thousand opens.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 ALLOC_HOST = build/alloc/host
 
@@ -99,7 +100,7 @@ alloc-check: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan EXTRA_CFLAGS=-Werror CFLAGS="$(SANITIZE)" \
 	    LDFLAGS="-fsanitize=address,undefined" all >/dev/null
 	@$(MAKE) --no-print-directory EXTRA_CFLAGS=-Werror $(ALLOC_HOST)
-	@tmp=$$(mktemp -d) && \
+	@tmp=$$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d) && \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86:intercept_tls_get_addr=0 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/support/alloc/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

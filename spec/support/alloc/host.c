@@ -254,17 +254,20 @@ int main (int argc, char **argv) {
     nops = (int)luaL_len(L, -1);
     for (p = 0; p < N_PASSES; p++) {
         for (i = 1; i <= nops; i++) {
-            const char *op;
-            unsigned long points;
             double t0 = now();
-            lua_geti(L, 2, i);
-            op = lua_tostring(L, -1);
-            points = check_operation(L, &m, op, &passes[p]);
-            total += points;
-            printf("%-16s %-14s %5lu failure points  %.2f s\n", op, passes[p].name,
-                   points, now() - t0);
-            fflush(stdout);
-            lua_pop(L, 1);
+            lua_geti(L, 2, i);                  /* the operation's name */
+            lua_pushvalue(L, -1);
+            lua_pushstring(L, passes[p].name);
+            call_driver(L, "wants", 2, 1);      /* wants(op, pass) */
+            if (lua_toboolean(L, -1)) {
+                const char *op = lua_tostring(L, -2);
+                unsigned long points = check_operation(L, &m, op, &passes[p]);
+                total += points;
+                printf("%-16s %-14s %5lu failure points  %.2f s\n", op, passes[p].name,
+                       points, now() - t0);
+                fflush(stdout);
+            }
+            lua_pop(L, 2);
         }
     }
     lua_settop(L, 1);
