@@ -35,8 +35,8 @@ LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
-.PHONY: all deps test demo bench bench-bin lint asan valgrind matrix install uninstall clean rock \
-        dist
+.PHONY: all deps test demo bench bench-bin lint asan valgrind matrix alloc-check install uninstall \
+        clean rock dist
 
 all: $(CORE)
 
@@ -88,6 +88,31 @@ asan: deps
 
 valgrind: deps all
 	@scripts/run-tests --only valgrind
+
+# The allocation-failure checker (spec/support/alloc/host.c): operations on
+# an embedded store with the Nth Lua (then SQLite) allocation failing, for
+# every N, under ASan, UBSan and LeakSanitizer. The host is a Lua 5.4
+# program, so it links liblua; the core it loads is the asan pass's build.
+# Its store lives in /dev/shm where there is one: a few thousand opens.
+SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+ALLOC_HOST = build/alloc/host
+
+$(ALLOC_HOST): spec/support/alloc/host.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(SANITIZE) -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(EXTRA_CFLAGS) \
+	    $(shell $(PKG_CONFIG) --cflags lua5.4) $(SQLITE_CFLAGS) -o $@ spec/support/alloc/host.c \
+	    $(shell $(PKG_CONFIG) --libs lua5.4) $(SQLITE_LIBS) $(LDFLAGS)
+
+alloc-check: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan EXTRA_CFLAGS=-Werror CFLAGS="$(SANITIZE)" \
+	    LDFLAGS="-fsanitize=address,undefined" all >/dev/null
+	@$(MAKE) --no-print-directory EXTRA_CFLAGS=-Werror $(ALLOC_HOST)
+	@tmp=$$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d) && \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86:intercept_tls_get_addr=0 \
+	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/support/alloc/lsan.supp:print_suppressions=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(ALLOC_HOST) spec/support/alloc/driver.lua "build/asan/?.so" "$$tmp/store.db"; \
+	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 # the suite on every Lua: build/NAME/cmpxchg/core.so for NAME in MATRIX, each
 # tested under its own interpreter (make BUILD=build/luajit LUA_PC=luajit all

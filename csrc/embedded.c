@@ -77,6 +77,7 @@ typedef struct Embedded {
     char *ns;                           /* namespace, malloc'd */
     char *path;                         /* for tostring and messages */
     double sweep_interval;              /* seconds; negative: never sweep */
+    int busy;                           /* inside a call (see guarded) */
 } Embedded;
 
 /*
@@ -103,6 +104,9 @@ static Embedded *to_embedded (lua_State *L) {
     Embedded *h = (Embedded *)luaL_checkudata(L, 1, EMBEDDED_MT);
     if (h->db == NULL)
         luaL_error(L, "attempt to use a closed store");
+    if (h->busy)
+        luaL_error(L, "attempt to use a store inside one of its own calls "
+                      "(from a finalizer?)");
     return h;
 }
 
@@ -115,6 +119,9 @@ static int embedded_gc (lua_State *L) {
 }
 
 static int embedded_close (lua_State *L) {
+    Embedded *h = (Embedded *)luaL_checkudata(L, 1, EMBEDDED_MT);
+    if (h->busy)        /* its statements are in use further down the C stack */
+        return luaL_error(L, "attempt to close a store inside one of its own calls");
     embedded_gc(L);
     lua_pushboolean(L, 1);
     return 1;
@@ -143,12 +150,16 @@ static void rollback_open (Embedded *h) {
         sqlite3_step(h->stmt[S_ROLLBACK]), sqlite3_reset(h->stmt[S_ROLLBACK]);
 }
 
-/* the error contract for a failed SQLite call; rolls back an open write */
+/*
+** The error contract for a failed SQLite call; rolls back an open write
+** first, so that nothing here that can raise runs inside the transaction.
+*/
 static int push_sqlite_error (lua_State *L, Embedded *h, int rc) {
-    const char *msg = sqlite3_errmsg(h->db);
+    char msg[256];
     int primary = rc & 0xFF;
-    lua_pushstring(L, msg);     /* copy it before ROLLBACK replaces it */
-    msg = lua_tostring(L, -1);
+    /* copied before ROLLBACK replaces it; a reset since may have already */
+    snprintf(msg, sizeof msg, "%s", (sqlite3_errcode(h->db) & 0xFF) == primary
+             ? sqlite3_errmsg(h->db) : sqlite3_errstr(rc));
     rollback_open(h);
     if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED)
         return cx_push_error(L, "timeout", "%s is locked by another writer (%s)",
@@ -167,6 +178,17 @@ static int run (Embedded *h, int which) {
 static void bind_key (Embedded *h, sqlite3_stmt *s, const char *folded, size_t len) {
     sqlite3_bind_text(s, 1, h->ns, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, folded, (int)len, SQLITE_TRANSIENT);
+}
+
+/*
+** Column `i` of the row `s` is on, as text of *len bytes. NULL when SQLite
+** could not allocate it: the columns read so are NOT NULL, so nothing else
+** gives NULL, and a NULL taken for "" answered "stored value is not JSON".
+*/
+static const char *column_text (sqlite3_stmt *s, int i, size_t *len) {
+    const char *text = (const char *)sqlite3_column_text(s, i);
+    *len = (size_t)sqlite3_column_bytes(s, i);
+    return text;
 }
 
 static int meta_get (Embedded *h, const char *name, double *num,
@@ -235,9 +257,9 @@ static int sweep_if_due (Embedded *h) {
 }
 
 /*
-** Starts a write: rolls back a transaction an earlier error left open (a
-** memory error can unwind past our cleanup), takes the write lock, sweeps
-** when due, and reads the current global index.
+** Starts a write: rolls back a transaction left open (none should be:
+** every error path ends its own, see guarded), takes the write lock,
+** sweeps when due, and reads the current global index.
 */
 static int begin_write (Embedded *h, sqlite3_int64 *last) {
     int rc;
@@ -256,14 +278,76 @@ static int begin_write (Embedded *h, sqlite3_int64 *last) {
 ** =======================================================
 */
 
-/* checks and folds argument `arg` as a key; `out` holds CX_MAX_KEY_BYTES */
-static size_t check_key (lua_State *L, int arg, char *out) {
+/*
+** Every call that pushes Lua values while a statement is stepped or a
+** transaction is open does that work in `body`, run protected by
+** guarded(): a Lua API call that allocates can raise (a memory error) or
+** run finalizers. A raise there used to leave a statement stopped
+** mid-step, so that the next call stepped on from where it stopped (a
+** create-only put found no row and overwrote the key; a list went on with
+** another prefix), and a transaction open, holding the file's write lock.
+** guarded() resets every statement and rolls back before the error goes
+** on. A finalizer that uses the store while it is inside such a call would
+** rebind its statements under it: that call raises instead.
+*/
+
+/* one call's checked arguments, for its protected part */
+typedef struct Call {
+    Embedded *h;
+    const char *key;                    /* as given, stored as written */
+    char k[CX_MAX_KEY_BYTES];           /* folded key or prefix */
+    size_t klen;
+    const char *json;
+    size_t jlen;
+    sqlite3_int64 index;
+    int has_expires;
+    double expires;
+    lua_Integer start, page;            /* list */
+} Call;
+
+/* what an error left: every statement reset, no transaction open */
+static void reset_all (Embedded *h) {
+    int i;
+    for (i = 0; i < N_STATEMENTS; i++)
+        sqlite3_reset(h->stmt[i]);
+    rollback_open(h);
+}
+
+/*
+** Runs body(c [, value at `arg`]) protected, and returns its results. The
+** method's own arguments stay on its stack below, so the strings in `c`
+** stay alive.
+*/
+static int guarded (lua_State *L, lua_CFunction body, Call *c, int arg) {
+    int top = lua_gettop(L), status;
+    lua_pushcfunction(L, body);
+    lua_pushlightuserdata(L, c);
+    if (arg != 0) lua_pushvalue(L, arg);
+    c->h->busy = 1;
+    status = lua_pcall(L, arg != 0 ? 2 : 1, LUA_MULTRET, 0);
+    c->h->busy = 0;
+    if (status != 0) {
+        reset_all(c->h);
+        return lua_error(L);
+    }
+    return lua_gettop(L) - top;
+}
+
+static Call *to_call (lua_State *L) {
+    return (Call *)lua_touserdata(L, 1);
+}
+
+/* checks and folds argument `arg` as a key into c->k */
+static void check_key (lua_State *L, int arg, Call *c) {
     size_t len;
     const char *key = luaL_checklstring(L, arg, &len);
     luaL_argcheck(L, len > 0, arg, "empty key");
     luaL_argcheck(L, len <= CX_MAX_KEY_BYTES, arg, "key longer than 512 bytes");
-    luaL_argcheck(L, cx_key_fold(key, len, out) == 0, arg, "key is not valid UTF-8");
-    return len;
+    /* stored as a C string, and no key may hold one: see core.key_problem */
+    luaL_argcheck(L, memchr(key, '\0', len) == NULL, arg, "key must not contain a NUL byte");
+    luaL_argcheck(L, cx_key_fold(key, len, c->k) == 0, arg, "key is not valid UTF-8");
+    c->key = key;
+    c->klen = len;
 }
 
 static sqlite3_int64 check_index (lua_State *L, int arg) {
@@ -276,8 +360,7 @@ static sqlite3_int64 check_index (lua_State *L, int arg) {
 
 /*
 ** Reads the current item of folded key `k` inside the open transaction.
-** Pushes its JSON when `L` is given and the key is present, and sets *index
-** (0 when absent).
+** Pushes its JSON when the key is present, and sets *index (0 when absent).
 */
 static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
                          sqlite3_int64 *index, int *present) {
@@ -288,11 +371,13 @@ static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
     *present = rc == SQLITE_ROW;
     *index = 0;
     if (*present) {
+        size_t len;
+        const char *text;
         *index = sqlite3_column_int64(s, 0);
-        if (L != NULL)
-            lua_pushlstring(L, (const char *)sqlite3_column_text(s, 1),
-                            (size_t)sqlite3_column_bytes(s, 1));
+        text = column_text(s, 1, &len);
         rc = SQLITE_OK;
+        if (text != NULL) lua_pushlstring(L, text, len);
+        else *present = 0, rc = SQLITE_NOMEM;
     }
     else if (rc == SQLITE_DONE)
         rc = SQLITE_OK;
@@ -304,8 +389,8 @@ static int read_current (lua_State *L, Embedded *h, const char *k, size_t klen,
 ** The compare and the swap of a put, in one write transaction: index 0
 ** creates only; N replaces only when the current index is N (so a non-zero
 ** index never creates an absent key). Sets *swapped, and *result to the new
-** index, or to the current one (0: absent) when the compare failed; then,
-** when `L` is given, the current JSON is on its stack if *present.
+** index, or to the current one (0: absent) when the compare failed; then the
+** current JSON is on L's stack if *present.
 */
 static int cas_put (Embedded *h, lua_State *L, const char *k, size_t klen, const char *key,
                     const char *json, size_t jlen, sqlite3_int64 index, int has_expires,
@@ -319,7 +404,7 @@ static int cas_put (Embedded *h, lua_State *L, const char *k, size_t klen, const
         return rc;
     if (index == 0 ? *present : (!*present || *result != index))
         return run(h, S_COMMIT);    /* keeps a sweep that ran in this transaction */
-    if (*present && L != NULL) lua_pop(L, 1);
+    if (*present) lua_pop(L, 1);
     *present = 0;
     bind_key(h, s, k, klen);
     sqlite3_bind_text(s, 3, key, (int)strlen(key), SQLITE_STATIC);
@@ -346,25 +431,15 @@ static int push_compare_failed (lua_State *L, sqlite3_int64 current, int present
     return 3;
 }
 
-/*
-** h:put(key, json, index [, expires]) -> true, new index
-**                                      | false, current index, current JSON
-** (0, nil when the key is absent)
-*/
-static int embedded_put (lua_State *L) {
-    Embedded *h = to_embedded(L);
-    char k[CX_MAX_KEY_BYTES];
-    size_t klen = check_key(L, 2, k), jlen;
-    const char *key = lua_tostring(L, 2);
-    const char *json = luaL_checklstring(L, 3, &jlen);
-    sqlite3_int64 index = check_index(L, 4), result = 0;
-    int has_expires = !lua_isnoneornil(L, 5), present = 0, swapped = 0, rc;
-    double expires = has_expires ? (double)luaL_checknumber(L, 5) : 0;
-    lua_settop(L, 5);
-    rc = cas_put(h, L, k, klen, key, json, jlen, index, has_expires, expires, &result,
-                 &swapped, &present);
+static int put_body (lua_State *L) {
+    Call *c = to_call(L);
+    sqlite3_int64 result = 0;
+    int present = 0, swapped = 0, rc;
+    lua_settop(L, 0);
+    rc = cas_put(c->h, L, c->k, c->klen, c->key, c->json, c->jlen, c->index,
+                 c->has_expires, c->expires, &result, &swapped, &present);
     if (rc != SQLITE_OK)
-        return push_sqlite_error(L, h, rc);
+        return push_sqlite_error(L, c->h, rc);
     if (!swapped)
         return push_compare_failed(L, result, present);
     lua_pushboolean(L, 1);
@@ -373,45 +448,67 @@ static int embedded_put (lua_State *L) {
 }
 
 /*
-** h:delete(key, index) -> true, new index, deleted JSON
-**                       | false, current index, current JSON (0, nil: absent)
+** h:put(key, json, index [, expires]) -> true, new index
+**                                      | false, current index, current JSON
+** (0, nil when the key is absent)
 */
-static int embedded_delete (lua_State *L) {
-    Embedded *h = to_embedded(L);
-    char k[CX_MAX_KEY_BYTES];
-    size_t klen = check_key(L, 2, k);
-    sqlite3_int64 index = check_index(L, 3), last, current;
+static int embedded_put (lua_State *L) {
+    Call c;
+    c.h = to_embedded(L);
+    check_key(L, 2, &c);
+    c.json = luaL_checklstring(L, 3, &c.jlen);
+    c.index = check_index(L, 4);
+    c.has_expires = !lua_isnoneornil(L, 5);
+    c.expires = c.has_expires ? (double)luaL_checknumber(L, 5) : 0;
+    lua_settop(L, 5);
+    return guarded(L, put_body, &c, 0);
+}
+
+static int delete_body (lua_State *L) {
+    Call *c = to_call(L);
+    Embedded *h = c->h;
+    sqlite3_int64 last, current;
     int present, rc;
-    lua_settop(L, 3);
+    lua_settop(L, 0);
     if ((rc = begin_write(h, &last)) != SQLITE_OK ||
-        (rc = read_current(L, h, k, klen, &current, &present)) != SQLITE_OK)
+        (rc = read_current(L, h, c->k, c->klen, &current, &present)) != SQLITE_OK)
         return push_sqlite_error(L, h, rc);
-    if (!present || current != index) {
+    if (!present || current != c->index) {
         if ((rc = run(h, S_COMMIT)) != SQLITE_OK)
             return push_sqlite_error(L, h, rc);
         return push_compare_failed(L, current, present);
     }
-    bind_key(h, h->stmt[S_DELETE], k, klen);
+    bind_key(h, h->stmt[S_DELETE], c->k, c->klen);
     if ((rc = run(h, S_DELETE)) != SQLITE_OK ||
         (rc = meta_set_int(h, "last_index", last + 1)) != SQLITE_OK ||
         (rc = run(h, S_COMMIT)) != SQLITE_OK)
         return push_sqlite_error(L, h, rc);
     lua_pushboolean(L, 1);
     lua_pushinteger(L, (lua_Integer)(last + 1));
-    lua_pushvalue(L, 4);        /* the deleted JSON */
+    lua_pushvalue(L, 1);        /* the deleted JSON */
     return 3;
 }
 
-/* h:get(key) -> index, JSON | 0, nil when absent */
-static int embedded_get (lua_State *L) {
-    Embedded *h = to_embedded(L);
-    char k[CX_MAX_KEY_BYTES];
-    size_t klen = check_key(L, 2, k);
+/*
+** h:delete(key, index) -> true, new index, deleted JSON
+**                       | false, current index, current JSON (0, nil: absent)
+*/
+static int embedded_delete (lua_State *L) {
+    Call c;
+    c.h = to_embedded(L);
+    check_key(L, 2, &c);
+    c.index = check_index(L, 3);
+    lua_settop(L, 3);
+    return guarded(L, delete_body, &c, 0);
+}
+
+static int get_body (lua_State *L) {
+    Call *c = to_call(L);
     sqlite3_int64 index;
     int present, rc;
-    lua_settop(L, 2);
-    if ((rc = read_current(L, h, k, klen, &index, &present)) != SQLITE_OK)
-        return push_sqlite_error(L, h, rc);
+    lua_settop(L, 0);
+    if ((rc = read_current(L, c->h, c->k, c->klen, &index, &present)) != SQLITE_OK)
+        return push_sqlite_error(L, c->h, rc);
     if (!present) lua_pushnil(L);
     lua_pushinteger(L, (lua_Integer)index);
     lua_insert(L, -2);
@@ -419,31 +516,63 @@ static int embedded_get (lua_State *L) {
 }
 
 /*
-** h:get_many({k1, k2, ...}) -> indexes, jsons: two arrays in the order of the
-** keys (index 0 and false for an absent key), read from one snapshot.
+** A get without the protected call, for the common case (a read is most of
+** what stores do, and the protected call costs some 5-10% of one): a value
+** of up to SMALL_VALUE bytes is copied out and the statement reset before
+** anything is pushed, so nothing can raise while it is stepped. Returns -1
+** when the value is larger: the caller reads it again, protected.
 */
-static int embedded_get_many (lua_State *L) {
-    Embedded *h = to_embedded(L);
-    int n, i, rc;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    n = (int)lua_rawlen(L, 2);
-    for (i = 1; i <= n; i++) {      /* check every key before any I/O */
-        char k[CX_MAX_KEY_BYTES];
-        size_t len;
-        const char *key;
-        lua_rawgeti(L, 2, i);
-        if (lua_type(L, -1) != LUA_TSTRING)     /* before tolstring converts it */
-            return luaL_argerror(L, 2, lua_pushfstring(L, "string expected at position %d", i));
-        key = lua_tolstring(L, -1, &len);
-        if (len == 0 || len > CX_MAX_KEY_BYTES || cx_key_fold(key, len, k) != 0)
-            return luaL_argerror(L, 2, lua_pushfstring(L, "invalid key at position %d", i));
-        lua_pop(L, 1);
+#define SMALL_VALUE 1024
+
+static int get_small (lua_State *L, Call *c) {
+    sqlite3_stmt *s = c->h->stmt[S_GET];
+    char value[SMALL_VALUE];
+    sqlite3_int64 index = 0;
+    size_t len = 0;
+    int rc;
+    bind_key(c->h, s, c->k, c->klen);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const char *text = column_text(s, 1, &len);
+        if (text == NULL)
+            rc = SQLITE_NOMEM;
+        else if (len > sizeof value) {
+            sqlite3_reset(s);
+            return -1;
+        }
+        else {
+            index = sqlite3_column_int64(s, 0);
+            memcpy(value, text, len);
+        }
     }
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return push_sqlite_error(L, c->h, rc);
+    lua_pushinteger(L, (lua_Integer)index);
+    if (rc == SQLITE_ROW) lua_pushlstring(L, value, len);
+    else lua_pushnil(L);
+    return 2;
+}
+
+/* h:get(key) -> index, JSON | 0, nil when absent */
+static int embedded_get (lua_State *L) {
+    Call c;
+    int n;
+    c.h = to_embedded(L);
+    check_key(L, 2, &c);
+    lua_settop(L, 2);
+    if ((n = get_small(L, &c)) >= 0)
+        return n;
+    return guarded(L, get_body, &c, 0);
+}
+
+/* get_many's protected part: body(c, keys) */
+static int get_many_body (lua_State *L) {
+    Embedded *h = to_call(L)->h;
+    int n = (int)lua_rawlen(L, 2), i, rc;
     lua_settop(L, 2);
     lua_createtable(L, n, 0);       /* 3: indexes */
     lua_createtable(L, n, 0);       /* 4: jsons */
-    if (!sqlite3_get_autocommit(h->db))
-        run(h, S_ROLLBACK);
     if ((rc = run(h, S_BEGIN_READ)) != SQLITE_OK)
         return push_sqlite_error(L, h, rc);
     for (i = 1; i <= n; i++) {
@@ -468,34 +597,54 @@ static int embedded_get_many (lua_State *L) {
 }
 
 /*
-** h:list(prefix, start, page_size) -> array of {key =, index =, json =},
-** ordered by folded key. page_size < 0 means no limit.
+** h:get_many({k1, k2, ...}) -> indexes, jsons: two arrays in the order of the
+** keys (index 0 and false for an absent key), read from one snapshot.
 */
-static int embedded_list (lua_State *L) {
-    Embedded *h = to_embedded(L);
-    size_t plen;
-    const char *prefix = luaL_checklstring(L, 2, &plen);
-    lua_Integer start = luaL_optinteger(L, 3, 0);
-    lua_Integer page = luaL_optinteger(L, 4, -1);
-    char p[CX_MAX_KEY_BYTES];
+static int embedded_get_many (lua_State *L) {
+    Call c;
+    int n, i;
+    c.h = to_embedded(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    n = (int)lua_rawlen(L, 2);
+    for (i = 1; i <= n; i++) {      /* check every key before any I/O */
+        size_t len;
+        const char *key;
+        lua_rawgeti(L, 2, i);
+        if (lua_type(L, -1) != LUA_TSTRING)     /* before tolstring converts it */
+            return luaL_argerror(L, 2, lua_pushfstring(L, "string expected at position %d", i));
+        key = lua_tolstring(L, -1, &len);
+        if (len == 0 || len > CX_MAX_KEY_BYTES || memchr(key, '\0', len) != NULL ||
+            cx_key_fold(key, len, c.k) != 0)
+            return luaL_argerror(L, 2, lua_pushfstring(L, "invalid key at position %d", i));
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    return guarded(L, get_many_body, &c, 2);
+}
+
+static int list_body (lua_State *L) {
+    Call *c = to_call(L);
+    Embedded *h = c->h;
     sqlite3_stmt *s = h->stmt[S_LIST];
     int rc, n = 0;
-    luaL_argcheck(L, plen <= CX_MAX_KEY_BYTES, 2, "prefix longer than 512 bytes");
-    luaL_argcheck(L, cx_key_fold(prefix, plen, p) == 0, 2, "prefix is not valid UTF-8");
-    luaL_argcheck(L, start >= 0, 3, "start must not be negative");
+    lua_settop(L, 0);
     lua_newtable(L);
-    bind_key(h, s, p, plen);
-    sqlite3_bind_int64(s, 3, (sqlite3_int64)start);
-    sqlite3_bind_int64(s, 4, page < 0 ? -1 : (sqlite3_int64)page);
+    bind_key(h, s, c->k, c->klen);
+    sqlite3_bind_int64(s, 3, (sqlite3_int64)c->start);
+    sqlite3_bind_int64(s, 4, c->page < 0 ? -1 : (sqlite3_int64)c->page);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        size_t klen, jlen;
+        const char *key = column_text(s, 0, &klen), *json = column_text(s, 2, &jlen);
+        if (key == NULL || json == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
         lua_createtable(L, 0, 3);
-        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 0),
-                        (size_t)sqlite3_column_bytes(s, 0));
+        lua_pushlstring(L, key, klen);
         lua_setfield(L, -2, "key");
         lua_pushinteger(L, (lua_Integer)sqlite3_column_int64(s, 1));
         lua_setfield(L, -2, "index");
-        lua_pushlstring(L, (const char *)sqlite3_column_text(s, 2),
-                        (size_t)sqlite3_column_bytes(s, 2));
+        lua_pushlstring(L, json, jlen);
         lua_setfield(L, -2, "json");
         lua_rawseti(L, -2, ++n);
     }
@@ -503,6 +652,27 @@ static int embedded_list (lua_State *L) {
     if (rc != SQLITE_DONE)
         return push_sqlite_error(L, h, rc);
     return 1;
+}
+
+/*
+** h:list(prefix, start, page_size) -> array of {key =, index =, json =},
+** ordered by folded key. page_size < 0 means no limit.
+*/
+static int embedded_list (lua_State *L) {
+    Call c;
+    size_t plen;
+    const char *prefix;
+    c.h = to_embedded(L);
+    prefix = luaL_checklstring(L, 2, &plen);
+    c.start = luaL_optinteger(L, 3, 0);
+    c.page = luaL_optinteger(L, 4, -1);
+    luaL_argcheck(L, plen <= CX_MAX_KEY_BYTES, 2, "prefix longer than 512 bytes");
+    luaL_argcheck(L, memchr(prefix, '\0', plen) == NULL, 2, "prefix must not contain a NUL byte");
+    luaL_argcheck(L, cx_key_fold(prefix, plen, c.k) == 0, 2, "prefix is not valid UTF-8");
+    luaL_argcheck(L, c.start >= 0, 3, "start must not be negative");
+    c.klen = plen;
+    lua_settop(L, 4);
+    return guarded(L, list_body, &c, 0);
 }
 
 /* h:sweep() -> number of expired items removed now, whatever the period */
@@ -564,23 +734,34 @@ static int read_int (sqlite3 *db, const char *sql, sqlite3_int64 *out) {
 }
 
 /*
-** Creates the schema when the file is new. A SQLite file that belongs to
-** another application is refused rather than written into.
+** Reads whether the file is ours (or new): *app is its application_id. A
+** SQLite file of another application is refused.
 */
-static int init_schema (sqlite3 *db, const char **problem) {
-    sqlite3_int64 app, foreign, version;
-    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) return rc;
-    if ((rc = read_int(db, "PRAGMA application_id", &app)) != SQLITE_OK ||
+static int check_owner (sqlite3 *db, sqlite3_int64 *app, const char **problem) {
+    sqlite3_int64 foreign;
+    int rc;
+    if ((rc = read_int(db, "PRAGMA application_id", app)) != SQLITE_OK ||
         (rc = read_int(db, "SELECT count(*) FROM sqlite_master WHERE "
                        "name NOT LIKE 'cmpxchg\\_%' ESCAPE '\\' AND "
                        "name NOT LIKE 'sqlite\\_%' ESCAPE '\\'", &foreign)) != SQLITE_OK)
-        goto done;
-    if ((app != 0 && app != APPLICATION_ID) || (app == 0 && foreign > 0)) {
+        return rc;
+    if ((*app != 0 && *app != APPLICATION_ID) || (*app == 0 && foreign > 0)) {
         *problem = "is a SQLite database of another application";
-        rc = SQLITE_ERROR;
-        goto done;
+        return SQLITE_ERROR;
     }
+    return SQLITE_OK;
+}
+
+/*
+** Creates the schema when the file is new, checking again under the write
+** lock that the file is ours (another process may have written it since).
+*/
+static int init_schema (sqlite3 *db, const char **problem) {
+    sqlite3_int64 app, version;
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) return rc;
+    if ((rc = check_owner(db, &app, problem)) != SQLITE_OK)
+        goto done;
     if ((rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL)) != SQLITE_OK ||
         (rc = read_int(db, "SELECT value FROM cmpxchg_meta WHERE name = 'schema'",
                        &version)) != SQLITE_OK)
@@ -603,11 +784,20 @@ done:
     return rc;
 }
 
+/*
+** opts[field] as a string, or `def`. The value stays on the stack: a number
+** is converted there, and that string is referenced nowhere else, so it
+** must stay until the open is done (popping it was a use-after-free).
+*/
 static const char *opt_string (lua_State *L, const char *field, const char *def) {
+    size_t len;
     const char *v;
     lua_getfield(L, 2, field);
-    v = luaL_optstring(L, -1, def);
-    lua_pop(L, 1);      /* the string stays alive: it is referenced by opts */
+    if (lua_isnil(L, -1)) return def;
+    if ((v = lua_tolstring(L, -1, &len)) == NULL)
+        luaL_argerror(L, 2, lua_pushfstring(L, "%s must be a string", field));
+    if (strlen(v) != len)       /* it is used as a C string */
+        luaL_argerror(L, 2, lua_pushfstring(L, "%s must not contain a NUL byte", field));
     return v;
 }
 
@@ -639,20 +829,33 @@ static char *dup_string (const char *s) {
 static int embedded_init (Embedded *h, const char *path, const char *ns, int busy_ms,
                           double sweep_interval, const char *sync, const char **detail) {
     const char *problem = NULL;
-    char pragma[64];
+    char pragma[64], *name;
+    sqlite3_int64 app;
     int rc, i;
     h->sweep_interval = sweep_interval;
     h->ns = dup_string(ns);
     h->path = dup_string(path);
-    if (h->ns == NULL || h->path == NULL) {
+    /*
+    ** SQLite reads a name that starts with "file:" as a URI (Debian builds
+    ** it with SQLITE_USE_URI, which no open flag turns off), so that
+    ** "file:x?mode=memory" or "?nolock=1" would change what the store is:
+    ** "./" makes it the plain file name it is everywhere else.
+    */
+    name = (char *)malloc(strlen(path) + 3);
+    if (h->ns == NULL || h->path == NULL || name == NULL) {
+        free(name);
         *detail = "not enough memory";
         return SQLITE_NOMEM;
     }
-    rc = sqlite3_open_v2(path, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    snprintf(name, strlen(path) + 3, "%s%s", strncmp(path, "file:", 5) == 0 ? "./" : "", path);
+    rc = sqlite3_open_v2(name, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    free(name);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(h->db, busy_ms);
         snprintf(pragma, sizeof pragma, "PRAGMA synchronous = %s", sync);
-        if ((rc = exec_pragma_wal(h->db, busy_ms)) == SQLITE_OK &&
+        /* another application's file is refused before anything is written */
+        if ((rc = check_owner(h->db, &app, &problem)) == SQLITE_OK &&
+            (rc = exec_pragma_wal(h->db, busy_ms)) == SQLITE_OK &&
             (rc = sqlite3_exec(h->db, pragma, NULL, NULL, NULL)) == SQLITE_OK &&
             (rc = init_schema(h->db, &problem)) == SQLITE_OK) {
             for (i = 0; i < N_STATEMENTS && rc == SQLITE_OK; i++)
@@ -667,13 +870,16 @@ static int embedded_init (Embedded *h, const char *path, const char *ns, int bus
 }
 
 static int core_embedded_open (lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
+    size_t plen;
+    const char *path = luaL_checklstring(L, 1, &plen);
     const char *ns, *sync, *detail = NULL;
     lua_Number busy, sweep;
     Embedded *h;
     int rc;
+    luaL_argcheck(L, strlen(path) == plen, 1, "path must not contain a NUL byte");
     if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
     ns = opt_string(L, "namespace", "");
     sync = opt_string(L, "sync", "normal");
     busy = opt_number(L, "busy_timeout", 5000);

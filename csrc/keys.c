@@ -114,7 +114,8 @@ int cx_key_fold (const char *s, size_t len, char *out) {
 
 /*
 ** core.fold_key(key) -> the key lower-cased as RavenDB compares it, or nil and
-** a message when the key is longer than 512 bytes or not valid UTF-8.
+** a message when the key is longer than 512 bytes, not valid UTF-8 or holds a
+** NUL byte (no key does: it is a prefix no key can start with).
 */
 static int core_fold_key (lua_State *L) {
     size_t len;
@@ -125,6 +126,8 @@ static int core_fold_key (lua_State *L) {
         problem = "longer than 512 bytes";
     else if (cx_key_fold(key, len, out) != 0)
         problem = "not valid UTF-8";
+    else if (memchr(key, '\0', len) != NULL)
+        problem = "a string with a NUL byte";
     if (problem != NULL) {
         lua_pushnil(L);
         lua_pushstring(L, problem);
@@ -136,8 +139,9 @@ static int core_fold_key (lua_State *L) {
 
 /*
 ** core.key_problem(key) -> nothing when the string `key` can be a
-** compare-exchange key, else why not: blank, longer than 512 bytes, not
-** UTF-8, or in RavenDB's reserved "rvn-atomic/" space (compared folded).
+** compare-exchange key, else why not: blank, holding a NUL byte, longer than
+** 512 bytes, not UTF-8, or in RavenDB's reserved "rvn-atomic/" space
+** (compared folded).
 ** One pass in C: every put, get and delete checks its key.
 */
 static int core_key_problem (lua_State *L) {
@@ -151,6 +155,9 @@ static int core_key_problem (lua_State *L) {
     }
     if (i == len) {
         lua_pushliteral(L, "key must not be empty or blank");
+    } else if (memchr(key, '\0', len) != NULL) {
+        /* stores and servers cut keys at NUL: "a\0b" would be stored as "a" */
+        lua_pushliteral(L, "key must not contain a NUL byte");
     } else if (len > CX_MAX_KEY_BYTES) {
         lua_pushfstring(L, "key is %d bytes, the limit is %d", (int)len, CX_MAX_KEY_BYTES);
     } else if (cx_key_fold(key, len, folded) != 0) {

@@ -68,6 +68,12 @@ function Embedded.open(path, opts)
     if opts.sync ~= nil and opts.sync ~= "normal" and opts.sync ~= "full" then
         check.argerror(2, "open", "option 'sync' must be \"normal\" or \"full\"")
     end
+    -- SQLite takes both as C strings: cut at a NUL, two names would be one
+    if path:find("\0", 1, true) then
+        check.argerror(1, "open", "path must not contain a NUL byte")
+    elseif opts.database and opts.database:find("\0", 1, true) then
+        check.argerror(2, "open", "option 'database' must not contain a NUL byte")
+    end
     local wait = opts.timeout or 5
     local settings = {
         namespace = opts.database or "",
@@ -104,12 +110,14 @@ function Embedded:delete(key, index)
 end
 
 function Embedded:get(key)
-    -- call() unrolled: a read is most of what stores do
+    -- call() unrolled: a read is most of what stores do. On an error `text`
+    -- is the message: only an index says the read worked.
     local index, text, code = self.handle:get(key)
-    if text == nil then
+    if index == nil then
         index, text, code = unless_busy(self.handle, self.wait, "get", index, text, code, key)
-        if index == nil or text == nil then return index, text, code end
+        if index == nil then return nil, text, code end
     end
+    if text == nil then return index, nil end       -- absent
     local value = json_decode(text)
     if value == nil then return decode(text, key) end     -- its error
     return index, value

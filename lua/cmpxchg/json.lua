@@ -18,10 +18,14 @@ local json = {
     null = cjson.null,
 }
 
+-- Lua's memory error: raised on as it is, never taken for the value's fault
+local MEMORY_ERROR = "not enough memory"
+
 --- value -> JSON text, or nil and why it cannot be encoded.
 function json.encode(value)
     local ok, text = pcall(cjson.encode, value)
     if ok then return text end
+    if text == MEMORY_ERROR then error(text, 0) end
     text = tostring(text):gsub("^Cannot serialise", "cannot encode")
     if text:find("excessive nesting", 1, true) then
         text = text .. " (a table that contains itself?)"
@@ -33,6 +37,7 @@ end
 function json.decode(text)
     local ok, value = pcall(cjson.decode, text)
     if ok then return value end
+    if value == MEMORY_ERROR then error(value, 0) end
     return nil, tostring(value)
 end
 
