@@ -28,6 +28,35 @@ function helpers.fake_clock(wall0)
     end
 end
 
+--- The whole text of file `path`.
+function helpers.read_file(path)
+    local f = assert(io.open(path))
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+--- Writes `text` to file `path`, replacing it.
+function helpers.write_file(path, text)
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+end
+
+--- Starts spec/support/http_test_server.js (the transport specs' local
+-- server; without the ASan run's preload: node is not what it checks).
+-- Returns its base URL and a function that stops it.
+function helpers.http_test_server()
+    local server = assert(io.popen("exec env -u LD_PRELOAD node spec/support/http_test_server.js",
+        "r"))
+    local line = assert(server:read("*l"), "the test server did not start (is node installed?)")
+    local port, pid = line:match("^(%d+) (%d+)$")
+    return "http://127.0.0.1:" .. port, function()
+        os.execute("kill " .. pid)
+        server:close()
+    end
+end
+
 local created = {}
 
 --- A fresh path for an embedded store file, removed by helpers.cleanup().

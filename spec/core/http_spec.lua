@@ -1,23 +1,13 @@
 -- The libcurl engine's contract (csrc/http.c), against a local Node server.
 local core = require "cmpxchg.core"
+local helpers = require "spec.helpers"
 local json = require "cmpxchg.json"
 
 describe("cmpxchg.core.http_new", function()
-    local server, base, pid
+    local base, stop
 
-    setup(function()
-        -- node is not what the ASan run checks: without its preload
-        server = assert(io.popen("exec env -u LD_PRELOAD node spec/support/http_test_server.js", "r"))
-        local line = assert(server:read("*l"), "the test server did not start (is node installed?)")
-        local port
-        port, pid = line:match("^(%d+) (%d+)$")
-        base = "http://127.0.0.1:" .. port
-    end)
-
-    teardown(function()
-        os.execute("kill " .. pid)
-        server:close()
-    end)
+    setup(function() base, stop = helpers.http_test_server() end)
+    teardown(function() stop() end)
 
     it("sends method, headers and body, and returns status, body, headers", function()
         local h = core.http_new()

@@ -14,20 +14,10 @@ local SETTINGS = assert(json.encode({ key = "k", owner = "o", options = { ttl = 
     clock_skew = 0, expires_field = "ExpiresAt", expires_grace = 60 } }))
 
 describe("cmpxchg.core.renewer_start", function()
-    local server, base, pid
+    local base, stop
 
-    setup(function()
-        server = assert(io.popen("exec env -u LD_PRELOAD node spec/support/http_test_server.js", "r"))
-        local line = assert(server:read("*l"), "the test server did not start (is node installed?)")
-        local port
-        port, pid = line:match("^(%d+) (%d+)$")
-        base = "http://127.0.0.1:" .. port
-    end)
-
-    teardown(function()
-        os.execute("kill " .. pid)
-        server:close()
-    end)
+    setup(function() base, stop = helpers.http_test_server() end)
+    teardown(function() stop() end)
 
     it("refuses bad arguments", function()
         assert.has_error(function() core.renewer_start() end)

@@ -9,18 +9,7 @@ local helpers = require "spec.helpers"
 
 local q = helpers.shell_quote
 
-local function read(path)
-    local f = assert(io.open(path))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write(path, text)
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-end
+local read, write = helpers.read_file, helpers.write_file
 
 --- `cmd` (a shell command line, run without the ASan run's preload: the build
 -- tools are not under test): its output and whether it succeeded.

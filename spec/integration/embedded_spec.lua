@@ -44,9 +44,9 @@ describe("embedded store", function()
     end)
 
     it("never lets namespaces share keys, whatever their names", function()
-        local path = helpers.tmpdb()
+        local file = helpers.tmpdb()
         require("spec.support.database_isolation")(assert, function(name)
-            return cmpxchg.open(path, { database = name })
+            return cmpxchg.open(file, { database = name })
         end, { "shop", "shop/eu", "shop/", "shopx", "" })
     end)
 

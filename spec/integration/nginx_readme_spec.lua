@@ -15,18 +15,7 @@ if os.getenv("CMPXCHG_SKIP_NGINX") == "1" then
     return
 end
 
-local function read(path)
-    local f = assert(io.open(path))
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write(path, text)
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-end
+local read, write = helpers.read_file, helpers.write_file
 
 local function free_port()
     return helpers.sh([[node -e 'const s = require("net").createServer();
