@@ -7,6 +7,8 @@
 //   /gzip            -> a gzip-encoded JSON body when the client accepts gzip
 //   /drop            -> destroys the socket without answering
 //   /big?bytes=N     -> N bytes of "x", chunked
+//   /vanish          -> stops listening and destroys the socket without answering,
+//                       as a server killed after reading the request (then exits)
 'use strict';
 const http = require('http');
 const zlib = require('zlib');
@@ -37,6 +39,9 @@ const server = http.createServer((req, res) => {
                 res.end(payload);
             }
         } else if (url.pathname === '/drop') {
+            req.socket.destroy();
+        } else if (url.pathname === '/vanish') {
+            server.close();
             req.socket.destroy();
         } else if (url.pathname === '/big') {
             const n = Number(url.searchParams.get('bytes'));
