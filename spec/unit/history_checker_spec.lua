@@ -244,7 +244,9 @@ describe("history checker", function()
         os.execute("rm -r " .. dir)
         assert.equal(5, #ops)
         assert.same({ events = 13, calls = 7, killed = 1, unknown = 2, errors = 1,
-                      dropped_reads = 1, codes = { timeout = 1, http = 1, connect = 1 } }, fig)
+                      dropped_reads = 1, codes = { timeout = 1, http = 1, connect = 1 },
+                      samples = { timeout = "timeout: no answer", http = "http: HTTP 400: bad",
+                                  connect = "connect: refused" } }, fig)
         local result = checker.check(ops)
         assert.is_true(result.ok, checker.report(result))
         assert.equal(2, result.unknown)

@@ -399,12 +399,14 @@ end
 -- line (killed mid-write) is ignored. Returns ops, figures {events, calls,
 -- killed (calls never completed), unknown (writes of unknown outcome),
 -- errors (definite failures left out), dropped_reads (reads that failed),
--- codes = {code = n}}; raises on a malformed log (a bug of the test).
+-- codes = {code = n}, samples = {code = the first message}}; raises on a
+-- malformed log (a bug of the test). An operation of unknown outcome keeps
+-- the time its client gave up on it as `ended`.
 function checker.read_logs(paths)
     local json = require "cmpxchg.json"
     local ops = {}
     local fig = { events = 0, calls = 0, killed = 0, unknown = 0, errors = 0,
-                  dropped_reads = 0, codes = {} }
+                  dropped_reads = 0, codes = {}, samples = {} }
     local seq = 0
     local function index_of(v) return v ~= nil and math.floor(v) or nil end
     for _, path in ipairs(paths) do
@@ -436,12 +438,14 @@ function checker.read_logs(paths)
                 else
                     assert(e.e == "unknown" or e.e == "error", "unknown event " .. tostring(e.e))
                     fig.codes[e.code] = (fig.codes[e.code] or 0) + 1
+                    fig.samples[e.code] = fig.samples[e.code] or e.err
                     if op.kind == "get" then
                         fig.dropped_reads = fig.dropped_reads + 1
                     elseif e.e == "error" then
                         fig.errors = fig.errors + 1         -- not applied: left out
                     else
-                        op.ret, op.outcome, op.code, op.err = nil, "unknown", e.code, e.err
+                        op.ret, op.ended, op.outcome, op.code, op.err = nil, e.t, "unknown",
+                            e.code, e.err
                         ops[#ops + 1] = op
                     end
                 end
