@@ -177,14 +177,16 @@ end
 -- one answers. `how` (READ by default): what may follow an attempt whose
 -- outcome is unknown, see above. An attempt refused before anything was sent
 -- (the transport says `unsent`), or answered "no leader" or 4xx, was not
--- applied. Returns the text of a 200 reply and whether an earlier attempt may
--- have been applied (`unknown`), or nil, err, code, unknown; a write that may
--- have been applied and got no 200 answer fails with code "timeout".
-function Etcd:exchange(path, body, how, unauthenticated)
+-- applied. `attempts`: at most that many requests (default: one per
+-- endpoint, at least 2), each bounded by the timeout. Returns the text of a
+-- 200 reply and whether an earlier attempt may have been applied (`unknown`),
+-- or nil, err, code, unknown, attempts used; a write that may have been
+-- applied and got no 200 answer fails with code "timeout".
+function Etcd:exchange(path, body, how, unauthenticated, attempts)
     local text = type(body) == "string" and body or assert(json.encode(body))
     local write = how == GUARDED or how == ONCE
     local n, first = #self.endpoints, self.preferred
-    local attempts = math.max(n, 2)
+    attempts = attempts or math.max(n, 2)
     local unknown, reauthenticated = false, false
     local last_err, last_code
     local attempt = 1
@@ -209,17 +211,19 @@ function Etcd:exchange(path, body, how, unauthenticated)
                 reauthenticated = true
                 local ok, err, code = self:authenticate()
                 if not ok then
-                    if write and unknown then return nil, unsettled(err, code), "timeout", true end
-                    return nil, err, code
+                    if write and unknown then
+                        return nil, unsettled(err, code), "timeout", true, attempt
+                    end
+                    return nil, err, code, false, attempt
                 end
                 attempt = attempt - 1
             else
                 last_err, last_code = answer_error(status, reply, rbody)
                 if class == "final" or class == "auth" then
                     if write and unknown then
-                        return nil, unsettled(last_err, last_code), "timeout", true
+                        return nil, unsettled(last_err, last_code), "timeout", true, attempt
                     end
-                    return nil, last_err, last_code
+                    return nil, last_err, last_code, false, attempt
                 end
                 if class == "unknown" then unknown = true end
             end
@@ -228,8 +232,9 @@ function Etcd:exchange(path, body, how, unauthenticated)
         if unknown and how == ONCE then break end
         attempt = attempt + 1
     end
-    if write and unknown then return nil, unsettled(last_err, last_code), "timeout", true end
-    return nil, last_err, last_code
+    local used = math.min(attempt, attempts)
+    if write and unknown then return nil, unsettled(last_err, last_code), "timeout", true, used end
+    return nil, last_err, last_code, false, used
 end
 
 local function not_json(text, path)
@@ -386,9 +391,12 @@ end
 
 --- After a create of unknown outcome: the index of the key when it holds
 -- our write (`write_id`), false when it does not (then the create may still
--- be applied later, or have been replaced), or nil, err, code.
-function Etcd:holds_write(k64, write_id)
-    local body, err, code = self:exchange("/v3/kv/range", ('{"key":"%s"}'):format(k64))
+-- be applied later, or have been replaced), or nil, err, code. At most
+-- `attempts` requests: the put's own requests stay within one per endpoint.
+function Etcd:holds_write(k64, write_id, attempts)
+    if attempts < 1 then return false end
+    local body, err, code = self:exchange("/v3/kv/range", ('{"key":"%s"}'):format(k64), READ,
+        nil, attempts)
     if not body then return nil, err, code end
     local valid, first = json_texts(body, "kvs.0")
     if not valid then return not_json(body, "range") end
@@ -422,7 +430,7 @@ function Etcd:put(key, text, index, expires)
             if not lease then return nil, err, code end
         end
         -- body, unknown | nil, err, code, unknown
-        local body, unknown, code, maybe = self:exchange("/v3/kv/txn",
+        local body, unknown, code, maybe, used = self:exchange("/v3/kv/txn",
             put_txn(k64, index, value64, lease), index == 0 and ONCE or GUARDED)
         local err = not body and unknown
         if body then
@@ -443,7 +451,8 @@ function Etcd:put(key, text, index, expires)
             if unknown then return unknown_outcome("put", key) end
             return false, cur, value
         elseif maybe and index == 0 then
-            local ours = self:holds_write(k64, write_id)
+            local ours = self:holds_write(k64, write_id,
+                math.max(#self.endpoints, 2) - used)
             if ours then return true, ours end
             return nil, err, code
         elseif code == "lease" and lease then
