@@ -348,6 +348,36 @@ describe("etcd protocol", function()
             end)
         end)
 
+        it("a lock whose create's outcome is unknown is held only when a read finds it", function()
+            require "cmpxchg"           -- store:lock (lock.lua settles a timeout by reading)
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            local ours
+            t:reply(200, "{" .. H(5) .. ',"ID":"1","TTL":"80"}')           -- the lease, on A
+            t:respond(function(r)                                       -- the create, on A
+                ours = write_id_of(r)
+                return nil, TIMEOUT[1], TIMEOUT[2]
+            end)
+            t:respond(function()                                        -- the read, on B
+                return 200, "{" .. H(6) .. ',"kvs":[' .. kv("k", "app/k", "v", 6, ours) .. "]}"
+            end)
+            local l = assert(st:lock("k", { ttl = 10, timeout = 0 }))
+            assert.equal(6, l:token())
+            assert.equal(4, #t.requests)
+            -- not found: the put says timeout, the lock reads once more, and
+            -- gives up (timeout = 0) without a lock it cannot settle
+            t = Scripted.new()
+            st = open(t, { A, B })
+            t:reply(200, "{" .. H(5) .. ',"ID":"1","TTL":"80"}')
+             :fail(TIMEOUT[1], TIMEOUT[2])
+             :reply(200, "{" .. H(6) .. "}")
+             :reply(200, "{" .. H(6) .. "}")
+            local none, err, code = st:lock("k", { ttl = 10, timeout = 0 })
+            assert.same({ nil, "timeout" }, { none, code }, err)
+            assert.equal(5, #t.requests)
+            assert.equal("/v3/kv/range", t.requests[5].url:match("/v3/.*$"))
+        end)
+
         describe("a delete whose attempt's outcome is unknown", function()
             it("is sent again identically; its success is ours", function()
                 local t = Scripted.new()
