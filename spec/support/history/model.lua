@@ -119,10 +119,11 @@ end
 
 --- Whether `op` (unknown outcome) can never take effect from `s` or any
 -- state after it: a compare on index N once every index the key can still
--- have exceeds N (indexes only grow).
+-- have exceeds N (indexes only grow), and delete(0).
 function model.spent(s, op)
     local n = op.index
-    if n == 0 or op.kind == "get" then return false end
+    if op.kind == "get" then return false end
+    if n == 0 then return op.kind == "delete" end       -- delete(0) never deletes
     if s.k == "A" then return n <= s.f end
     if s.k == "P" then
         if s.i then return n < s.i end
