@@ -429,7 +429,7 @@ function Etcd:put(key, text, index, expires)
             lease, err, code = self:lease_for(expires)
             if not lease then return nil, err, code end
         end
-        -- body, unknown | nil, err, code, unknown
+        -- body, unknown | nil, err, code, unknown, attempts used
         local body, unknown, code, maybe, used = self:exchange("/v3/kv/txn",
             put_txn(k64, index, value64, lease), index == 0 and ONCE or GUARDED)
         local err = not body and unknown
