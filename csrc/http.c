@@ -342,6 +342,24 @@ static const char *error_code (CURL *curl, CURLcode rc, const char *detail) {
 }
 
 /*
+** Whether a failed transfer certainly never reached the server: the
+** connection was refused (or the name not resolved) before any byte went
+** out. A reused connection found dead makes libcurl send a request with no
+** body again on a new one (one with a body it may not: on_seek), which may
+** then be refused: the first copy may have been read, and
+** CURLINFO_REQUEST_SIZE (summed over the whole perform) tells. The etcd
+** backend re-sends a write only when this says it was not sent.
+*/
+static int never_sent (CURL *curl, CURLcode rc) {
+    long sent = 0;
+    if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
+        return 0;
+    if (curl_easy_getinfo(curl, CURLINFO_REQUEST_SIZE, &sent) != CURLE_OK)
+        return 0;
+    return sent == 0;
+}
+
+/*
 ** Adds the headers of table `idx` ({name = value}) to `list`. Returns the list,
 ** or NULL with *bad set to the offending name when a header is not a pair of
 ** strings or holds a line break (header injection).
@@ -432,9 +450,10 @@ static void push_headers (lua_State *L, const Http *h) {
 
 /*
 ** http:request(method, url, body, headers, timeout) -> status, body, headers
-**                                                   | nil, err, code
+**                                                   | nil, err, code, unsent
 ** `body` may be nil; `headers` is {name = value}; `timeout` is in seconds for
-** the whole exchange. code: "connect", "timeout" or "tls".
+** the whole exchange. code: "connect", "timeout" or "tls"; unsent is true
+** when the request certainly never reached the server (never_sent).
 */
 static int http_request (lua_State *L) {
     Http *h = check_http(L);
@@ -486,7 +505,9 @@ static int http_request (lua_State *L) {
             return cx_push_error(L, code, "%s %s: the server closed the TLS connection after "
                                  "the handshake, refusing our client certificate or its "
                                  "absence (%s)", method, url, detail);
-        return cx_push_error(L, code, "%s %s: %s", method, url, detail);
+        cx_push_error(L, code, "%s %s: %s", method, url, detail);
+        lua_pushboolean(L, never_sent(h->curl, rc));
+        return 4;
     }
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, (lua_Integer)status);

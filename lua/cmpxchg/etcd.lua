@@ -11,10 +11,13 @@
 -- value is an envelope {"Key": original key, "Write": id, "Object": value}.
 -- expires = a lease, shared by writes whose expiries are close (§3).
 --
--- etcd has no request de-duplication (§5.3): a conditional txn can run its
--- success branch at most once however often it is sent, so retries re-send
--- the identical txn, and a retry after an unknown outcome recognizes our own
--- write by the envelope's Write id.
+-- etcd has no request de-duplication (§5.3), and a write whose attempt timed
+-- out may still be applied later: a compare-and-set on mod_revision N runs at
+-- most once however often it is sent, so it is re-sent identically, and the
+-- resend recognizes our own write by the envelope's Write id; a create is
+-- never re-sent after an unknown outcome (after a delete, it could apply
+-- again) but settled by a read. What cannot be settled is answered "timeout",
+-- never true or false by guess.
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
@@ -181,26 +184,53 @@ function Etcd:headers()
     return h
 end
 
+--[[ What an exchange may do after an attempt whose outcome is unknown (a
+timeout, a dropped connection, a 5xx that does not say "not applied"): etcd
+has no request de-duplication, and such a write may still be applied later
+(§4.3, §5.3). ]]
+local READ = "read"         -- applies nothing: any member may answer it again
+-- a txn whose compare its own first application falsifies for ever (the
+-- key's mod_revision == N, N > 0: revision N never comes back): the identical
+-- txn is sent again, and at most one copy can apply
+local GUARDED = "guarded"
+-- a create (create_revision == 0 holds again after any delete): never sent
+-- again after an unknown attempt, or created-deleted-created could happen;
+-- the caller settles it by reading the key
+local ONCE = "once"
+
+--- The answer for a write whose outcome could not be settled: a timeout.
+local function unsettled(err, code)
+    if code == "timeout" then return ("%s (the write may have been applied)"):format(err) end
+    return ("timeout: the write may have been applied (%s)"):format(err)
+end
+
 --- POSTs `body` (a table, or its JSON text) to each endpoint in turn until
--- one answers. Returns the text of a 200 reply and whether an earlier attempt
--- may have been applied (`unknown`), or nil, err, code.
-function Etcd:exchange(path, body, unauthenticated)
+-- one answers. `how` (READ by default): what may follow an attempt whose
+-- outcome is unknown, see above. An attempt refused before anything was sent
+-- (the transport says `unsent`), or answered "no leader" or 4xx, was not
+-- applied. `attempts`: at most that many requests (default: one per
+-- endpoint, at least 2), each bounded by the timeout. Returns the text of a
+-- 200 reply and whether an earlier attempt may have been applied (`unknown`),
+-- or nil, err, code, unknown, attempts used; a write that may have been
+-- applied and got no 200 answer fails with code "timeout".
+function Etcd:exchange(path, body, how, unauthenticated, attempts)
     local text = type(body) == "string" and body or assert(json.encode(body))
+    local write = how == GUARDED or how == ONCE
     local n, first = #self.endpoints, self.preferred
-    local attempts = math.max(n, 2)
+    attempts = attempts or math.max(n, 2)
     local unknown, reauthenticated = false, false
     local last_err, last_code
     local attempt = 1
     while attempt <= attempts do
         local i = (first + attempt - 2) % n + 1
         local url = self.endpoints[i] .. path
-        local status, rbody, rheaders = self:connection(self.endpoints[i]):request("POST", url,
-            text, unauthenticated and { ["Content-Type"] = "application/json" }
+        local status, rbody, rheaders, unsent = self:connection(self.endpoints[i]):request(
+            "POST", url, text, unauthenticated and { ["Content-Type"] = "application/json" }
             or self:headers(), self.timeout)
         if status == nil then
             last_err, last_code = rbody, rheaders
             if last_code == "tls" then break end
-            unknown = true      -- a dropped or timed-out request may have been applied
+            if unsent ~= true then unknown = true end   -- it may have been applied
         elseif status == 200 then
             self.preferred = i
             return rbody, unknown
@@ -211,18 +241,31 @@ function Etcd:exchange(path, body, unauthenticated)
                 -- the token expired (it is idle-timed, §6.2): once more with a new one
                 reauthenticated = true
                 local ok, err, code = self:authenticate()
-                if not ok then return nil, err, code end
+                if not ok then
+                    if write and unknown then
+                        return nil, unsettled(err, code), "timeout", true, attempt
+                    end
+                    return nil, err, code, false, attempt
+                end
                 attempt = attempt - 1
             else
                 last_err, last_code = answer_error(status, reply, rbody)
-                if class == "final" or class == "auth" then return nil, last_err, last_code end
+                if class == "final" or class == "auth" then
+                    if write and unknown then
+                        return nil, unsettled(last_err, last_code), "timeout", true, attempt
+                    end
+                    return nil, last_err, last_code, false, attempt
+                end
                 if class == "unknown" then unknown = true end
             end
         end
         self.preferred = i % n + 1
+        if unknown and how == ONCE then break end
         attempt = attempt + 1
     end
-    return nil, last_err, last_code
+    local used = math.min(attempt, attempts)
+    if write and unknown then return nil, unsettled(last_err, last_code), "timeout", true, used end
+    return nil, last_err, last_code, false, used
 end
 
 local function not_json(text, path)
@@ -238,7 +281,7 @@ end
 
 --- As exchange, with the reply decoded: reply, unknown | nil, err, code.
 function Etcd:post(path, body, unauthenticated)
-    local text, unknown, code = self:exchange(path, body, unauthenticated)
+    local text, unknown, code = self:exchange(path, body, READ, unauthenticated)
     if not text then return nil, unknown, code end
     local reply, err
     reply, err, code = decode_object(text, path)
@@ -289,7 +332,7 @@ local function read_kv(kv)
 end
 
 --- The current kv in a failed txn's read branch (§2.7): index, value, write
--- id, or 0 when the key is absent.
+-- id, create_revision, or 0 when the key is absent.
 local function current_of(reply)
     local responses = list_of(reply.responses)
     local r = responses and type(responses[1]) == "table" and responses[1].response_range
@@ -300,7 +343,9 @@ local function current_of(reply)
     if kv == nil then return 0 end
     local original, value, index, write_id = read_kv(kv)
     if original == nil then return nil, value, index end       -- decode error
-    return index, value, write_id
+    local created = int(kv.create_revision)
+    if not created then return malformed("kv") end
+    return index, value, write_id, created
 end
 
 --[[ Leases (§3) ]]
@@ -393,6 +438,42 @@ local function put_txn(k64, index, value64, lease)
         value64, lease and (',"lease":"%s"'):format(lease) or ""))
 end
 
+--- The answer for a write whose earlier attempt may have been applied and
+-- whose resend's failed compare cannot tell.
+local function unknown_outcome(what, key)
+    return fail("timeout", "%s '%s': an attempt timed out or was cut, and the resend's compare "
+        .. "failed: the write may have been applied", what, key)
+end
+
+--- After a create of unknown outcome: the index of the key when it holds
+-- our write (`write_id`), false when it does not (then the create may still
+-- be applied later, or have been replaced), or nil, err, code. At most
+-- `attempts` requests: the put's own requests stay within one per endpoint.
+function Etcd:holds_write(k64, write_id, attempts)
+    if attempts < 1 then return false end
+    local body, err, code = self:exchange("/v3/kv/range", ('{"key":"%s"}'):format(k64), READ,
+        nil, attempts)
+    if not body then return nil, err, code end
+    local valid, first = json_texts(body, "kvs.0")
+    if not valid then return not_json(body, "range") end
+    if first == nil then return false end
+    local _, mod_revision, value64 = json_fields(first, "mod_revision", "value")
+    local original, _, index, write = read_entry(mod_revision, value64)
+    if original == nil then return false end
+    return write == write_id and index
+end
+
+--[[ put and delete settle an attempt of unknown outcome (§5.3) this way:
+* put(k, v, N), N > 0, and delete(k, N): the identical txn is sent again
+  (GUARDED). Its success is ours. A failed compare whose current value carries
+  our write id is ours too. A delete whose failed compare shows the key
+  created no later than N did not apply: the key was not deleted since it held
+  revision N, and never holds N again. Anything else may be our first attempt
+  applied and then replaced or deleted by someone else, or another client's
+  write: unknown, a timeout.
+* put(k, v, 0): never sent again (ONCE); a read settles it: our write id
+  there means applied, anything else is unknown. ]]
+
 function Etcd:put(key, text, index, expires)
     local k64 = b64(self:key_of(key))
     local write_id = runtime.uuid()
@@ -404,8 +485,10 @@ function Etcd:put(key, text, index, expires)
             lease, err, code = self:lease_for(expires)
             if not lease then return nil, err, code end
         end
-        local body, unknown, code = self:exchange("/v3/kv/txn",
-            put_txn(k64, index, value64, lease))
+        -- body, unknown | nil, err, code, unknown, attempts used
+        local body, unknown, code, maybe, used = self:exchange("/v3/kv/txn",
+            put_txn(k64, index, value64, lease), index == 0 and ONCE or GUARDED)
+        local err = not body and unknown
         if body then
             local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
             if not valid then return not_json(body, "txn") end
@@ -414,18 +497,24 @@ function Etcd:put(key, text, index, expires)
                 if not revision then return malformed("header") end
                 return true, revision
             end
-            local reply, err, dcode = decode_object(body, "txn")
-            if not reply then return nil, err, dcode end
+            local reply, derr, dcode = decode_object(body, "txn")
+            if not reply then return nil, derr, dcode end
             local cur, value, cur_write = current_of(reply)
             if cur == nil then return nil, value, cur_write end
-            if unknown and cur_write == write_id then
+            if cur_write == write_id then
                 return true, cur        -- our own write, applied by an earlier attempt
             end
+            if unknown then return unknown_outcome("put", key) end
             return false, cur, value
+        elseif maybe and index == 0 then
+            local ours = self:holds_write(k64, write_id,
+                math.max(#self.endpoints, 2) - used)
+            if ours then return true, ours end
+            return nil, err, code
         elseif code == "lease" and lease then
             self:forget_lease(lease)
         else
-            return nil, unknown, code
+            return nil, err, code
         end
     end
     return fail("http", "the lease for '%s' expired twice while writing", key)
@@ -436,8 +525,9 @@ local DELETED = "responses.0.response_delete_range.prev_kvs.0."
 
 function Etcd:delete(key, index)
     local k64 = b64(self:key_of(key))
+    -- index 0 compares "absent", where deleting removes nothing: safe to resend
     local body, unknown, code = self:exchange("/v3/kv/txn", txn(k64, index,
-        ('{"request_delete_range":{"key":"%s","prev_kv":true}}'):format(k64)))
+        ('{"request_delete_range":{"key":"%s","prev_kv":true}}'):format(k64)), GUARDED)
     if not body then return nil, unknown, code end
     local valid, succeeded, revision, prev_revision, prev_value = json_fields(body, "succeeded",
         "header.revision", DELETED .. "mod_revision", DELETED .. "value")
@@ -452,11 +542,10 @@ function Etcd:delete(key, index)
     end
     local reply, err, dcode = decode_object(body, "txn")
     if not reply then return nil, err, dcode end
-    local cur, value, err_code = current_of(reply)
+    local cur, value, err_code, created = current_of(reply)
     if cur == nil then return nil, value, err_code end
-    if unknown and cur == 0 then
-        -- an earlier attempt deleted it: revision N is gone, whoever removed it (§5.3)
-        return true, revision, nil
+    if unknown and index ~= 0 and not (cur ~= 0 and created <= index) then
+        return unknown_outcome("delete", key)
     end
     return false, cur, value
 end

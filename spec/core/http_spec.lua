@@ -94,16 +94,16 @@ describe("cmpxchg.core.http_new", function()
 
     it("reports refused connections, timeouts and dropped replies with codes", function()
         local h = core.http_new()
-        local ok, err, code = h:request("GET", "http://127.0.0.1:1/", nil, nil, 5)
-        assert.same({ nil, "connect" }, { ok, code })
+        local ok, err, code, unsent = h:request("GET", "http://127.0.0.1:1/", nil, nil, 5)
+        assert.same({ nil, "connect", true }, { ok, code, unsent })
         assert.matches("^connect: GET http://127.0.0.1:1/", err)
         local t0 = core.monotime()
         ok, err, code = h:request("GET", base .. "/slow?ms=3000", nil, nil, 0.2)
         assert.same({ nil, "timeout" }, { ok, code })
         assert.matches("^timeout:", err)
         assert.is_true(core.monotime() - t0 < 2)
-        ok, err, code = h:request("GET", base .. "/drop", nil, nil, 5)
-        assert.same({ nil, "connect" }, { ok, code })
+        ok, err, code, unsent = h:request("GET", base .. "/drop", nil, nil, 5)
+        assert.same({ nil, "connect", false }, { ok, code, unsent })   -- it was read
         assert.matches("^connect: GET .*/drop", err)
         -- and the handle still works afterwards
         assert.equal(200, (h:request("GET", base .. "/echo", nil, nil, 5)))
@@ -144,5 +144,29 @@ describe("cmpxchg.core.http_new", function()
         collectgarbage()
         collectgarbage()
         assert.is_nil(weak[1])
+    end)
+end)
+
+describe("cmpxchg.core.http_new against a server that dies after reading a request", function()
+    it("does not call a request unsent when libcurl's own resend of it was refused", function()
+        -- libcurl sends a request again on a new connection when a reused one
+        -- dies before answering; that new connection is refused here, but the
+        -- server had read the first copy: the write may have been applied
+        local server = assert(io.popen("exec env -u LD_PRELOAD node spec/support/http_test_server.js",
+            "r"))
+        local line = assert(server:read("*l"), "the test server did not start (is node installed?)")
+        local port, pid = line:match("^(%d+) (%d+)$")
+        local base = "http://127.0.0.1:" .. port
+        local h = core.http_new()
+        assert.equal(200, (h:request("GET", base .. "/echo", nil, nil, 5)))   -- kept alive
+        local ok, err, code, unsent = h:request("POST", base .. "/vanish", "{}", nil, 5)
+        os.execute("kill " .. pid .. " 2>/dev/null")
+        server:close()
+        assert.same({ nil, "connect", false }, { ok, code, unsent })
+        assert.matches("^connect: POST .*/vanish", err)
+        -- and a request to it now is refused before anything is sent
+        ok, err, code, unsent = core.http_new():request("POST", base .. "/echo", "{}", nil, 5)
+        assert.same({ nil, "connect", true }, { ok, code, unsent }, err)
+        h:close()
     end)
 end)

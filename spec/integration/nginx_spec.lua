@@ -361,8 +361,10 @@ describe("nginx", function()
         assert.is_true(r.sized.body.pong)
         assert.equal("timeout", r.timeout.code)
         assert.matches("^timeout: GET http://127.0.0.1:%d+/slow%?s=2: read timed out", r.timeout.err)
+        assert.is_false(r.timeout.unsent)          -- the request went out
         assert.equal("connect", r.refused.code)
         assert.matches("^connect: GET http://127.0.0.1:1/: connect failed", r.refused.err)
+        assert.is_true(r.refused.unsent)            -- nothing reached the server
         assert.is_false(r.bad_header[1])
         assert.matches("bad header 'X%-A'", r.bad_header[2])
     end)

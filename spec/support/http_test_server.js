@@ -10,6 +10,8 @@
 //   /dropcount?id=X  -> counts the request under X, then destroys the socket
 //   /count?id=X      -> how many requests /dropcount counted under X
 //   /hang/...        -> never answers (the connection stays open)
+//   /vanish          -> stops listening and destroys the socket without answering,
+//                       as a server killed after reading the request (then exits)
 'use strict';
 const http = require('http');
 const zlib = require('zlib');
@@ -51,6 +53,9 @@ const server = http.createServer((req, res) => {
             // no answer, ever: the client's timeout must end the request
         } else if (url.pathname === '/count') {
             res.end(String(counts[url.searchParams.get('id')] || 0));
+        } else if (url.pathname === '/vanish') {
+            server.close();
+            req.socket.destroy();
         } else if (url.pathname === '/big') {
             const n = Number(url.searchParams.get('bytes'));
             const piece = Buffer.alloc(65536, 'x');

@@ -2,7 +2,8 @@
 -- and answered by the next scripted reply, checked in order.
 --   local t = Scripted.new()
 --   t:reply(200, '{"Index":1}', {["refresh-topology"] = "true"})
---   t:fail("connect: refused", "connect")
+--   t:fail("connect: refused", "connect", true)   -- true: unsent (never reached the server)
+--   t:respond(function(request) return 200, body end)  -- an answer made from the request
 --   ... t.requests[i] = {method =, url =, body =, headers =, timeout =, node =}
 local Scripted = {}
 Scripted.__index = Scripted
@@ -30,8 +31,13 @@ function Scripted:reply(status, body, headers)
     return self
 end
 
-function Scripted:fail(err, code)
-    self.script[#self.script + 1] = { nil, err, code }
+function Scripted:fail(err, code, unsent)
+    self.script[#self.script + 1] = { nil, err, code, unsent }
+    return self
+end
+
+function Scripted:respond(fn)
+    self.script[#self.script + 1] = { fn = fn }
     return self
 end
 
@@ -51,7 +57,8 @@ function Scripted:answer(method, url, body, headers, timeout)
         headers = headers, timeout = timeout }
     local next_reply = table.remove(self.script, 1)
     assert(next_reply, "unscripted request: " .. method .. " " .. url)
-    return next_reply[1], next_reply[2], next_reply[3]
+    if next_reply.fn then return next_reply.fn(self.requests[#self.requests]) end
+    return next_reply[1], next_reply[2], next_reply[3], next_reply[4]
 end
 
 function Scripted:last()

@@ -219,7 +219,8 @@ end
 
 --- One exchange on one connection: status, body, headers | nil, err, code,
 -- retry (true when a pooled connection turned out dead before answering:
--- the request may be sent again on a fresh one, as libcurl does).
+-- the request may be sent again on a fresh one, as libcurl does), unsent
+-- (true when the connection was refused: nothing reached the server).
 function Http:exchange(method, url, host, port, scheme, request, deadline)
     local sock, err = ngx.socket.tcp()
     if not sock then return fail("connect", method, url, err) end
@@ -231,8 +232,9 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
     local ok
     ok, err = sock:connect(host == "localhost" and "127.0.0.1" or host, port, { pool = pool })
     if not ok then
-        return fail(err == "timeout" and "timeout" or "connect", method, url,
-            "connect failed: " .. tostring(err))
+        local code = err == "timeout" and "timeout" or "connect"
+        local _, message = fail(code, method, url, "connect failed: " .. tostring(err))
+        return nil, message, code, false, code == "connect"
     end
     local reused = (sock:getreusedtimes() or 0) > 0
     if tls and not reused then
@@ -291,8 +293,9 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
 end
 
 --- http:request(method, url, body, headers, timeout) -> status, body, headers
---                                                     | nil, err, code
--- `timeout` (seconds) bounds the whole exchange; code: connect, timeout, tls.
+--                                                     | nil, err, code, unsent
+-- `timeout` (seconds) bounds the whole exchange; code: connect, timeout, tls;
+-- unsent: true when the request certainly never reached the server.
 function Http:request(method, url, body, headers, timeout)
     if type(method) ~= "string" or not METHODS[method] then
         check.argerror(2, "request", "method must be GET, PUT, DELETE or POST")
@@ -314,13 +317,16 @@ function Http:request(method, url, body, headers, timeout)
     local request = request_text(method, host, port, scheme == "https" and 443 or 80, path,
         body, headers)
     local deadline = runtime.monotime() + timeout
-    local status, rbody, rheaders, retry = self:exchange(method, url, host, port, scheme,
-        request, deadline)
+    local status, rbody, rheaders, retry, unsent = self:exchange(method, url, host, port,
+        scheme, request, deadline)
     if status == nil and retry and runtime.monotime() < deadline then
-        -- the pooled connection had been closed by the server: once more on a new one
+        -- the pooled connection had been closed by the server: once more on a
+        -- new one (the first copy may have been read: never "unsent" then)
         status, rbody, rheaders = self:exchange(method, url, host, port, scheme, request,
             deadline)
+        unsent = false
     end
+    if status == nil then return nil, rbody, rheaders, unsent == true end
     return status, rbody, rheaders
 end
 

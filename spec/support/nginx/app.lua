@@ -239,10 +239,11 @@ function app.transport()
         status, body = http:request("PUT", base .. "/ping", "{}",
             { ["Content-Type"] = "application/json" }, 5)
         r.sized = { status = status, body = body and cjson.decode(body) }
-        status, body, headers = http:request("GET", base .. "/slow?s=2", nil, nil, 0.3)
-        r.timeout = { status = status, err = body, code = headers }
-        status, body, headers = http:request("GET", "http://127.0.0.1:1/", nil, nil, 2)
-        r.refused = { status = status, err = body, code = headers }
+        local unsent
+        status, body, headers, unsent = http:request("GET", base .. "/slow?s=2", nil, nil, 0.3)
+        r.timeout = { status = status, err = body, code = headers, unsent = unsent }
+        status, body, headers, unsent = http:request("GET", "http://127.0.0.1:1/", nil, nil, 2)
+        r.refused = { status = status, err = body, code = headers, unsent = unsent }
         r.bad_header = { pcall(http.request, http, "GET", base .. "/ping", nil,
             { ["X-A"] = "1\r\nX-B: 2" }, 2) }
         r.bad_header[2] = tostring(r.bad_header[2])
