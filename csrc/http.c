@@ -497,7 +497,10 @@ static int http_request (lua_State *L) {
     curl_slist_free_all(headers);   /* freed before anything below can raise */
 
     if (rc != CURLE_OK) {
-        const char *detail = h->error[0] ? h->error : curl_easy_strerror(rc);
+        const char *detail = rc == CURLE_SEND_FAIL_REWIND   /* on_seek refused a resend */
+            ? "the connection closed before a reply, maybe after the request was read "
+              "(not sent again: its outcome is unknown)"
+            : h->error[0] ? h->error : curl_easy_strerror(rc);
         const char *code = error_code(h->curl, rc, detail);
         if (h->body.overflow || h->headers.overflow)
             return cx_push_error(L, "http", "reply from %s is too large", url);
