@@ -4,11 +4,14 @@
 --   t:reply(200, '{"Index":1}', {["refresh-topology"] = "true"})
 --   t:fail("connect: refused", "connect")
 --   ... t.requests[i] = {method =, url =, body =, headers =, timeout =, node =}
+-- With a fake clock (helpers.fake_clock), Scripted.new(clock), a reply or
+-- failure given `took` seconds moves the clock on by that much.
 local Scripted = {}
 Scripted.__index = Scripted
 
-function Scripted.new()
-    local self = setmetatable({ script = {}, requests = {}, opened = 0, closed = 0 }, Scripted)
+function Scripted.new(clock)
+    local self = setmetatable({ script = {}, requests = {}, opened = 0, closed = 0,
+                                clock = clock }, Scripted)
     -- the factory interface ravendb.lua expects: new(opts) -> connection
     self.factory = {
         new = function(opts)
@@ -25,22 +28,23 @@ function Scripted.new()
     return self
 end
 
-function Scripted:reply(status, body, headers)
-    self.script[#self.script + 1] = { status, body or "", headers or {} }
+function Scripted:reply(status, body, headers, took)
+    self.script[#self.script + 1] = { status, body or "", headers or {}, took = took }
     return self
 end
 
-function Scripted:fail(err, code)
-    self.script[#self.script + 1] = { nil, err, code }
+function Scripted:fail(err, code, took)
+    self.script[#self.script + 1] = { nil, err, code, took = took }
     return self
 end
 
---- Scripts the topology answer of a cluster of `urls`.
-function Scripted:topology(urls, etag)
+--- Scripts the topology answer of a cluster of `urls` (`roles`: their
+-- ServerRole by position, "Member" when left out).
+function Scripted:topology(urls, etag, roles)
     local nodes = {}
     for i, url in ipairs(urls) do
-        nodes[i] = ('{"Url":"%s","ClusterTag":"%s","ServerRole":"Member","Database":"db"}')
-            :format(url, string.char(64 + i))
+        nodes[i] = ('{"Url":"%s","ClusterTag":"%s","ServerRole":"%s","Database":"db"}')
+            :format(url, string.char(64 + i), roles and roles[i] or "Member")
     end
     return self:reply(200, ('{"Nodes":[%s],"Etag":%d}'):format(table.concat(nodes, ","),
         etag or 1))
@@ -51,6 +55,7 @@ function Scripted:answer(method, url, body, headers, timeout)
         headers = headers, timeout = timeout }
     local next_reply = table.remove(self.script, 1)
     assert(next_reply, "unscripted request: " .. method .. " " .. url)
+    if next_reply.took then self.clock.now = self.clock.now + next_reply.took end
     return next_reply[1], next_reply[2], next_reply[3]
 end
 
