@@ -438,6 +438,11 @@ const COMMANDS = {
         return record.etag;
     },
 
+    /* a command that changes nothing: what other databases and the observer keep sending */
+    noop() {
+        return null;
+    },
+
     /* every record's stamp moves on, nothing else changes (control POST /topology/bump) */
     bump(state, c, raftIndex) {
         for (const record of state.databases.values()) record.etag = raftIndex + 1;
@@ -946,6 +951,10 @@ class Emulator {
             node.sockets.add(socket);
             socket.on('close', () => node.sockets.delete(socket));
         });
+        // a node that dies right after a handshake: the connection goes before any request
+        server.on('secureConnection', (socket) => {
+            if (this.takeConnectionFault(node)) socket.destroy();
+        });
         server.on('clientError', (err, socket) => socket.destroy());
         server.on('sessionError', () => {});
         return server;
@@ -1428,7 +1437,8 @@ class Emulator {
     /* ---- faults ------------------------------------------------------------------------ */
 
     takeFault(node, req) {
-        const i = this.faults.findIndex((f) => (f.node === null || f.node === node.index)
+        const i = this.faults.findIndex((f) => f.action !== 'reset_after_handshake'
+            && (f.node === null || f.node === node.index)
             && (f.method === null || f.method === req.method)
             && (f.path_contains === null || req.url.includes(f.path_contains)));
         if (i < 0) return null;
@@ -1436,6 +1446,17 @@ class Emulator {
         fault.count -= 1;
         if (fault.count <= 0) this.faults.splice(i, 1);
         return fault;
+    }
+
+    /* a `reset_after_handshake` fault for a new TLS connection to `node` */
+    takeConnectionFault(node) {
+        const i = this.faults.findIndex((f) => f.action === 'reset_after_handshake'
+            && (f.node === null || f.node === node.index));
+        if (i < 0) return false;
+        const fault = this.faults[i];
+        fault.count -= 1;
+        if (fault.count <= 0) this.faults.splice(i, 1);
+        return true;
     }
 
     /* a `status` fault: the given body, or error JSON of the exception that status stands for */
@@ -1529,13 +1550,16 @@ function expiresOf(body, key, db) {
 **   POST /behavior {"pr18822":bool,"pr21644":bool}   GET /behavior
 **   POST /wire {"chunked": bool}               HTTP/1.1 bodies chunked (default) or sized
 **   POST /topology/bump                        {"etag": n}
+**   POST /raft/noop {"count": n}               n raft commands that change nothing (other
+**                                              databases' traffic, for the request-id window)
 **   POST /expire-now                           {"removed": n}
 **   GET  /state[?node=i]                       index, items (node i's copy), requests, ...
 **   POST /requests/clear
 **   GET  /health                               {"ok": true, "urls": [...]}
 ** ---------------------------------------------------------------------------------------- */
 
-const FAULT_ACTIONS = ['delay', 'drop_after_apply', 'drop_before_apply', 'status', 'malformed'];
+const FAULT_ACTIONS = ['delay', 'drop_after_apply', 'drop_before_apply', 'status', 'malformed',
+    'reset_after_handshake'];
 
 class ControlError extends Error {}
 
@@ -1706,6 +1730,12 @@ async function handleControl(emu, req, body) {
         return emu.wire;
     }
     case 'POST /topology/bump': return { etag: controlCommit(emu, { type: 'bump' }).result };
+    case 'POST /raft/noop': {
+        const count = body && body.count !== undefined ? body.count : 1;
+        if (!(Number.isInteger(count) && count > 0 && count <= 100000)) throw new ControlError('count is 1..100000');
+        for (let i = 0; i < count; i++) controlCommit(emu, { type: 'noop' });
+        return { index: emu.cluster.raftIndex };
+    }
     case 'POST /expire-now': return { removed: emu.cluster.removeExpired(Date.now()) };
     case 'GET /state': {
         const node = url.searchParams.get('node');
