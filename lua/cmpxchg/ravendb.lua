@@ -252,7 +252,8 @@ end
 
 --- Takes a topology reply: its nodes, members first and the nodes in rehab
 -- last, as the server lists them and the official clients prefer them
--- (§6.1; server behaviour §1 #9). The preferred member stays preferred.
+-- (§6.1; server behaviour §1 #9). Requests start again from its first
+-- member, as the official clients' new NodeSelector state does.
 function RavenDB:set_topology(reply)
     if type(reply.Nodes) ~= "table" or #reply.Nodes == 0 then
         return fail("decode", "topology without nodes")
@@ -267,12 +268,8 @@ function RavenDB:set_topology(reply)
         local list = node.role == "Member" and members or rehabs
         list[#list + 1] = node
     end
-    local preferred_url = self.nodes[self.preferred] and self.nodes[self.preferred].url
     self.nodes, self.members, self.preferred = members, #members, 1
     for _, node in ipairs(rehabs) do self.nodes[#self.nodes + 1] = node end
-    for i = 1, #members do
-        if members[i].url == preferred_url then self.preferred = i end
-    end
     self.topology_etag = tointeger(reply.Etag) or -1
     self.topology_due = runtime.monotime() + TOPOLOGY_PERIOD
     -- close connections to nodes that left the topology
