@@ -54,7 +54,7 @@ lease.AMBIGUOUS = AMBIGUOUS
 lease with `index` (0: create). The monotonic and wall times are taken
 *before* the request is sent: the lease is counted from then, so it is never
 thought longer than it is. w has:
-  ok       true: our lease is written (w.index); false: the compare failed
+  ok       true: our lease is written (w.index, w.value); false: the compare failed
            (w.index, w.current: the lease there now, 0 and nil when none);
            nil: the store failed (w.err, w.code)
   mono, wall  when the write started
@@ -82,26 +82,26 @@ function lease.write(backend, key, o, owner, index, again)
               text = assert(json.encode(value)), expires = ends + o.expires_grace,
               id = backend.write_ids and runtime.uuid() or nil }
     end
-    local mono, wall = w.mono, w.wall
+    local mono, wall, value = w.mono, w.wall, w.value
     local ok, idx, current = backend:put(key, w.text, w.index, w.expires, w.id)
     if ok ~= nil then
-        return { ok = ok, index = idx, current = current, mono = mono, wall = wall }
+        return { ok = ok, index = idx, current = current, mono = mono, wall = wall, value = value }
     end
     local err, code = idx, current
     if AMBIGUOUS[code] and w.id then
         ok, idx, current = backend:put(key, w.text, w.index, w.expires, w.id)
         if ok ~= nil then
-            return { ok = ok, index = idx, current = current, mono = mono, wall = wall }
+            return { ok = ok, index = idx, current = current, mono = mono, wall = wall,
+                     value = value }
         end
         if AMBIGUOUS[current] then err, code = idx, current end
         return { ok = nil, err = err, code = code, mono = mono, wall = wall, again = w }
     elseif AMBIGUOUS[code] then
         local now_index, now_value = backend:get(key)
         if type(now_index) == "number" then         -- the read worked: settled
-            local value = w.value
             if type(now_value) == "table" and now_value.Owner == owner and
                     now_value[o.expires_field] == value[o.expires_field] then
-                return { ok = true, index = now_index, mono = mono, wall = wall }
+                return { ok = true, index = now_index, mono = mono, wall = wall, value = value }
             end
             return { ok = false, index = now_index, current = now_value, mono = mono,
                      wall = wall, unapplied = true, err = err, code = code }

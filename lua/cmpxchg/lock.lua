@@ -154,7 +154,12 @@ function lock.acquire(st, key, opts)
             stats.writes = stats.writes + 1
             local w = lease.write(backend, key, o, owner, index, again)
             again = w.again
-            if w.ok then
+            if w.ok and runtime.monotime() >= w.mono + o.ttl - o.clock_skew then
+                -- written, but settled only after its lease had run out (an answer
+                -- that waited out a cluster without a leader): an expired lease of
+                -- ours, taken over below like any other, never handed out as held
+                idx, current = w.index, w.value
+            elseif w.ok then
                 if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
                 stats.waited = w.mono - start
                 local l = new_lock(st, key, o, owner, w, stats)

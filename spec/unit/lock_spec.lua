@@ -366,6 +366,23 @@ describe("lock (unit, fake clock)", function()
             assert.is_true(l:valid_until() <= WALL0 + 30)
         end)
 
+        it("never hands out a lease that was settled only after it ran out", function()
+            local real_put, slow = backend.put, true
+            backend.put = function(self, ...)
+                local a, b, c = real_put(self, ...)
+                if slow then                    -- applied, answered 31 s later
+                    slow = false
+                    clock.now = clock.now + 31
+                end
+                return a, b, c
+            end
+            local l = assert(st:lock("k", { ttl = 30, timeout = 5 }))
+            assert.is_true(l:is_held())
+            assert.equal(2, l.writes)
+            assert.equal(1, l.takeovers)        -- its own expired lease, taken over
+            assert.equal(l:token(), select(2, backend:item("k")))
+        end)
+
         it("a release whose outcome stays unknown sends the same delete when retried", function()
             local l = assert(st:lock("k"))
             local real_delete, failures = backend.delete, 2
