@@ -470,7 +470,8 @@ static int http_request (lua_State *L) {
     h->error[0] = '\0';
     curl_easy_setopt(h->curl, CURLOPT_URL, url);
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    /* at least 1 ms: libcurl reads 0 as "no timeout at all" */
+    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout < 0.001 ? 1L : (long)(timeout * 1000));
     curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);     /* resets any earlier body */
     if (body != NULL) {
         h->upload.data = body;          /* argument 4 stays on the stack meanwhile */

@@ -322,7 +322,7 @@ function RavenDB:round(method, path, body, headers, deadline)
     local tried, gone = 0, 0
     for attempt = 1, attempts do
         local left = deadline - runtime.monotime()
-        if left <= 0 then break end
+        if left < 0.01 then break end       -- no time for another node
         local i = order[(attempt - 1) % #order + 1]
         local node = self.nodes[i]
         local status, rbody, rheaders = self:connection(node.url):request(method,
