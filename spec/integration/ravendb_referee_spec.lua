@@ -636,6 +636,19 @@ describe("RavenDB referee (official npm ravendb client)", function()
             local gets = requests_to("/cmpxchg?key=")
             assert.equal('"1"', gets[1].headers["topology-etag"])
             assert.equal('"2"', gets[#gets].headers["topology-etag"])
+            -- ours, on the same run: a fetch after the header, then the new etag
+            local list = {}
+            for url in target.urls:gmatch("[^,]+") do list[#list + 1] = url end
+            local mine = assert(require("cmpxchg").open(list, { database = target.database }))
+            local before = #requests_to("/topology?name=db")
+            assert.is_nil((mine:get(key("t"))))         -- opened at etag 2: no header
+            control("POST", "/topology/bump")
+            mine:get(key("t"))
+            mine:get(key("t"))
+            mine:close()
+            assert.equal(before + 1, #requests_to("/topology?name=db"))
+            gets = requests_to("/cmpxchg?key=")
+            assert.equal('"3"', gets[#gets].headers["topology-etag"])
         end)
 
         it("TLS: a client certificate from the trusted CA is required", function()
