@@ -229,8 +229,8 @@ end
 (monotonic), and takes it only when its Etag is newer than the one held: a
 node that lags behind the cluster serves an older topology, and the official
 clients ignore an Etag they have seen (server behaviour §1 #9). With `all`
-(every node answered 410: the database moved off the nodes we know) every node
-is asked and the newest answer is taken, the same Etag too; otherwise the first
+(a 410 and no answer: the database moved off the nodes we know) every node is
+asked and the newest answer is taken, the same Etag too; otherwise the first
 newer one. Returns true when a topology was taken. ]]
 function RavenDB:update_topology(deadline, all)
     self.topology_due = runtime.monotime() + TOPOLOGY_PERIOD
@@ -313,8 +313,8 @@ end
 errors (RavenDB refuses certificates with a 403, never inside TLS, so a TLS
 failure is one node's trouble: server behaviour §1 #4), timeouts and the
 FAILOVER statuses move on to the next node. Returns status, body, headers of
-an answer that is not one of those, or nil, err, code, gone (gone: every
-node answered 410). ]]
+an answer that is not one of those, or nil, err, code, gone (gone: a node
+answered 410, so the topology held is out of date). ]]
 function RavenDB:round(method, path, body, headers, deadline)
     local order = self:in_order()
     local attempts = #order == 1 and 2 or #order
@@ -348,16 +348,17 @@ function RavenDB:round(method, path, body, headers, deadline)
     end
     -- the server's own "no leader" says more than our timeout cutting the next try
     if last_code == "timeout" and no_leader then last_err = no_leader end
-    return nil, last_err, last_code, gone == tried
+    return nil, last_err, last_code, gone > 0
 end
 
 --[[ Sends one logical request: `path` is appended to a node URL. The whole
 call, every node it tries included, takes at most the store's timeout. Writes
 carry one raft-request-id (`write_id`, else a new one) for all their attempts,
 so a write that reached the server before its reply was lost is applied once
-(§6.4). When every node answered 410 the database has moved off the nodes we
-know: the topology is read again from every node we know of and the request
-makes one more round, as the official clients do (server behaviour §1 #1).
+(§6.4). When no node took the request and one of them answered 410, the
+database has moved off the nodes we know: the topology is read again from
+every node we know of and the request makes one more round, as the C# and
+Java clients do once every node failed (server behaviour §1 #1).
 After an answer, the topology is read again when the server says it changed
 (Refresh-Topology) or TOPOLOGY_PERIOD has passed since the last reading.
 Returns status, body, headers of an answer that is not a failover case. ]]

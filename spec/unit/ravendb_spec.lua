@@ -427,6 +427,17 @@ describe("ravendb protocol", function()
             assert.equal(t.requests[2].url:match("raft.*$"), t:last().url:match("raft.*$"))
         end)
 
+        it("also when the other nodes it knows are down", function()
+            local t = Scripted.new(clock):topology({ A, B }, 5)
+            local st, backend = open(t, { A, B, C })
+            t:fail("connect: a down", "connect"):reply(410, GONE)
+             :fail("connect: a down", "connect")        -- the topology from every node known
+             :topology({ C }, 6):topology({ C }, 6)
+             :reply(200, OK)
+            assert.same({ true, 9, 1 }, { st:put("k", 1, 0) })
+            assert.equal(C, backend.nodes[1].url)
+        end)
+
         it("gives up after one more round when the database is still not there", function()
             local t = Scripted.new(clock):topology({ A }, 5)
             local st = open(t, { A })
