@@ -46,6 +46,7 @@ typedef struct Http {
     Buffer body, headers;
     Upload upload;
     char error[CURL_ERROR_SIZE];
+    int refuses_in_tls;         /* a failure right after the handshake is a refusal */
     int nwanted;                /* -1: every reply header is reported */
     char *wanted[MAX_WANTED];   /* else only these (lower case) */
 } Http;
@@ -241,16 +242,22 @@ static int wanted (const Http *h, const char *name, size_t n) {
 
 /*
 ** core.http_new([{connect_timeout = s, tls = {ca =, cert =, key =,
-** verify = true}, reply_headers = {name...}}]) -> Http. The TLS settings
-** stay with the handle (and its kept-alive connection) for its whole life.
+** verify = true}, reply_headers = {name...}, refuses_in_tls = true}]) ->
+** Http. The TLS settings stay with the handle (and its kept-alive connection)
+** for its whole life. refuses_in_tls = false: the server never refuses a
+** client certificate inside TLS (RavenDB answers 403), so a connection that
+** fails right after its handshake was dropped (see error_code).
 */
 static int http_new (lua_State *L) {
     Http *h;
     lua_Number connect_timeout = 5;
     const char *ca = NULL, *cert = NULL, *key = NULL;
-    int verify = 1;
+    int verify = 1, refuses_in_tls = 1;
     if (!lua_isnoneornil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
+        lua_getfield(L, 1, "refuses_in_tls");
+        if (!lua_isnil(L, -1)) refuses_in_tls = lua_toboolean(L, -1);
+        lua_pop(L, 1);
         lua_getfield(L, 1, "connect_timeout");
         connect_timeout = luaL_optnumber(L, -1, 5);
         lua_pop(L, 1);
@@ -276,6 +283,7 @@ static int http_new (lua_State *L) {
     h->body.limit = MAX_BODY;
     h->headers.limit = MAX_HEADERS;
     h->nwanted = -1;
+    h->refuses_in_tls = refuses_in_tls;
     h->curl = curl_easy_init();
     if (h->curl == NULL)
         return luaL_error(L, "curl_easy_init failed");
@@ -315,16 +323,18 @@ static int http_new (lua_State *L) {
 ** checks our client certificate (or its absence) only after the handshake
 ** has completed, then closes with an alert: libcurl reports that as a failed
 ** send, or as a failed read that names the alert. On a connection made for
-** this very request, either one is the server refusing us: "tls". A read that
-** fails without an alert, after the request went out, is a dropped
+** this very request, either one is the server refusing us: "tls", unless
+** the server is one that never refuses that way (refuses_in_tls false). A
+** read that fails without an alert, after the request went out, is a dropped
 ** connection ("connect"), whose write may have been applied.
 */
-static const char *error_code (CURL *curl, CURLcode rc, const char *detail) {
+static const char *error_code (const Http *h, CURLcode rc, const char *detail) {
+    CURL *curl = h->curl;
     curl_off_t handshake = 0;
     long status = 0;
     curl_easy_getinfo(curl, CURLINFO_APPCONNECT_TIME_T, &handshake);
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    if (handshake > 0 && status == 0 &&
+    if (h->refuses_in_tls && handshake > 0 && status == 0 &&
         (rc == CURLE_SEND_ERROR || (rc == CURLE_RECV_ERROR && strstr(detail, "alert"))))
         return "tls";
     switch (rc) {
@@ -480,7 +490,8 @@ static int http_request (lua_State *L) {
     h->error[0] = '\0';
     curl_easy_setopt(h->curl, CURLOPT_URL, url);
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    /* at least 1 ms: libcurl reads 0 as "no timeout at all" */
+    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout < 0.001 ? 1L : (long)(timeout * 1000));
     curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);     /* resets any earlier body */
     if (body != NULL) {
         h->upload.data = body;          /* argument 4 stays on the stack meanwhile */
@@ -501,7 +512,7 @@ static int http_request (lua_State *L) {
             ? "the connection closed before a reply, maybe after the request was read "
               "(not sent again: its outcome is unknown)"
             : h->error[0] ? h->error : curl_easy_strerror(rc);
-        const char *code = error_code(h->curl, rc, detail);
+        const char *code = error_code(h, rc, detail);
         if (h->body.overflow || h->headers.overflow)
             return cx_push_error(L, "http", "reply from %s is too large", url);
         if (strcmp(code, "tls") == 0 && rc != CURLE_RECV_ERROR && strstr(detail, "SSL") == NULL)

@@ -138,6 +138,25 @@ static int core_fold_key (lua_State *L) {
 }
 
 /*
+** The length of the white-space character at `s` (n bytes left), or 0: .NET's
+** char.IsWhiteSpace, with which RavenDB judges a key blank (U+0009-U+000D,
+** U+0020, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F,
+** U+205F, U+3000), so that a key of no-break spaces is refused here as it
+** would be there. ravendb.lua's `blank` (for prefixes) uses the same set.
+*/
+static size_t white_space (const unsigned char *s, size_t n) {
+    if (s[0] == ' ' || (s[0] >= '\t' && s[0] <= '\r')) return 1;
+    if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
+    if (n < 3) return 0;
+    if (s[0] == 0xE1 && s[1] == 0x9A && s[2] == 0x80) return 3;
+    if (s[0] == 0xE2 && s[1] == 0x80 &&
+        (s[2] <= 0x8A || s[2] == 0xA8 || s[2] == 0xA9 || s[2] == 0xAF)) return 3;
+    if (s[0] == 0xE2 && s[1] == 0x81 && s[2] == 0x9F) return 3;
+    if (s[0] == 0xE3 && s[1] == 0x80 && s[2] == 0x80) return 3;
+    return 0;
+}
+
+/*
 ** core.key_problem(key) -> nothing when the string `key` can be a
 ** compare-exchange key, else why not: blank, holding a NUL byte, longer than
 ** 512 bytes, not UTF-8, or in RavenDB's reserved "rvn-atomic/" space
@@ -146,13 +165,11 @@ static int core_fold_key (lua_State *L) {
 */
 static int core_key_problem (lua_State *L) {
     static const char reserved[] = "rvn-atomic/";
-    size_t len, i;
+    size_t len, i = 0, w;
     const char *key = luaL_checklstring(L, 1, &len);
     char folded[CX_MAX_KEY_BYTES];
-    for (i = 0; i < len; i++) {
-        char c = key[i];
-        if (!(c == ' ' || (c >= '\t' && c <= '\r'))) break;     /* Lua's %s */
-    }
+    while (i < len && (w = white_space((const unsigned char *)key + i, len - i)) > 0)
+        i += w;
     if (i == len) {
         lua_pushliteral(L, "key must not be empty or blank");
     } else if (memchr(key, '\0', len) != NULL) {

@@ -50,42 +50,90 @@ end
 local AMBIGUOUS = { timeout = true, connect = true }
 lease.AMBIGUOUS = AMBIGUOUS
 
---[[ lease.write(backend, key, o, owner, index) -> w: writes a new lease with
-`index` (0: create). The monotonic and wall times are taken *before* the
-request is sent: the lease is counted from then, so it is never thought
-longer than it is. w has:
-  ok       true: our lease is written (w.index); false: the compare failed
+--[[ lease.write(backend, key, o, owner, index [, again]) -> w: writes a new
+lease with `index` (0: create). The monotonic and wall times are taken
+*before* the request is sent: the lease is counted from then, so it is never
+thought longer than it is. w has:
+  ok       true: our lease is written (w.index, w.value); false: the compare failed
            (w.index, w.current: the lease there now, 0 and nil when none);
            nil: the store failed (w.err, w.code)
   mono, wall  when the write started
   unapplied   (with ok == false) the write's outcome was unknown, and a read
               found it not applied: w.err, w.code tell why it was unknown
+  again       (with ok == nil) the write, whose outcome is still unknown, to
+              pass as `again` to the next lease.write of this lease: it is
+              sent again as it was rather than a new one (write-id backends)
 A write whose outcome is unknown (a timeout or a dropped connection, after
-the backend's own retries) is settled by reading the key back: the lease is
-ours exactly when the value there carries our owner id and the expiry we
-just wrote. ]]
-function lease.write(backend, key, o, owner, index)
-    local mono, wall = runtime.monotime(), runtime.time()
-    local ends = wall + o.ttl
-    local value = lease.value(o, owner, ends)
-    local text = assert(json.encode(value))
-    local ok, idx, current = backend:put(key, text, index, ends + o.expires_grace)
+the backend's own retries) is settled:
+* on a backend whose writes carry an id that the server deduplicates
+  (backend.write_ids: RavenDB's raft-request-id), by sending the very same
+  write again: the server applies it at most once and answers as it did the
+  first time, so that answer is definite. A read could not settle it there: a
+  follower that lags answers with the state from before the write;
+* elsewhere by reading the key back: the lease is ours exactly when the value
+  there carries our owner id and the expiry we just wrote. ]]
+function lease.write(backend, key, o, owner, index, again)
+    local w = again
+    if w == nil then
+        local mono, wall = runtime.monotime(), runtime.time()
+        local ends = wall + o.ttl
+        local value = lease.value(o, owner, ends)
+        w = { mono = mono, wall = wall, index = index, value = value,
+              text = assert(json.encode(value)), expires = ends + o.expires_grace,
+              id = backend.write_ids and runtime.uuid() or nil }
+    end
+    local mono, wall, value = w.mono, w.wall, w.value
+    local ok, idx, current = backend:put(key, w.text, w.index, w.expires, w.id)
     if ok ~= nil then
-        return { ok = ok, index = idx, current = current, mono = mono, wall = wall }
+        return { ok = ok, index = idx, current = current, mono = mono, wall = wall, value = value }
     end
     local err, code = idx, current
-    if AMBIGUOUS[code] then
+    if AMBIGUOUS[code] and w.id then
+        ok, idx, current = backend:put(key, w.text, w.index, w.expires, w.id)
+        if ok ~= nil then
+            return { ok = ok, index = idx, current = current, mono = mono, wall = wall,
+                     value = value }
+        end
+        if AMBIGUOUS[current] then err, code = idx, current end
+        return { ok = nil, err = err, code = code, mono = mono, wall = wall, again = w }
+    elseif AMBIGUOUS[code] then
         local now_index, now_value = backend:get(key)
         if type(now_index) == "number" then         -- the read worked: settled
             if type(now_value) == "table" and now_value.Owner == owner and
                     now_value[o.expires_field] == value[o.expires_field] then
-                return { ok = true, index = now_index, mono = mono, wall = wall }
+                return { ok = true, index = now_index, mono = mono, wall = wall, value = value }
             end
             return { ok = false, index = now_index, current = now_value, mono = mono,
                      wall = wall, unapplied = true, err = err, code = code }
         end
     end
     return { ok = nil, err = err, code = code, mono = mono, wall = wall }
+end
+
+--- release's delete of the lease at `index`, settled as lease.write settles:
+-- ok, index, code as backend:delete, plus the id to pass as `id` to the next
+-- attempt while the outcome stays unknown (write-id backends), so that a
+-- retried release sends the same delete again.
+function lease.delete(backend, key, index, id)
+    id = id or (backend.write_ids and runtime.uuid() or nil)
+    local ok, idx, code = backend:delete(key, index, id)
+    if ok == nil and AMBIGUOUS[code] then
+        if id then
+            local ok2, idx2, code2 = backend:delete(key, index, id)
+            if ok2 ~= nil then return ok2, idx2, nil end
+            if not AMBIGUOUS[code2] then return nil, idx, code, id end
+            return nil, idx2, code2, id
+        end
+        -- unknown outcome: gone means deleted (by us, or it expired); another
+        -- index means it is someone else's now; ours still means not applied
+        local now_index = backend:get(key)
+        if now_index == 0 then
+            return true, 0
+        elseif now_index ~= nil and now_index ~= index then
+            return false, now_index
+        end
+    end
+    return ok, idx, code
 end
 
 --[[ lease.renew(backend, r) -> "renewed" | "lost" | "failed": one renewal
@@ -97,10 +145,12 @@ monotonic clock), renewals}, DistributedLock's renew-or-validate:
   failed   the store failed and the lease still runs: try again soon
            (r.reason says why)
 A write found not applied after an unknown outcome leaves the key at the
-held index: the lease is still ours, and the turn merely failed. ]]
+held index: the lease is still ours, and the turn merely failed. A write whose
+outcome stays unknown is sent again, as it was, at the next turn (r.again). ]]
 function lease.renew(backend, r)
     local o = r.options
-    local w = lease.write(backend, r.key, o, r.owner, r.index)
+    local w = lease.write(backend, r.key, o, r.owner, r.index, r.again)
+    r.again = w.again
     if w.ok then
         r.index, r.valid = w.index, w.mono + o.ttl - o.clock_skew
         r.renewals = r.renewals + 1

@@ -14,6 +14,7 @@ local store = require "cmpxchg.store"
 
 local argerror = check.argerror
 local AMBIGUOUS = lease.AMBIGUOUS
+local extend_settled
 
 local DEFAULTS = {
     ttl = 30,                   -- seconds a lease lasts
@@ -134,6 +135,7 @@ function lock.acquire(st, key, opts)
     local stats = { attempts = 0, writes = 0, waited = 0, takeovers = 0 }
     local index = 0             -- 0: create; else the expired lease's index
     local probe = false         -- after a wait: read first, write only when it can win
+    local again                 -- a write whose outcome is unknown: sent again as it was
     while true do
         local idx, current, failure, failure_code
         stats.attempts = stats.attempts + 1
@@ -150,8 +152,14 @@ function lock.acquire(st, key, opts)
             end
         else
             stats.writes = stats.writes + 1
-            local w = lease.write(backend, key, o, owner, index)
-            if w.ok then
+            local w = lease.write(backend, key, o, owner, index, again)
+            again = w.again
+            if w.ok and runtime.monotime() >= w.mono + o.ttl - o.clock_skew then
+                -- written, but settled only after its lease had run out (an answer
+                -- that waited out a cluster without a leader): an expired lease of
+                -- ours, taken over below like any other, never handed out as held
+                idx, current = w.index, w.value
+            elseif w.ok then
                 if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
                 stats.waited = w.mono - start
                 local l = new_lock(st, key, o, owner, w, stats)
@@ -209,6 +217,24 @@ local function to_lock(self, fname)
     return self
 end
 
+--- Settles an extend whose outcome stayed unknown (self.again) by sending
+-- it again: its w when that was definite (the lock takes the new index and
+-- lease when it was applied), nil while it stays unknown.
+function extend_settled(self, backend)
+    local w = lease.write(backend, self.key, self.options, self.owner, nil, self.again)
+    if w.ok == nil then
+        self.again, self.again_err, self.again_code = w.again, w.err, w.code
+        return nil
+    end
+    self.again = nil
+    if w.ok then
+        self.index = w.index
+        self.valid_mono = w.mono + self.options.ttl - self.options.clock_skew
+        self.valid_wall = w.wall + self.options.ttl - self.options.clock_skew
+    end
+    return w
+end
+
 --- lock:release() -> true | false, "lost" | nil, err, code. Idempotent: a
 -- second call returns what the first did.
 function Lock:release()
@@ -221,17 +247,13 @@ function Lock:release()
         self.released = { nil, "closed: the store was closed before the lock was released",
                           "closed" }
     else
-        local ok, idx, code = backend:delete(self.key, self.index)
-        if ok == nil and AMBIGUOUS[code] then
-            -- unknown outcome: gone means deleted (by us, or it expired); another
-            -- index means it is someone else's now; ours still means not applied
-            local now_index = backend:get(self.key)
-            if now_index == 0 then
-                ok = true
-            elseif now_index ~= nil and now_index ~= self.index then
-                ok = false
-            end
+        -- an extend whose outcome stayed unknown is settled first: the index
+        -- it may have written is the one to delete
+        if self.again and extend_settled(self, backend) == nil then
+            return nil, self.again_err, self.again_code
         end
+        local ok, idx, code, id = lease.delete(backend, self.key, self.index, self.release_id)
+        self.release_id = id        -- a retried release sends the same delete again
         if ok == nil then return nil, idx, code end     -- still held: may retry
         finish(self, ok and { true } or { false, "lost" }, not ok and
             ("lost: lock '%s' was taken over before its release"):format(self.key) or nil)
@@ -262,7 +284,19 @@ function Lock:extend(ttl)
         o.ttl = ttl
     end
     local backend = store.enter(self.store, "extend")
-    local w = lease.write(backend, self.key, o, self.owner, self.index)
+    local w
+    if self.again then      -- an earlier extend's outcome is unknown: that write again
+        local settled = extend_settled(self, backend)
+        if settled == nil then
+            if renewing then renewal.start(self, apply_renewal) end
+            return nil, self.again_err, self.again_code
+        end
+        w = settled
+    end
+    if w == nil or w.ok then
+        w = lease.write(backend, self.key, o, self.owner, self.index)
+    end
+    if w.again then self.again, self.again_err, self.again_code = w.again, w.err, w.code end
     if w.ok == nil or (w.unapplied and w.index == self.index) then
         if renewing then renewal.start(self, apply_renewal) end    -- still ours
         return nil, w.err, w.code

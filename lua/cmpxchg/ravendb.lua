@@ -17,9 +17,18 @@ local fail, snippet = nodes.fail, nodes.snippet
 local RavenDB = {}
 RavenDB.__index = RavenDB
 
-local DEFAULT_TIMEOUT = 15      -- seconds: the server's own Cluster.OperationTimeoutInSec
+-- seconds a whole call may take, over every node it tries: longer than the
+-- server's own wait for a Raft leader (Cluster.OperationTimeoutInSec, 15 s),
+-- so that its 408 arrives before we give up (server behaviour §1 #2)
+local DEFAULT_TIMEOUT = 20
+local TOPOLOGY_PERIOD = 60      -- seconds between topology re-reads, as the Node client's timer
 local LIST_PAGE = 1024          -- items per page when listing everything
 local MAX_QUERY = 12000         -- bytes of key= parameters per GET (Kestrel caps lines at 16 KB)
+
+-- Raven-Client-Version on every request: the server reads it as a System.Version,
+-- and one below 5.2 (or none) silently turns a cluster-wide transaction's atomic
+-- guards off (server behaviour §1 #6). This client speaks the 5.4 protocol.
+local CLIENT_VERSION = "5.4.0"
 
 -- the only reply headers read here (§6.3, §7.2)
 local REPLY_HEADERS = { "refresh-topology", "database-missing" }
@@ -129,14 +138,22 @@ function RavenDB.open(urls, opts, transports)
         timeout = opts.timeout or DEFAULT_TIMEOUT,
         transports = transports or runtime.transport(),
         transport_opts = { tls = opts.tls, connect_timeout = math.min(opts.timeout or 5, 5),
-                           reply_headers = REPLY_HEADERS },
+                           reply_headers = REPLY_HEADERS, refuses_in_tls = false },
         connections = {},       -- url -> transport: one kept-alive connection per node
-        nodes = {},             -- array of {url =, tag =}
-        preferred = 1,
+        seeds = {},             -- the URLs given: asked for the topology when nothing else answers
+        nodes = {},             -- {url =, tag =, role =}: the members, then the nodes in rehab
+        members = 0,            -- how many of `nodes` are members
+        preferred = 1,          -- the member requests go to first
         topology_etag = -1,
+        topology_due = math.huge,
     }, RavenDB)
-    for i, url in ipairs(urls) do self.nodes[i] = { url = url:gsub("/+$", ""), tag = "?" } end
-    local ok, err, code = self:update_topology()
+    for i, url in ipairs(urls) do
+        url = url:gsub("/+$", "")
+        self.seeds[i] = url
+        self.nodes[i] = { url = url, tag = "?", role = "Member" }
+    end
+    self.members = #self.nodes
+    local ok, err, code = self:first_topology()
     if not ok then
         self:close()
         return nil, err, code
@@ -152,50 +169,112 @@ end
 
 RavenDB.connection = nodes.connection
 
---- Fetches GET /topology?name=db from the nodes in turn, as the official
--- clients' first topology update does (§6.1); stops at once on an answer
--- every node would give (403, unknown database).
-function RavenDB:update_topology()
+--- The request headers, two tables (with and without a body) made once per
+-- topology: transports only read them.
+function RavenDB:headers(with_body)
+    local cache = self.headers_cache
+    if cache == nil or cache.etag ~= self.topology_etag then
+        local etag = ('"%d"'):format(self.topology_etag)
+        cache = { etag = self.topology_etag,
+                  plain = { ["Topology-Etag"] = etag, ["Raven-Client-Version"] = CLIENT_VERSION },
+                  json = { ["Topology-Etag"] = etag, ["Raven-Client-Version"] = CLIENT_VERSION,
+                           ["Content-Type"] = "application/json" } }
+        self.headers_cache = cache
+    end
+    return with_body and cache.json or cache.plain
+end
+
+--- GET /topology?name=db from node `url` (§6.1): the decoded reply, or nil,
+-- err, code, final (final: an answer every node would give: 403, or an
+-- unknown database).
+function RavenDB:fetch_topology(url, timeout)
+    local status, body, headers = self:connection(url):request("GET",
+        ("%s/topology?name=%s"):format(url, escape(self.database)), nil, self:headers(),
+        timeout)
+    if status == 200 then return decode_reply(body, "topology") end
+    if status == nil then return nil, body, headers end
+    local err, code = self:status_error(status, body, headers)
+    return nil, err, code, not FAILOVER[status] or headers["database-missing"] ~= nil
+end
+
+--- The first topology, from the seeds in turn, as the official clients'
+-- first topology update does (§6.1); stops at once on an answer every node
+-- would give (403, unknown database).
+function RavenDB:first_topology()
     local last_err, last_code
-    for _, node in ipairs(self.nodes) do
-        local url = ("%s/topology?name=%s"):format(node.url, escape(self.database))
-        local status, body, headers = self:connection(node.url):request("GET", url, nil,
-            nil, self.timeout)
-        if status == 200 then
-            local reply, err, code = decode_reply(body, "topology")
-            if not reply then return nil, err, code end
-            return self:set_topology(reply)
-        elseif status == nil then
-            last_err, last_code = body, headers
-        else
-            local err, code = self:status_error(status, body, headers)
-            if not FAILOVER[status] or headers["database-missing"] then return nil, err, code end
-            last_err, last_code = err, code
-        end
+    for _, url in ipairs(self.seeds) do
+        local reply, err, code, final = self:fetch_topology(url, self.timeout)
+        if reply then return self:set_topology(reply) end
+        if final then return nil, err, code end
+        last_err, last_code = err, code
     end
     return nil, last_err, last_code
 end
 
+--- Every URL we know of, in the order requests try them, then the seeds
+-- that are not in the topology.
+function RavenDB:known_urls()
+    local urls, seen = {}, {}
+    for _, i in ipairs(self:in_order()) do
+        urls[#urls + 1] = self.nodes[i].url
+        seen[self.nodes[i].url] = true
+    end
+    for _, url in ipairs(self.seeds) do
+        if not seen[url] then urls[#urls + 1] = url end
+    end
+    return urls
+end
+
+--[[ Reads the topology again from the nodes we know, before `deadline`
+(monotonic), and takes it only when its Etag is newer than the one held: a
+node that lags behind the cluster serves an older topology, and the official
+clients ignore an Etag they have seen (server behaviour §1 #9). With `all`
+(a 410 and no answer: the database moved off the nodes we know) every node is
+asked and the newest answer is taken, the same Etag too; otherwise the first
+newer one. Returns true when a topology was taken. ]]
+function RavenDB:update_topology(deadline, all)
+    self.topology_due = runtime.monotime() + TOPOLOGY_PERIOD
+    local best, best_etag
+    for _, url in ipairs(self:known_urls()) do
+        local left = deadline - runtime.monotime()
+        if left <= 0 then break end
+        local reply = self:fetch_topology(url, left)
+        local etag = reply and tointeger(reply.Etag)
+        if etag and (best == nil or etag > best_etag) then best, best_etag = reply, etag end
+        if best and not all and best_etag > self.topology_etag then break end
+    end
+    if best == nil or best_etag < self.topology_etag or
+            (best_etag == self.topology_etag and not all) then
+        return false
+    end
+    return self:set_topology(best) == true
+end
+
+--- Takes a topology reply: its nodes, members first and the nodes in rehab
+-- last, as the server lists them and the official clients prefer them
+-- (§6.1; server behaviour §1 #9). Requests start again from its first
+-- member, as the official clients' new NodeSelector state does.
 function RavenDB:set_topology(reply)
     if type(reply.Nodes) ~= "table" or #reply.Nodes == 0 then
         return fail("decode", "topology without nodes")
     end
-    local members = {}
+    local members, rehabs = {}, {}
     for i, n in ipairs(reply.Nodes) do
         if type(n) ~= "table" or type(n.Url) ~= "string" then
             return fail("decode", "topology node %d has no Url", i)
         end
-        members[i] = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?") }
+        local node = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?"),
+                       role = n.ServerRole == "Rehab" and "Rehab" or "Member" }
+        local list = node.role == "Member" and members or rehabs
+        list[#list + 1] = node
     end
-    local preferred_url = self.nodes[self.preferred] and self.nodes[self.preferred].url
-    self.nodes, self.preferred = members, 1
-    for i, n in ipairs(members) do
-        if n.url == preferred_url then self.preferred = i end
-    end
+    self.nodes, self.members, self.preferred = members, #members, 1
+    for _, node in ipairs(rehabs) do self.nodes[#self.nodes + 1] = node end
     self.topology_etag = tointeger(reply.Etag) or -1
+    self.topology_due = runtime.monotime() + TOPOLOGY_PERIOD
     -- close connections to nodes that left the topology
     local keep = {}
-    for _, n in ipairs(members) do keep[n.url] = true end
+    for _, n in ipairs(self.nodes) do keep[n.url] = true end
     for url, c in pairs(self.connections) do
         if not keep[url] then
             c:close()
@@ -220,48 +299,85 @@ function RavenDB:status_error(status, body, headers)
     return "http: " .. text, "http"
 end
 
---- Sends one logical request: `path` is appended to a node URL. Writes carry
--- one raft-request-id for all their attempts, so a write that reached the
--- server before its reply was lost is applied once (§6.4). Tries the nodes
--- in order from the preferred one; a single node is tried twice.
--- Returns status, body, headers of an answer that is not a failover case.
-function RavenDB:send(method, path, body, is_write)
-    if is_write then
-        path = path .. "&raft-request-id=" .. runtime.uuid()
-    end
-    -- the same two header tables for every request while the topology stands
-    -- (transports only read them)
-    local cache = self.headers_cache
-    if cache == nil or cache.etag ~= self.topology_etag then
-        local etag = ('"%d"'):format(self.topology_etag)
-        cache = { etag = self.topology_etag, plain = { ["Topology-Etag"] = etag },
-                  json = { ["Topology-Etag"] = etag, ["Content-Type"] = "application/json" } }
-        self.headers_cache = cache
-    end
-    local headers = body and cache.json or cache.plain
-    local n, first = #self.nodes, self.preferred
-    local attempts = math.max(n, 2)
-    local last_err, last_code
+--- The positions in `nodes` in the order a request tries them: from the
+-- preferred member round the members, then the nodes in rehab.
+function RavenDB:in_order()
+    local order, members = {}, self.members
+    for k = 0, members - 1 do order[#order + 1] = (self.preferred - 1 + k) % members + 1 end
+    for i = members + 1, #self.nodes do order[#order + 1] = i end
+    return order
+end
+
+--[[ One round of a request over the nodes, in order, until `deadline`
+(monotonic): each node once (a lone node twice). Connection errors, TLS
+errors (RavenDB refuses certificates with a 403, never inside TLS, so a TLS
+failure is one node's trouble: server behaviour §1 #4), timeouts and the
+FAILOVER statuses move on to the next node. Returns status, body, headers of
+an answer that is not one of those, or nil, err, code, gone (gone: a node
+answered 410, so the topology held is out of date). ]]
+function RavenDB:round(method, path, body, headers, deadline)
+    local order = self:in_order()
+    local attempts = #order == 1 and 2 or #order
+    local last_err, last_code, no_leader
+    local tried, gone = 0, 0
     for attempt = 1, attempts do
-        local i = (first + attempt - 2) % n + 1
+        local left = deadline - runtime.monotime()
+        if left < 0.01 then break end       -- no time for another node
+        local i = order[(attempt - 1) % #order + 1]
         local node = self.nodes[i]
         local status, rbody, rheaders = self:connection(node.url):request(method,
-            node.url .. path, body, headers, self.timeout)
+            node.url .. path, body, headers, left)
+        tried = tried + 1
         if status == nil then
             last_err, last_code = rbody, rheaders
-            if last_code == "tls" then break end        -- every node would say the same
         elseif FAILOVER[status] and not (rheaders and rheaders["database-missing"]) then
             last_err, last_code = self:status_error(status, rbody, rheaders)
+            if status == 410 then gone = gone + 1 end
+            if status == 408 then no_leader = last_err end
         else
-            self.preferred = i
-            if rheaders and rheaders["refresh-topology"] == "true" then
-                self:update_topology()      -- best effort: the answer stands either way
-            end
+            if i <= self.members then self.preferred = i end
             return status, rbody, rheaders
         end
-        self.preferred = i % n + 1          -- the next call starts past a failed node
+        if i == self.preferred then        -- the next call starts past a failed node
+            self.preferred = self.members > 0 and i % self.members + 1 or 1
+        end
     end
-    return nil, last_err, last_code
+    if tried == 0 then
+        return nil, ("timeout: %s %s: no time left of the call's %g s"):format(method,
+            path, self.timeout), "timeout"
+    end
+    -- the server's own "no leader" says more than our timeout cutting the next try
+    if last_code == "timeout" and no_leader then last_err = no_leader end
+    return nil, last_err, last_code, gone > 0
+end
+
+--[[ Sends one logical request: `path` is appended to a node URL. The whole
+call, every node it tries included, takes at most the store's timeout. Writes
+carry one raft-request-id (`write_id`, else a new one) for all their attempts,
+so a write that reached the server before its reply was lost is applied once
+(§6.4). When no node took the request and one of them answered 410, the
+database has moved off the nodes we know: the topology is read again from
+every node we know of and the request makes one more round, as the C# and
+Java clients do once every node failed (server behaviour §1 #1).
+After an answer, the topology is read again when the server says it changed
+(Refresh-Topology) or TOPOLOGY_PERIOD has passed since the last reading.
+Returns status, body, headers of an answer that is not a failover case. ]]
+function RavenDB:send(method, path, body, is_write, write_id)
+    local deadline = runtime.monotime() + self.timeout
+    if is_write then
+        path = path .. "&raft-request-id=" .. (write_id or runtime.uuid())
+    end
+    local status, rbody, rheaders, gone = self:round(method, path, body,
+        self:headers(body ~= nil), deadline)
+    if status == nil and gone and self:update_topology(deadline, true) then
+        status, rbody, rheaders = self:round(method, path, body, self:headers(body ~= nil),
+            deadline)
+    end
+    if status ~= nil and ((rheaders and rheaders["refresh-topology"] == "true") or
+            runtime.monotime() >= self.topology_due) then
+        self:update_topology(deadline)      -- best effort: the answer stands either way
+    end
+    return status, rbody, rheaders
 end
 
 function RavenDB:cmpxchg_path(query)
@@ -269,8 +385,9 @@ function RavenDB:cmpxchg_path(query)
 end
 
 --- Runs a request whose answer must be 200: its body.
-function RavenDB:call(method, query, body, is_write)
-    local status, rbody, headers = self:send(method, self:cmpxchg_path(query), body, is_write)
+function RavenDB:call(method, query, body, is_write, write_id)
+    local status, rbody, headers = self:send(method, self:cmpxchg_path(query), body, is_write,
+        write_id)
     if status == nil then return nil, rbody, headers end
     if status ~= 200 then
         local err, code = self:status_error(status, rbody, headers)
@@ -279,7 +396,13 @@ function RavenDB:call(method, query, body, is_write)
     return rbody
 end
 
-function RavenDB:put(key, text, index, expires)
+-- A write sent again with its write id (the raft-request-id) is applied at
+-- most once, and answered as it was the first time (§6.4): lease.lua settles
+-- unknown outcomes by sending them again rather than by reading back, which a
+-- lagging node could answer with the state before the write.
+RavenDB.write_ids = true
+
+function RavenDB:put(key, text, index, expires, write_id)
     local body
     if expires then
         body = ('{"Object":%s,"@metadata":{"@expires":"%s"}}'):format(text,
@@ -288,14 +411,14 @@ function RavenDB:put(key, text, index, expires)
         body = '{"Object":' .. text .. "}"
     end
     local reply, err, code = self:call("PUT", ("key=%s&index=%d"):format(escape(key), index),
-        body, true)
+        body, true, write_id)
     if not reply then return nil, err, code end
     return write_result(reply, "put")
 end
 
-function RavenDB:delete(key, index)
+function RavenDB:delete(key, index, write_id)
     local reply, err, code = self:call("DELETE",
-        ("key=%s&index=%d"):format(escape(key), index), nil, true)
+        ("key=%s&index=%d"):format(escape(key), index), nil, true, write_id)
     if not reply then return nil, err, code end
     return write_result(reply, "delete")
 end
@@ -401,22 +524,40 @@ end
 
 local GUARD = "rvn-atomic/"
 
+--- Whether `s` is white space only, as .NET's char.IsWhiteSpace counts it
+-- (U+0009-U+000D, U+0085, and the Unicode space, line and paragraph
+-- separators): string.IsNullOrWhiteSpace, with which the server reads its
+-- query string (server behaviour §1 #5, #13). csrc/cmpxchg_core.c's key check
+-- uses the same set.
+local function blank(s)
+    s = s:gsub("[\t-\r ]", ""):gsub("\194[\133\160]", ""):gsub("\225\154\128", "")
+        :gsub("\226\128[\128-\138\168\169\175]", ""):gsub("\226\129\159", "")
+        :gsub("\227\128\128", "")
+    return s == ""
+end
+
 --- Lists a prefix. RavenDB counts its atomic guards in start/pageSize; when
 -- the prefix can match them, pages are read from the start and the guards
--- skipped here, so start and page_size count only the items we return.
+-- skipped here, so start and page_size count only the items we return. A
+-- prefix of white space only is no prefix to the server, which then lists
+-- the whole database: such a prefix is applied here, to everything.
 function RavenDB:list(prefix, start, page_size)
     local lower = core.fold_key(prefix)
     if lower:sub(1, #GUARD) == GUARD then return {} end     -- nothing but guards there
-    local guards_possible = GUARD:sub(1, #lower) == lower
+    local spaces = prefix ~= "" and blank(prefix)
+    local guards_possible = spaces or GUARD:sub(1, #lower) == lower
     if not guards_possible and page_size then
         return self:list_page(prefix, start, page_size)
     end
+    local asked = spaces and "" or prefix
     local out, skipped, offset = {}, 0, guards_possible and 0 or start
     while true do
-        local page, err, code = self:list_page(prefix, offset, LIST_PAGE)
+        local page, err, code = self:list_page(asked, offset, LIST_PAGE)
         if not page then return nil, err, code end
         for _, item in ipairs(page) do
-            if item.key:lower():sub(1, #GUARD) ~= GUARD then
+            local key = item.key:lower()
+            if key:sub(1, #GUARD) ~= GUARD and
+                    (not spaces or (core.fold_key(item.key) or key):sub(1, #lower) == lower) then
                 if guards_possible and skipped < start then
                     skipped = skipped + 1
                 else

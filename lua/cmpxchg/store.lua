@@ -5,8 +5,9 @@
 -- The backend interface (embedded.lua, ravendb.lua, etcd.lua implement it;
 -- lock.lua, lease.lua and this file use it):
 --
---   put(key, json, index, expires)  -> true, index | false, index, value
---   delete(key, index)              -> true, index, value | false, index, value
+--   put(key, json, index, expires [, write_id])
+--                                   -> true, index | false, index, value
+--   delete(key, index [, write_id]) -> true, index, value | false, index, value
 --   get(key)                        -> index, value (0, nil when absent)
 --   get_many(keys)                  -> array of {index =, value =}, in key order
 --   list(prefix, start, page_size)  -> array of {key =, index =, value =}
@@ -14,6 +15,12 @@
 --   close()
 --   private                         -> true when no other connection can see
 --                                      the data (":memory:"): nothing renews it
+--   write_ids                       -> true when put and delete take a write_id
+--                                      (a string) that the server deduplicates:
+--                                      the same write sent again with it is
+--                                      applied at most once and answered as the
+--                                      first time (RavenDB's raft-request-id);
+--                                      other backends ignore the argument
 --
 -- Writes take JSON text (the store encodes once); reads return decoded
 -- values; keys reach a backend checked (check.key). Note the order of get:

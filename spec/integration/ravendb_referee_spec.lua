@@ -636,6 +636,19 @@ describe("RavenDB referee (official npm ravendb client)", function()
             local gets = requests_to("/cmpxchg?key=")
             assert.equal('"1"', gets[1].headers["topology-etag"])
             assert.equal('"2"', gets[#gets].headers["topology-etag"])
+            -- ours, on the same run: a fetch after the header, then the new etag
+            local list = {}
+            for url in target.urls:gmatch("[^,]+") do list[#list + 1] = url end
+            local mine = assert(require("cmpxchg").open(list, { database = target.database }))
+            local before = #requests_to("/topology?name=db")
+            assert.is_nil((mine:get(key("t"))))         -- opened at etag 2: no header
+            control("POST", "/topology/bump")
+            mine:get(key("t"))
+            mine:get(key("t"))
+            mine:close()
+            assert.equal(before + 1, #requests_to("/topology?name=db"))
+            gets = requests_to("/cmpxchg?key=")
+            assert.equal('"3"', gets[#gets].headers["topology-etag"])
         end)
 
         it("TLS: a client certificate from the trusted CA is required", function()
@@ -650,6 +663,10 @@ describe("RavenDB referee (official npm ravendb client)", function()
 
             opts.cert, opts.ca = dir .. "/client.pem", dir .. "/ca.crt"
             assert.is_true(ok(referee(steps, opts)[1]).successful)
+            -- the nodes speak HTTP/2 (by ALPN) and HTTP/1.1, as Kestrel does; the client chose
+            for _, req in ipairs(control("GET", "/state", nil, tls).requests) do
+                assert.is_truthy(req.http_version == "1.1" or req.http_version == "2.0")
+            end
 
             opts.cert = dir .. "/wrong-client.pem"
             local e = failed(referee(steps, opts)[1])
@@ -662,6 +679,211 @@ describe("RavenDB referee (official npm ravendb client)", function()
             assert.equal("AuthorizationException", e.name)
             assert.matches("requires client certificate", e.message)
             assert.same({}, control("GET", "/state", nil, tls).unknown_routes)
+        end)
+    end)
+
+    -- Issue 17: the emulator as a cluster (a leader, nodes that apply the log late, database
+    -- groups that move). The official client referees each behaviour; where its own
+    -- behaviour is the reference (failover, topology refresh), our client runs the same
+    -- scenario on the same emulator and must end where it ends.
+    describe("a cluster (issue 17)", function()
+        local core = require "cmpxchg.core"
+
+        local function ours(urls)
+            local list = {}
+            for url in (urls or target.urls):gmatch("[^,]+") do list[#list + 1] = url end
+            return assert(require("cmpxchg").open(list, { database = target.database, timeout = 5 }))
+        end
+
+        -- the requests that wrote `k` (matched as both clients escape it)
+        local function writes_of(k, method)
+            local out = {}
+            for _, req in ipairs(state().requests) do
+                if req.method == (method or "PUT")
+                        and req.url:find("key=" .. core.url_escape(k) .. "&", 1, true) then
+                    out[#out + 1] = req
+                end
+            end
+            return out
+        end
+
+        local function topology_reads()
+            local n = 0
+            for _, req in ipairs(state().requests) do
+                if req.url:find("/topology?name=", 1, true) then n = n + 1 end
+            end
+            return n
+        end
+
+        -- The reference here is the C# client (and Java's, and C++'s): on a 410 it marks the
+        -- node failed, and once every node failed it forces a topology update and retries
+        -- once (RequestExecutor `case HttpStatusCode.Gone`: `IsFailedWithNode(chosenNode)
+        -- == false`, `ForceUpdate = true`). The npm client 7.2.6 has that test inverted
+        -- (RequestExecutor.js, `case StatusCodes.Gone`: `if (command.isFailedWithNode(
+        -- chosenNode))`), so it never marks the node, sends the request to it once more and
+        -- gives up without reading the topology. The referee shows both: the emulator's
+        -- 410 is what the client expects (no Refresh-Topology with it), and ours recovers.
+        it("a database moved off the nodes a client knows: 410 from the node, then ours finds it again", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            control("POST", "/databases/db/topology", { members = { 0 } })
+            local mine = ours()
+            assert.is_true((mine:put(key("before"), 1, 0)))
+            control("POST", "/requests/clear")
+            local r = referee({
+                { op = "put", key = key("first"), value = 1, index = 0 },
+                { op = "control", path = "/databases/db/topology", body = { members = { 1, 2 } } },
+                { op = "put", key = key("theirs"), value = 2, index = 0 },
+            })
+            assert.is_true(ok(r[1]).successful)
+            assert.matches("couldn't recover from it", failed(r[3]).message)
+            local theirs = writes_of(key("theirs"))
+            assert.same({ 0, 0 }, { theirs[1].node, theirs[2].node })
+            assert.same({ 410, 410 }, { theirs[1].status, theirs[2].status })
+            assert.is_nil(theirs[1].headers["refresh-topology"])
+            control("POST", "/requests/clear")
+            local ok_mine, err = mine:put(key("mine"), 3, 0)
+            assert.is_true(ok_mine, err)
+            local w = writes_of(key("mine"))
+            assert.equal(0, w[1].node)
+            assert.equal(410, w[1].status)
+            assert.equal(1, w[#w].node)          -- B, the first member of the new group
+            assert.equal(200, w[#w].status)
+            assert.is_true(topology_reads() >= 1)
+            assert.same({ "B", "C" }, { mine.backend.nodes[1].tag, mine.backend.nodes[2].tag })
+            mine:close()
+            -- a client that learns the topology afresh goes to B at once
+            assert.is_true(ok(referee({ { op = "put", key = key("later"), value = 1, index = 0 } })[1]).successful)
+            assert.equal(1, writes_of(key("later"))[1].node)
+        end)
+
+        it("nodes in rehab come last for both clients", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            control("POST", "/databases/db/topology", { members = { 2, 1 }, rehabs = { 0 } })
+            local topology = referee({ { op = "raw", path = "/topology?name=db" } })
+            local roles = {}
+            for i, n in ipairs(ok(topology[1]).body.Nodes) do roles[i] = n.ClusterTag .. ":" .. n.ServerRole end
+            assert.same({ "C:Member", "B:Member", "A:Rehab" }, roles)
+            assert.is_true(ok(referee({ { op = "put", key = key("t"), value = 1, index = 0 } })[1]).successful)
+            local mine = ours()
+            assert.is_true((mine:put(key("m"), 1, 0)))
+            mine:close()
+            assert.equal(2, writes_of(key("t"))[1].node)
+            assert.equal(2, writes_of(key("m"))[1].node)
+        end)
+
+        it("no leader: both clients get the server's 408 TimeoutException from every running node", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            control("POST", "/cluster", { elections_frozen = true, operation_timeout_ms = 800 })
+            control("POST", "/nodes/0/stop")
+            local r = referee({ { op = "put", key = key("t"), value = 1, index = 0 } })
+            local e = failed(r[1])
+            assert.equal("AllTopologyNodesDownException", e.name)
+            assert.matches("there is no leader, and we timed out waiting for one after 00:00:00.8000000", e.message)
+            local mine = ours()
+            local okm, err, code = mine:put(key("m"), 1, 0)
+            mine:close()
+            assert.is_nil(okm)
+            assert.equal("timeout", code)
+            assert.matches("there is no leader, and we timed out waiting for one after 00:00:00.8000000", err)
+            for _, w in ipairs({ writes_of(key("t")), writes_of(key("m")) }) do
+                local statuses = {}
+                for _, req in ipairs(w) do statuses[req.node] = req.status end
+                assert.equal(408, statuses[1])
+                assert.equal(408, statuses[2])
+            end
+            control("POST", "/cluster", { elections_frozen = false })
+            assert.is_true(is_null(ok(referee({ { op = "get", key = key("t") } })[1])))   -- not applied
+        end)
+
+        it("a follower that lags serves the value from before, to both clients", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            local mine = ours()
+            local _, i1 = mine:put(key("k"), "v1", 0)
+            control("POST", "/nodes/1/lag", { ms = 60000 })
+            assert.is_true((mine:put(key("k"), "v2", i1)))      -- through A, the leader
+            -- both clients read from B now: it is the first member
+            control("POST", "/databases/db/topology", { members = { 1, 0, 2 } })
+            local r = referee({ { op = "get", key = key("k") } })
+            local got = ok(r[1])
+            assert.same({ "v1", i1 }, { got.value, got.index })
+            local fresh = ours()
+            assert.same({ "v1", i1 }, { fresh:get(key("k")) })
+            fresh:close()
+            mine:close()
+            control("POST", "/nodes/1/lag", { ms = 0 })
+            got = ok(referee({ { op = "get", key = key("k") } })[1])
+            assert.equal("v2", got.value)
+        end)
+
+        it("a lagging node serves the older topology; the official client keeps the newer one", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            control("POST", "/nodes/2/lag", { ms = 60000 })
+            local moved = control("POST", "/databases/db/topology", { members = { 0, 1 }, rehabs = { 2 } })
+            local path = "/topology?name=db"
+            local on_c = ok(referee({ { op = "raw", path = path } }, { urls = main.urls:match("[^,]+$") })[1]).body
+            local on_a = ok(referee({ { op = "raw", path = path } })[1]).body
+            assert.equal(moved.etag, on_a.Etag)
+            assert.is_true(on_c.Etag < on_a.Etag)
+            assert.equal(3, #on_c.Nodes)
+            assert.equal("Member", on_c.Nodes[3].ServerRole)
+            assert.equal("Rehab", on_a.Nodes[3].ServerRole)
+        end)
+
+        it("raft-request-ids are remembered for the last 2,048 raft commands of every kind", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            local path = "/databases/" .. target.database .. "/cmpxchg?key=" .. key("w") .. "&index=0"
+            local id = "&raft-request-id=" .. run_id .. "-window"
+            local r = referee({
+                { op = "raw", method = "PUT", path = path .. id, body = { Object = 1 } },
+                { op = "control", path = "/raft/noop", body = { count = 2047 } },
+                { op = "raw", method = "PUT", path = path .. id, body = { Object = 1 } },
+                { op = "control", path = "/raft/noop", body = { count = 2048 } },
+                { op = "raw", method = "PUT", path = path .. id, body = { Object = 1 } },
+            })
+            local first, within, beyond = ok(r[1]).body, ok(r[3]).body, ok(r[5]).body
+            assert.is_true(first.Successful)
+            assert.same(first, within)              -- still remembered: the first answer
+            assert.is_false(beyond.Successful)      -- forgotten: a new command, whose compare fails
+            assert.equal(first.Index, beyond.Index)
+            assert.equal(2048, state().raft_history_size)
+        end)
+
+        it("the wire: chunked JSON, 410 with Cache-Control, a deleted database, pageSize=0, blank values", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            local db = "/databases/" .. target.database .. "/cmpxchg"
+            local r = referee({
+                { op = "put", key = key("a"), value = 1, index = 0 },
+                { op = "put", key = key("b"), value = 2, index = 0 },
+                { op = "raw", path = "/topology?name=db" },
+                { op = "raw", path = db .. "?startsWith=" .. key("") .. "&pageSize=0" },
+                { op = "get_prefix", startsWith = "  " },
+                { op = "put", key = "\194\160\227\128\128", value = 1, index = 0 },
+                { op = "raw", path = "/topology?name=gone_db" },
+                { op = "control", path = "/databases/db/topology", body = { members = { 1, 2 } } },
+                { op = "raw", path = db .. "?key=" .. key("a") },           -- A: not in the group now
+            })
+            local topo = ok(r[3])
+            assert.equal(200, topo.status)
+            assert.is_nil(topo.headers["content-length"])       -- streamed: chunked
+            assert.equal("chunked", topo.headers["transfer-encoding"])
+            -- pageSize=0 is counted down past zero: everything
+            assert.equal(2, #ok(r[4]).body.Results)
+            -- a startsWith of blanks is no prefix to the server: the whole database
+            assert.equal(2, #ok(r[5]))
+            -- a key of .NET white space (U+00A0 U+3000) is blank to the server
+            assert.matches("Query string key is mandatory", failed(r[6]).message)
+            local missing = ok(r[7])
+            assert.equal(503, missing.status)
+            assert.equal("gone_db", missing.headers["database-missing"])
+            local gone = ok(r[9])
+            assert.equal(410, gone.status)
+            assert.equal("must-revalidate, no-cache", gone.headers["cache-control"])
+            assert.is_nil(gone.headers["refresh-topology"])
+            assert.equal("Raven.Client.Exceptions.Database.DatabaseNotRelevantException", gone.body.Type)
+            -- ours: the same prefix of blanks is applied to the keys, not dropped
+            local mine = ours()
+            assert.same({}, mine:list("  "))
+            mine:close()
         end)
     end)
 end)

@@ -6,8 +6,14 @@ local json = require "cmpxchg.json"
 local Memory = {}
 Memory.__index = Memory
 
-function Memory.new()
-    return setmetatable({ items = {}, last_index = 0, calls = {}, faults = {} }, Memory)
+--- opts.write_ids: put and delete deduplicate by their write id, as RavenDB
+-- does by raft-request-id: a write sent again with its id is not applied
+-- again, and answered as the first time.
+function Memory.new(opts)
+    local self = setmetatable({ items = {}, last_index = 0, calls = {}, faults = {},
+                                history = {} }, Memory)
+    self.write_ids = opts and opts.write_ids or nil
+    return self
 end
 
 --- The next call of `method` returns nil, err, code instead of running.
@@ -41,8 +47,8 @@ end
 
 function Memory.describe() return "memory" end
 
-function Memory:put(key, text, index, expires)
-    local fault = self:record("put", key, text, index, expires)
+function Memory:put(key, text, index, expires, write_id)
+    local fault = self:record("put", key, text, index, expires, write_id)
     if fault then return nil, fault[1], fault[2] end
     local k, cur = key:lower(), self.items[key:lower()]
     if (index == 0 and cur) or (index ~= 0 and (not cur or cur.index ~= index)) then
@@ -53,8 +59,8 @@ function Memory:put(key, text, index, expires)
     return true, self.last_index
 end
 
-function Memory:delete(key, index)
-    local fault = self:record("delete", key, index)
+function Memory:delete(key, index, write_id)
+    local fault = self:record("delete", key, index, write_id)
     if fault then return nil, fault[1], fault[2] end
     local k, cur = key:lower(), self.items[key:lower()]
     if not cur or cur.index ~= index then
@@ -65,12 +71,21 @@ function Memory:delete(key, index)
     return true, self.last_index, json.decode(cur.text)
 end
 
---- Wraps put/delete so that a fail_after_apply fault answers after applying.
+--- Wraps put/delete so that a fail_after_apply fault answers after applying,
+-- and, with write ids, a write whose id was seen answers as it did then.
 for _, method in ipairs({ "put", "delete" }) do
     local apply = Memory[method]
+    local id_at = method == "put" and 5 or 3
     Memory[method] = function(self, ...)
+        local id = self.write_ids and select(id_at, ...)
+        local seen = id and self.history[id]
+        if seen then
+            self:record(method, ...)
+            return seen[1], seen[2], seen[3]
+        end
         local fault = self.faults[method]
         local a, b, c = apply(self, ...)
+        if id and a ~= nil then self.history[id] = { a, b, c } end
         if fault and fault.after then
             self.faults[method] = nil
             return nil, fault[1], fault[2]

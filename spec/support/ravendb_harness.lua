@@ -79,8 +79,11 @@ function harness.create_database(server, tls)
     end
     counter = counter + 1
     local name = ("cmpxchg_test_%d_%d_%d"):format(core.pid(), counter, math.random(1e6))
+    -- on every node given, so that failover has somewhere to go (a real server puts a
+    -- database on replicationFactor nodes only)
     local status, reply = admin(server, tls):request("PUT",
-        ("%s/admin/databases?name=%s&replicationFactor=1"):format(server.urls[1], name),
+        ("%s/admin/databases?name=%s&replicationFactor=%d"):format(server.urls[1], name,
+            #server.urls),
         json.encode({ DatabaseName = name, Settings = {},
                       Disabled = false, Encrypted = false,
                       Topology = { DynamicNodesDistribution = false } }),

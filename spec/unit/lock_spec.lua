@@ -319,6 +319,113 @@ describe("lock (unit, fake clock)", function()
         assert.equal(l:token(), select(2, backend:item("k")))
     end)
 
+    describe("on a backend that deduplicates writes by id (RavenDB)", function()
+        before_each(function()
+            backend = Memory.new({ write_ids = true })
+            st = store.new(backend)
+        end)
+
+        local function calls(method)
+            local out = {}
+            for _, c in ipairs(backend.calls) do
+                if c.method == method then out[#out + 1] = c end
+            end
+            return out
+        end
+
+        it("settles an unknown outcome by sending the same write again, never by a read", function()
+            backend:fail_after_apply("put", "timeout: no reply", "timeout")
+            local l = assert(st:lock("k"))
+            assert.equal(l:token(), select(2, backend:item("k")))
+            local puts = calls("put")
+            assert.equal(2, #puts)
+            assert.is_string(puts[1][5])
+            assert.equal(puts[1][5], puts[2][5])      -- the same write id
+            assert.equal(puts[1][2], puts[2][2])      -- the same lease
+            assert.equal(0, backend:count("get"))     -- a lagging follower is never asked
+            assert.equal(1, backend.last_index)       -- applied once
+        end)
+
+        it("an outcome that stays unknown is sent again, as it was, by the next attempt", function()
+            local real_put, failures = backend.put, 3
+            backend.put = function(self, ...)
+                local a, b, c = real_put(self, ...)       -- applied every time it arrives
+                if failures > 0 then
+                    failures = failures - 1
+                    return nil, "timeout: no reply", "timeout"
+                end
+                return a, b, c
+            end
+            local l = assert(st:lock("k", { timeout = 5 }))
+            local puts = calls("put")
+            assert.equal(4, #puts)
+            for _, c in ipairs(puts) do assert.equal(puts[1][5], c[5]) end
+            assert.equal(1, backend.last_index)
+            assert.equal(l:token(), select(2, backend:item("k")))
+            -- and the lease is counted from the first send
+            assert.is_true(l:valid_until() <= WALL0 + 30)
+        end)
+
+        it("never hands out a lease that was settled only after it ran out", function()
+            local real_put, slow = backend.put, true
+            backend.put = function(self, ...)
+                local a, b, c = real_put(self, ...)
+                if slow then                    -- applied, answered 31 s later
+                    slow = false
+                    clock.now = clock.now + 31
+                end
+                return a, b, c
+            end
+            local l = assert(st:lock("k", { ttl = 30, timeout = 5 }))
+            assert.is_true(l:is_held())
+            assert.equal(2, l.writes)
+            assert.equal(1, l.takeovers)        -- its own expired lease, taken over
+            assert.equal(l:token(), select(2, backend:item("k")))
+        end)
+
+        it("a release whose outcome stays unknown sends the same delete when retried", function()
+            local l = assert(st:lock("k"))
+            local real_delete, failures = backend.delete, 2
+            backend.delete = function(self, ...)
+                local a, b, c = real_delete(self, ...)
+                if failures > 0 then
+                    failures = failures - 1
+                    return nil, "connect: reset", "connect"
+                end
+                return a, b, c
+            end
+            local ok, _, code = l:release()
+            assert.is_nil(ok)                   -- unknown: the lock may be retried
+            assert.equal("connect", code)
+            assert.is_true(l:release())         -- the same delete: its first answer
+            local deletes = calls("delete")
+            assert.equal(3, #deletes)
+            for _, c in ipairs(deletes) do assert.equal(deletes[1][3], c[3]) end
+            assert.is_nil(backend:item("k"))
+            assert.equal(0, backend:count("get"))
+        end)
+
+        it("an extend whose outcome stayed unknown is settled before the next extend or release", function()
+            local l = assert(st:lock("k", { ttl = 5 }))
+            local real_put, failures = backend.put, 2
+            backend.put = function(self, ...)
+                local a, b, c = real_put(self, ...)
+                if failures > 0 then
+                    failures = failures - 1
+                    return nil, "timeout: no reply", "timeout"
+                end
+                return a, b, c
+            end
+            local ok, _, code = l:extend(50)
+            assert.is_nil(ok)
+            assert.equal("timeout", code)
+            local applied = select(2, backend:item("k"))
+            assert.is_true(l:release())         -- settles the extend, deletes what it wrote
+            assert.is_nil(backend:item("k"))
+            assert.equal(applied, calls("delete")[1][2])
+        end)
+    end)
+
     it("waits with reads, and writes only to take a lease that is gone or expired", function()
         foreign_lease("k", 1)                           -- 1 put
         local l = assert(st:lock("k", { timeout = 5, backoff_min = 0.01, backoff_max = 0.2 }))

@@ -6,7 +6,10 @@
 --     close()
 -- opts: connect_timeout (seconds), tls = {cert =, key =, verify =} (tls.ca
 -- is not available here: see below); reply_headers is not needed here (the
--- reply is parsed in Lua anyway) and every header is reported.
+-- reply is parsed in Lua anyway) and every header is reported;
+-- refuses_in_tls = false: the server never refuses a client certificate
+-- inside TLS (RavenDB answers 403), so a TLS read error is a dropped
+-- connection (`connect`), not a refusal (`tls`).
 --
 -- Every request takes a connection from the worker's keep-alive pool (or
 -- opens one) and gives it back with setkeepalive, so one object serves any
@@ -54,6 +57,7 @@ function transport.new(opts)
         connect_timeout = connect_timeout,
         ca = tls.ca, cert = tls.cert, key = tls.key,
         verify = tls.verify ~= false,
+        refuses_in_tls = opts.refuses_in_tls ~= false,
     }, Http)
 end
 
@@ -278,7 +282,8 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
         if what == "large" then return fail("http", method, url, "reply is too large") end
         if what == "bad" then return fail("connect", method, url, "bad reply: " .. body) end
         local detail = tostring(body)
-        if tls and (detail:find("alert", 1, true) or detail:find("SSL", 1, true)) then
+        if tls and self.refuses_in_tls and
+                (detail:find("alert", 1, true) or detail:find("SSL", 1, true)) then
             return fail("tls", method, url, detail)
         end
         return nil, ("connect: %s %s: read failed: %s"):format(method, url, detail), "connect",

@@ -5,17 +5,21 @@
 ** It answers the HTTP API that RavenDB clients use for compare-exchange (cmpxchg) items,
 ** database topology and database creation/deletion, the way a RavenDB 6.x/7.x cluster does.
 ** Every behaviour is written from the protocol reference, doc/ravendb-protocol.md
-** ("ref §N" below), and from the RavenDB server source it cites; the official npm `ravendb`
-** client referees it (spec/support/ravendb/referee.js, spec/integration/ravendb_referee_spec.lua).
+** ("ref §N" below), and from the RavenDB server source it and doc/ravendb-server-behaviour.md
+** cite; the official npm `ravendb` client referees it (spec/support/ravendb/referee.js,
+** spec/integration/ravendb_referee_spec.lua).
 **
 ** Node.js standard library only: no npm dependency and no code shared with any client.
 **
-** One process serves every node of a pretend cluster (one state, one raft log), plus a control
-** API on its own loopback port that the tests use to reset the state, stop and start nodes,
+** One process serves every node of a pretend cluster: a replicated log with a leader, and one
+** state per node that applies the log on its own, possibly late (see "The cluster" below);
+** database groups on subsets of the nodes; and a control API on its own loopback port that
+** the tests use to reset the state, stop and start nodes, make followers lag, move databases,
 ** inject faults and switch between older and newer server behaviour.
 **
 **   node emulator.js [--ports 18080,18081,18082] [--control-port 18090] [--tls-dir DIR]
 **                    [--behavior new|old] [--expires-interval SECONDS] [--databases db,other]
+**                    [--election-ms MS] [--operation-timeout MS] [--no-http2]
 **                    [--ready-file PATH] [--verbose]
 **
 ** Everything listens on 127.0.0.1 only. A port of 0 lets the system pick a free one; the real ports are written to --ready-file
@@ -25,7 +29,7 @@
 'use strict';
 
 const http = require('http');
-const https = require('https');
+const http2 = require('http2');
 const fs = require('fs');
 const path = require('path');
 const zlib = require('zlib');
@@ -33,7 +37,9 @@ const crypto = require('crypto');
 
 const SERVER_VERSION = '6.0.105';       // Raven-Server-Version and topology ServerVersion
 const NODE_TAGS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';
-const HISTORY_LIMIT = 4096;             // Cluster.LogHistoryMaxEntries (ref §6.4)
+const HISTORY_LIMIT = 2048;             // Cluster.LogHistoryMaxEntries, newer servers (S-CCFG)
+const ELECTION_MS = 300;                // Cluster.ElectionTimeoutInMs: a leaderless pause
+const OPERATION_TIMEOUT_MS = 15000;     // Cluster.OperationTimeoutInSec (S-CCFG)
 const REQUEST_LOG_LIMIT = 1000;         // GET /state keeps this many requests
 const UNKNOWN_ROUTE_LIMIT = 200;
 const LOGGED_BODY_CHARS = 4096;         // request bodies in the request log are cut here
@@ -50,6 +56,7 @@ function usage(message) {
     if (message) process.stderr.write(`emulator: ${message}\n`);
     process.stderr.write('usage: emulator.js [--ports P1,P2,...] [--control-port P] [--tls-dir DIR]\n'
         + '                   [--behavior new|old] [--expires-interval S] [--databases a,b]\n'
+        + '                   [--election-ms MS] [--operation-timeout MS] [--no-http2]\n'
         + '                   [--ready-file PATH] [--verbose]\n');
     process.exit(2);
 }
@@ -68,6 +75,9 @@ function parseArgs(argv) {
         behavior: 'new',
         expiresInterval: 60,
         databases: ['db'],
+        electionMs: ELECTION_MS,
+        operationTimeoutMs: OPERATION_TIMEOUT_MS,
+        http2: true,
         readyFile: null,
         verbose: false,
     };
@@ -84,6 +94,9 @@ function parseArgs(argv) {
         case '--behavior': opts.behavior = value(); break;
         case '--expires-interval': opts.expiresInterval = Number(value()); break;
         case '--databases': opts.databases = value().split(',').filter(Boolean); break;
+        case '--election-ms': opts.electionMs = Number(value()); break;
+        case '--operation-timeout': opts.operationTimeoutMs = Number(value()); break;
+        case '--no-http2': opts.http2 = false; break;
         case '--ready-file': opts.readyFile = value(); break;
         case '--verbose': opts.verbose = true; break;
         case '-h': case '--help': usage(); break;
@@ -93,6 +106,8 @@ function parseArgs(argv) {
     if (opts.ports.length === 0 || opts.ports.length > NODE_TAGS.length) usage('need 1..26 ports');
     if (opts.behavior !== 'new' && opts.behavior !== 'old') usage('--behavior is new or old');
     if (!(opts.expiresInterval > 0)) usage('--expires-interval must be a positive number');
+    if (!(opts.electionMs >= 0)) usage('--election-ms must be a number of milliseconds');
+    if (!(opts.operationTimeoutMs > 0)) usage('--operation-timeout must be a positive number of milliseconds');
     return opts;
 }
 
@@ -122,6 +137,24 @@ function lowerInvariant(s) {
         }
     }
     return out;
+}
+
+/*
+** char.IsWhiteSpace: the Unicode space separators (Zs), the line and paragraph separators,
+** U+0009..U+000D and U+0085. string.IsNullOrWhiteSpace, which the server's query-string
+** helpers use (ref §1), holds for a string of these only. JavaScript's trim() differs: it
+** also strips U+FEFF and keeps U+0085.
+*/
+function isDotNetWhiteSpace(c) {
+    return (c >= 0x09 && c <= 0x0d) || c === 0x20 || c === 0x85 || c === 0xa0 || c === 0x1680
+        || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f
+        || c === 0x205f || c === 0x3000;
+}
+
+function isNullOrWhiteSpace(s) {
+    if (s === null || s === undefined) return true;
+    for (let i = 0; i < s.length; i++) if (!isDotNetWhiteSpace(s.charCodeAt(i))) return false;
+    return true;
 }
 
 /* Voron orders keys by their bytes: compare UTF-8, not UTF-16 (ref §3.1) */
@@ -259,32 +292,40 @@ function errorResponse(url, err) {
 }
 
 /* ------------------------------------------------------------------------------------------
-** Cluster state: databases, compare-exchange items, the raft index and its request-id history
+** The cluster: a replicated log of raft commands, a leader, and one state per node
+**
+** RavenDB keeps compare-exchange items and database records in its cluster state machine,
+** which every node applies from the Rachis (raft) log on its own (ref §2.2; server behaviour
+** §1 #3). So here:
+**
+** * Every write is a raft command. It is committed by the leader, which needs a majority of
+**   the nodes running, and gets the next raft index. Committing computes the command's result
+**   once, on the committed state (every node applying the same log in the same order computes
+**   the same result), and records it in the request-id history (ref §6.4, SRV-HIST): a
+**   command whose raft request id is there is not applied again, the first (index, result)
+**   is the answer. The history keeps the last 2,048 commands of every kind
+**   (Cluster.LogHistoryMaxEntries in the newer ClusterConfiguration, S-CCFG), so cleanups and
+**   database record changes push request ids out of it too.
+** * Each node applies committed commands to its own state, `lag_ms` after the commit (0:
+**   at once; the leader applies at once). A stopped node applies nothing and catches up when
+**   it starts again. Reads are served from the receiving node's own state, so a lagging node
+**   answers with an older value, index, absence or topology (ref §3, S-H5: GET reads the local
+**   cluster state).
+** * A write received by any node is sent to the leader and answered once the *receiving*
+**   node has applied it (WaitForIndexNotification, S-PUT6). With no leader (an election, or
+**   no majority running) it waits for one up to the operation timeout
+**   (Cluster.OperationTimeoutInSec, 15 s) and then fails with the server's TimeoutException,
+**   408 (SendToLeaderAsyncInternal / ThrowTimeoutException, S-STORE).
+** * Stopping the leader, or losing the majority, leaves the cluster without a leader; once a
+**   majority runs, an election takes `election_ms` and the next running node leads.
 ** ---------------------------------------------------------------------------------------- */
 
-class Cluster {
-    constructor(defaultBehavior, databases) {
-        this.defaultBehavior = defaultBehavior;     // what /reset goes back to
-        this.reset(databases);
-    }
-
-    reset(databases) {
-        this.raftIndex = 0;
-        this.databases = new Map();     // lower-cased name -> name as created
+/* A node's copy of the cluster state: what it has applied of the log */
+class NodeState {
+    constructor() {
+        this.applied = 0;               // raft index of the last command applied
         this.items = new Map();         // storage key -> {Index, Value: RawJson, ExpiresAt}
-        this.history = new Map();       // raft request id -> {raftIndex, result}
-        this.topologyEtag = 1;
-        this.setBehavior(this.defaultBehavior === 'new', this.defaultBehavior === 'new');
-        for (const name of databases) this.databases.set(lowerInvariant(name), name);
-    }
-
-    /* true = the PR is applied (newer servers); ref §2.2 (PR18822) and §4 (PR21644) */
-    setBehavior(pr18822, pr21644) {
-        this.behavior = { pr18822: !!pr18822, pr21644: !!pr21644 };
-    }
-
-    hasDatabase(name) {
-        return this.databases.has(lowerInvariant(name));
+        this.databases = new Map();     // lower-cased name -> {name, members, rehabs, etag}
     }
 
     /* storage key = lower(db + "/" + key) (ref §1.1, SRV-KEY) */
@@ -292,105 +333,426 @@ class Cluster {
         return lowerInvariant(`${db}/${key}`);
     }
 
-    /*
-    ** Every PUT/DELETE that reaches the leader is a raft command with its own log index,
-    ** whether or not its compare succeeds: the handler reports Successful = (result.Index ==
-    ** raftIndex), which needs the command's own index (ref §2.2, SRV-PUT6). So a failed
-    ** compare, a create refused by PR18822 and a delete of a missing key all use up an index,
-    ** and the next successful write's index jumps; clients must not expect consecutive values.
-    **
-    ** A command whose raft request id is still in the history is not applied again: the
-    ** leader returns the original (raftIndex, result) (ref §6.4, SRV-LEAD/SRV-HIST).
-    */
-    runRaftCommand(raftRequestId, apply) {
-        const previous = this.history.get(raftRequestId);
-        if (previous) return previous;
-        this.raftIndex += 1;
-        const outcome = { raftIndex: this.raftIndex, result: apply(this.raftIndex) };
-        this.history.set(raftRequestId, outcome);
-        if (this.history.size > HISTORY_LIMIT) {
-            this.history.delete(this.history.keys().next().value);   // forget the oldest id
-        }
-        return outcome;
+    database(name) {
+        return this.databases.get(lowerInvariant(name)) || null;
     }
 
     get(db, key) {
-        return this.items.get(Cluster.storageKey(db, key)) || null;
-    }
-
-    /* AddOrUpdateCompareExchangeCommand.ExecuteInternal (ref §2.2, SRV-CMD5/6) */
-    put(db, key, index, value, expiresAt, raftIndex) {
-        const storageKey = Cluster.storageKey(db, key);
-        const current = this.items.get(storageKey);
-        if (current && current.Index !== index) {
-            return { Index: current.Index, Value: current.Value };   // concurrency violation
-        }
-        if (!current && index !== 0 && this.behavior.pr18822) {
-            return { Index: 0, Value: null };
-        }
-        this.items.set(storageKey, { Index: raftIndex, Value: value, ExpiresAt: expiresAt });
-        return { Index: raftIndex, Value: value };
-    }
-
-    /* RemoveCompareExchangeCommand.ExecuteInternal (ref §4, SRV-CMD5/6, PR21644) */
-    remove(db, key, index, raftIndex) {
-        const storageKey = Cluster.storageKey(db, key);
-        const current = this.items.get(storageKey);
-        if (!current) {
-            return this.behavior.pr21644 ? { Index: 0, Value: null } : { Index: raftIndex, Value: null };
-        }
-        if (current.Index !== index) return { Index: current.Index, Value: current.Value };
-        this.items.delete(storageKey);
-        return { Index: raftIndex, Value: current.Value };
+        return this.items.get(NodeState.storageKey(db, key)) || null;
     }
 
     /*
     ** GetCompareExchangeValuesStartsWith (ref §3.1, SRV-GET6): storage keys under
     ** lower(db/prefix) in byte order, `start` skipped, at most `pageSize`; the Key written
     ** back is the storage key without "db/", so lower-cased (ref §3.2). Nothing is filtered:
-    ** expired items (ref §5) and rvn-atomic/ guards (ref §10) are listed too.
+    ** expired items (ref §5) and rvn-atomic/ guards (ref §10) are listed too. The server
+    ** counts pageSize down and stops at zero, so 0 or less lists everything (server
+    ** behaviour §1 #10).
     */
     list(db, prefix, start, pageSize) {
         const dbPrefix = lowerInvariant(`${db}/`);
-        const wanted = Cluster.storageKey(db, prefix || '');
+        const wanted = NodeState.storageKey(db, prefix || '');
         const keys = [...this.items.keys()].filter((k) => k.startsWith(wanted)).sort(compareUtf8);
         const from = Math.max(start, 0);
-        const count = Math.max(pageSize, 0);
+        const count = pageSize <= 0 ? keys.length : pageSize;
         return keys.slice(from, from + count).map((k) => {
             const item = this.items.get(k);
             return { Key: k.slice(dbPrefix.length), Value: item.Value, Index: item.Index };
         });
     }
 
+    /* the items under `db/`, for a database that is deleted */
+    dropItemsOf(name) {
+        const prefix = lowerInvariant(`${name}/`);
+        for (const k of [...this.items.keys()]) if (k.startsWith(prefix)) this.items.delete(k);
+    }
+}
+
+/*
+** Applying one committed command to a state. Deterministic: every node gets the same result
+** from the same state. `behavior` is which server generation answers (PR18822, PR21644).
+*/
+const COMMANDS = {
+    /* AddOrUpdateCompareExchangeCommand.ExecuteInternal (ref §2.2, SRV-CMD5/6) */
+    put(state, c, raftIndex, behavior) {
+        const storageKey = NodeState.storageKey(c.db, c.key);
+        const current = state.items.get(storageKey);
+        if (current && current.Index !== c.index) {
+            return { Index: current.Index, Value: current.Value };   // concurrency violation
+        }
+        if (!current && c.index !== 0 && behavior.pr18822) return { Index: 0, Value: null };
+        state.items.set(storageKey, { Index: raftIndex, Value: c.value, ExpiresAt: c.expiresAt });
+        return { Index: raftIndex, Value: c.value };
+    },
+
+    /* RemoveCompareExchangeCommand.ExecuteInternal (ref §4, SRV-CMD5/6, PR21644) */
+    delete(state, c, raftIndex, behavior) {
+        const storageKey = NodeState.storageKey(c.db, c.key);
+        const current = state.items.get(storageKey);
+        if (!current) return behavior.pr21644 ? { Index: 0, Value: null } : { Index: raftIndex, Value: null };
+        if (current.Index !== c.index) return { Index: current.Index, Value: current.Value };
+        state.items.delete(storageKey);
+        return { Index: raftIndex, Value: current.Value };
+    },
+
+    /* DeleteExpiredCompareExchangeCommand: only items still expired by the command's clock */
+    expire(state, c) {
+        let removed = 0;
+        for (const k of c.keys) {
+            const item = state.items.get(k);
+            if (item && item.ExpiresAt !== null && item.ExpiresAt <= c.now) {
+                state.items.delete(k);
+                removed += 1;
+            }
+        }
+        return removed;
+    },
+
+    /*
+    ** Database records. A record's Etag is its topology stamp (ref §6.1, S-TOPO): here the
+    ** raft index of its last change plus one, so that the databases made at start-up (which
+    ** take no index) begin at 1 and every change is newer than anything before it.
+    */
+    createDatabase(state, c, raftIndex) {
+        state.databases.set(lowerInvariant(c.name), {
+            name: c.name, members: c.members.slice(), rehabs: [], etag: raftIndex + 1,
+        });
+        return raftIndex;
+    },
+
+    deleteDatabases(state, c, raftIndex) {
+        for (const name of c.names) {
+            state.databases.delete(lowerInvariant(name));
+            state.dropItemsOf(name);
+        }
+        return raftIndex;
+    },
+
+    /* the database group changes (a move, a node put in or out of rehab) */
+    topology(state, c, raftIndex) {
+        const record = state.database(c.name);
+        if (!record) return null;
+        record.members = c.members.slice();
+        record.rehabs = c.rehabs.slice();
+        record.etag = raftIndex + 1;
+        return record.etag;
+    },
+
+    /* a command that changes nothing: what other databases and the observer keep sending */
+    noop() {
+        return null;
+    },
+
+    /* every record's stamp moves on, nothing else changes (control POST /topology/bump) */
+    bump(state, c, raftIndex) {
+        for (const record of state.databases.values()) record.etag = raftIndex + 1;
+        return raftIndex + 1;
+    },
+};
+
+/*
+** A copy of a record that a node keeps: the records change in place when a command is
+** applied, so each state needs its own.
+*/
+function copyRecord(record) {
+    return { ...record, members: record.members.slice(), rehabs: record.rehabs.slice() };
+}
+
+/* .NET's TimeSpan.ToString(): hh:mm:ss and fractions when there are any */
+function formatTimeSpan(ms) {
+    const total = Math.floor(ms / 1000);
+    const pad = (n) => String(n).padStart(2, '0');
+    const text = `${pad(Math.floor(total / 3600))}:${pad(Math.floor(total / 60) % 60)}:${pad(total % 60)}`;
+    const frac = Math.round((ms % 1000) * 10000);
+    return frac ? `${text}.${String(frac).padStart(7, '0')}` : text;
+}
+
+class Cluster {
+    constructor(nodeCount, defaultBehavior, databases, config) {
+        this.nodeCount = nodeCount;
+        this.defaultBehavior = defaultBehavior;     // what /reset goes back to
+        this.defaultConfig = { ...config };
+        this.nodes = [];
+        for (let i = 0; i < nodeCount; i++) {
+            this.nodes.push({
+                index: i, tag: NODE_TAGS[i], running: false, generation: 0, lagMs: 0,
+                state: new NodeState(), pending: [], timer: null, waiters: [],
+            });
+        }
+        this.leaderWaiters = new Set();
+        this.electionTimer = null;
+        this.reset(databases);
+    }
+
+    /*
+    ** Everything back to the start: no commands, node 0 leads (term 1), every node applied
+    ** everything, the given databases exist on every node (taking no raft index). Which
+    ** nodes run is the listeners' business (Emulator.startNode / stopNode).
+    */
+    reset(databases) {
+        this.raftIndex = 0;
+        this.committed = new NodeState();
+        this.history = new Map();       // raft request id -> {raftIndex, result}
+        this.config = { ...this.defaultConfig };
+        this.setBehavior(this.defaultBehavior === 'new', this.defaultBehavior === 'new');
+        const all = this.nodes.map((n) => n.index);
+        for (const name of databases) {
+            this.committed.databases.set(lowerInvariant(name), {
+                name, members: all.slice(), rehabs: [], etag: 1,
+            });
+        }
+        if (this.electionTimer) clearTimeout(this.electionTimer);
+        this.electionTimer = null;
+        this.electionStarted = null;
+        this.leader = 0;
+        this.term = 1;
+        for (const node of this.nodes) {
+            if (node.timer) clearTimeout(node.timer);
+            node.timer = null;
+            node.pending = [];
+            node.lagMs = 0;
+            this.releaseWaiters(node);
+            node.state = new NodeState();
+            for (const [k, record] of this.committed.databases) node.state.databases.set(k, copyRecord(record));
+        }
+        this.wakeLeaderWaiters();
+    }
+
+    /* true = the PR is applied (newer servers); ref §2.2 (PR18822) and §4 (PR21644) */
+    setBehavior(pr18822, pr21644) {
+        this.behavior = { pr18822: !!pr18822, pr21644: !!pr21644 };
+    }
+
+    majority() {
+        return Math.floor(this.nodeCount / 2) + 1;
+    }
+
+    runningCount() {
+        return this.nodes.filter((n) => n.running).length;
+    }
+
+    /* a leader that runs, with a majority behind it */
+    canCommit() {
+        return this.leader !== null && this.nodes[this.leader].running
+            && this.runningCount() >= this.majority();
+    }
+
+    /* ---- leadership -------------------------------------------------------------------- */
+
+    /*
+    ** Called whenever a node stops or starts. A leader that stopped, or that lost its
+    ** majority, steps down; without a leader and with a majority running an election starts.
+    */
+    membershipChanged() {
+        if (this.leader !== null && !this.canCommit()) {
+            this.leader = null;
+            this.electionStarted = null;
+        }
+        this.maybeElect();
+    }
+
+    maybeElect() {
+        if (this.leader !== null || this.electionTimer || this.config.electionsFrozen) return;
+        if (this.runningCount() < this.majority()) return;
+        this.electionStarted = Date.now();
+        const done = () => {
+            this.electionTimer = null;
+            if (this.leader !== null || this.config.electionsFrozen) return;
+            if (this.runningCount() < this.majority()) return;      // lost meanwhile
+            this.becomeLeader(this.nextLeader());
+        };
+        if (this.config.electionMs <= 0) done();
+        else this.electionTimer = setTimeout(done, this.config.electionMs);
+    }
+
+    /* the running node after the previous leader, in node order */
+    nextLeader() {
+        const start = this.lastLeader === undefined ? 0 : this.lastLeader + 1;
+        for (let k = 0; k < this.nodeCount; k++) {
+            const node = this.nodes[(start + k) % this.nodeCount];
+            if (node.running) return node.index;
+        }
+        return null;
+    }
+
+    /* a new leader has every committed command: it applies what it had not yet */
+    becomeLeader(index) {
+        if (index === null) return;
+        this.leader = index;
+        this.lastLeader = index;
+        this.term += 1;
+        this.electionStarted = null;
+        this.applyDue(this.nodes[index], true);
+        this.wakeLeaderWaiters();
+    }
+
+    /* node `index` leads at once, in term 1 (a reset, the start) */
+    installLeader(index) {
+        if (this.electionTimer) clearTimeout(this.electionTimer);
+        this.electionTimer = null;
+        this.leader = null;
+        this.lastLeader = undefined;
+        this.becomeLeader(index);
+        this.term = 1;
+    }
+
+    /* the leader steps down and an election follows (control POST /leader) */
+    stepDown(next) {
+        this.leader = null;
+        if (next !== undefined && next !== null) this.lastLeader = next - 1;
+        this.maybeElect();
+    }
+
+    waitForLeader(ms) {
+        return new Promise((resolve) => {
+            const entry = { resolve, timer: null };
+            entry.timer = setTimeout(() => { this.leaderWaiters.delete(entry); resolve(); }, ms);
+            this.leaderWaiters.add(entry);
+        });
+    }
+
+    wakeLeaderWaiters() {
+        for (const entry of this.leaderWaiters) {
+            clearTimeout(entry.timer);
+            entry.resolve();
+        }
+        this.leaderWaiters.clear();
+    }
+
+    /* ---- the log ----------------------------------------------------------------------- */
+
+    /*
+    ** Commits one command (the caller checked canCommit): the next raft index, the result on
+    ** the committed state, the history entry, and the command queued on every node.
+    */
+    commit(raftRequestId, command) {
+        this.raftIndex += 1;
+        const raftIndex = this.raftIndex;
+        const result = COMMANDS[command.type](this.committed, command, raftIndex, this.behavior);
+        this.committed.applied = raftIndex;
+        const outcome = { raftIndex, result };
+        this.history.set(raftRequestId || crypto.randomUUID(), outcome);
+        if (this.history.size > HISTORY_LIMIT) {
+            this.history.delete(this.history.keys().next().value);   // forget the oldest id
+        }
+        const entry = { raftIndex, command, behavior: { ...this.behavior }, committedAt: Date.now() };
+        for (const node of this.nodes) {
+            node.pending.push(entry);
+            this.applyDue(node);
+        }
+        return outcome;
+    }
+
+    lagOf(node) {
+        return node.index === this.leader ? 0 : node.lagMs;
+    }
+
+    /*
+    ** Applies the node's queued commands that are due (all of them with `all`), in log order,
+    ** and sets a timer for the next one. A stopped node applies nothing.
+    */
+    applyDue(node, all) {
+        if (node.timer) {
+            clearTimeout(node.timer);
+            node.timer = null;
+        }
+        if (!node.running) return;
+        const now = Date.now();
+        const lag = this.lagOf(node);
+        let applied = 0;
+        while (applied < node.pending.length) {
+            const entry = node.pending[applied];
+            if (!all && entry.committedAt + lag > now) break;
+            COMMANDS[entry.command.type](node.state, entry.command, entry.raftIndex, entry.behavior);
+            node.state.applied = entry.raftIndex;
+            applied += 1;
+        }
+        if (applied > 0) {
+            node.pending.splice(0, applied);
+            node.waiters = node.waiters.filter((w) => {
+                if (w.raftIndex > node.state.applied) return true;
+                w.resolve(true);
+                return false;
+            });
+        }
+        if (node.pending.length > 0) {
+            const wait = Math.max(1, node.pending[0].committedAt + lag - now);
+            node.timer = setTimeout(() => this.applyDue(node), wait);
+        }
+    }
+
+    /* resolves true once `node` applied `raftIndex`, false when it stops first */
+    waitApplied(node, raftIndex) {
+        if (node.state.applied >= raftIndex) return Promise.resolve(true);
+        return new Promise((resolve) => node.waiters.push({ raftIndex, resolve }));
+    }
+
+    releaseWaiters(node) {
+        for (const w of node.waiters) w.resolve(false);
+        node.waiters = [];
+    }
+
+    setLag(node, ms) {
+        node.lagMs = ms;
+        this.applyDue(node);
+    }
+
+    nodeStarted(node) {
+        node.running = true;
+        this.applyDue(node);        // catching up, `lag_ms` behind
+        this.membershipChanged();
+    }
+
+    nodeStopped(node) {
+        node.running = false;
+        node.generation += 1;
+        if (node.timer) clearTimeout(node.timer);
+        node.timer = null;
+        this.releaseWaiters(node);
+        this.membershipChanged();
+    }
+
+    /*
+    ** SendToLeaderAsync as the receiving node runs it: wait for a leader (up to the operation
+    ** timeout, then TimeoutException, 408), have it commit the command unless its request id
+    ** was committed already, then wait until this node applied it. Returns the outcome, or
+    ** null when the node stopped or the client went away first (nothing left to answer).
+    */
+    async submit(node, raftRequestId, command, isGone) {
+        const generation = node.generation;
+        const gone = () => node.generation !== generation || !node.running || isGone();
+        const deadline = Date.now() + this.config.operationTimeoutMs;
+        for (;;) {
+            if (gone()) return null;
+            if (this.canCommit()) {
+                const outcome = (raftRequestId && this.history.get(raftRequestId))
+                    || this.commit(raftRequestId, command);
+                if (!await this.waitApplied(node, outcome.raftIndex)) return null;
+                return outcome;
+            }
+            const left = deadline - Date.now();
+            if (left <= 0) {
+                throw new RavenError(408, 'System.TimeoutException',
+                    `Could not send command Raven.Server.ServerWide.Commands.${command.typeName} from ${node.tag} `
+                    + 'to leader because there is no leader, and we timed out waiting for one after '
+                    + `${formatTimeSpan(this.config.operationTimeoutMs)}`);
+            }
+            await this.waitForLeader(Math.min(left, 250));      // also notices `gone` soon
+        }
+    }
+
     /*
     ** The leader's ClusterObserver deletes expired items in one raft command, and only when
-    ** something has expired (ref §5, SRV-OBS, SRV-EXP). Returns how many it removed.
+    ** something has expired (ref §5, SRV-OBS, SRV-EXP). Returns how many it removed (0 with
+    ** no leader: nothing runs the cleanup then).
     */
     removeExpired(nowMs) {
-        const expired = [...this.items.entries()]
+        if (!this.canCommit()) return 0;
+        const keys = [...this.committed.items.entries()]
             .filter(([, item]) => item.ExpiresAt !== null && item.ExpiresAt <= nowMs)
             .map(([k]) => k);
-        if (expired.length === 0) return 0;
-        this.raftIndex += 1;
-        for (const k of expired) this.items.delete(k);
-        return expired.length;
-    }
-
-    createDatabase(name) {
-        this.raftIndex += 1;
-        this.databases.set(lowerInvariant(name), name);
-        return this.raftIndex;
-    }
-
-    /* deleting a database drops its compare-exchange items as well */
-    deleteDatabases(names) {
-        this.raftIndex += 1;
-        for (const name of names) {
-            this.databases.delete(lowerInvariant(name));
-            const prefix = lowerInvariant(`${name}/`);
-            for (const k of [...this.items.keys()]) if (k.startsWith(prefix)) this.items.delete(k);
-        }
-        return this.raftIndex;
+        if (keys.length === 0) return 0;
+        return this.commit(null, { type: 'expire', keys, now: nowMs }).result;
     }
 }
 
@@ -460,7 +822,7 @@ function parseJsonObject(text, what) {
 */
 function queryString(query, name, required) {
     const value = query.get(name);
-    if (value === null || value.trim() === '') {
+    if (isNullOrWhiteSpace(value)) {
         if (required) throw ArgumentException(`Query string ${name} is mandatory, but wasn't specified.`);
         return null;
     }
@@ -525,10 +887,21 @@ function json(status, value, headers) {
 ** The server: routes of one node
 ** ---------------------------------------------------------------------------------------- */
 
+/* the connection a request came on (an HTTP/2 stream's is its session's socket) */
+function connectionOf(req) {
+    return req.stream && req.stream.session ? req.stream.session.socket : req.socket;
+}
+
+function isGone(req) {
+    const conn = connectionOf(req);
+    return !conn || conn.destroyed;
+}
+
 class Emulator {
     constructor(opts) {
         this.opts = opts;
-        this.cluster = new Cluster(opts.behavior, opts.databases);
+        this.cluster = new Cluster(opts.ports.length, opts.behavior, opts.databases,
+            { electionMs: opts.electionMs, operationTimeoutMs: opts.operationTimeoutMs, electionsFrozen: false });
         this.scheme = opts.tlsDir ? 'https' : 'http';
         this.nodes = opts.ports.map((port, i) => ({
             index: i, tag: NODE_TAGS[i], port, server: null, sockets: new Set(), running: false,
@@ -536,6 +909,7 @@ class Emulator {
         this.faults = [];
         this.requests = [];
         this.unknownRoutes = [];
+        this.wire = { chunked: true };
         this.tls = opts.tlsDir ? this.loadTls(opts.tlsDir) : null;
     }
 
@@ -548,6 +922,10 @@ class Emulator {
         return `${this.scheme}://${HOST}:${node.port}`;
     }
 
+    clusterNode(node) {
+        return this.cluster.nodes[node.index];
+    }
+
     /* ---- node listeners ---------------------------------------------------------------- */
 
     /*
@@ -555,20 +933,30 @@ class Emulator {
     ** valid one (rejectUnauthorized: false), then answers 403 InvalidAuth as RavenDB does
     ** (ref §7.1, §8.1, SRV-ROUTER): its Kestrel accepts any certificate at the TLS layer and
     ** the router decides. A certificate that the CA did not sign is "unknown to the server".
+    ** Kestrel speaks HTTP/1.1 and HTTP/2 (Http.Protocols Http1AndHttp2, S-HCFG), HTTP/2 being
+    ** chosen by ALPN: so does a TLS node here, unless --no-http2.
     */
     createServer(node) {
         const handler = (req, res) => this.handleNodeRequest(node, req, res).catch((e) => {
             process.stderr.write(`emulator: ${req.method} ${req.url}: ${e.stack || e}\n`);
-            req.socket.destroy();
+            const conn = connectionOf(req);
+            if (conn) conn.destroy();
         });
-        const server = this.tls
-            ? https.createServer({ ...this.tls, requestCert: true, rejectUnauthorized: false }, handler)
-            : http.createServer(handler);
+        const tlsOptions = { ...this.tls, requestCert: true, rejectUnauthorized: false };
+        let server;
+        if (!this.tls) server = http.createServer(handler);
+        else if (this.opts.http2) server = http2.createSecureServer({ ...tlsOptions, allowHTTP1: true }, handler);
+        else server = require('https').createServer(tlsOptions, handler);
         server.on('connection', (socket) => {
             node.sockets.add(socket);
             socket.on('close', () => node.sockets.delete(socket));
         });
+        // a node that dies right after a handshake: the connection goes before any request
+        server.on('secureConnection', (socket) => {
+            if (this.takeConnectionFault(node)) socket.destroy();
+        });
         server.on('clientError', (err, socket) => socket.destroy());
+        server.on('sessionError', () => {});
         return server;
     }
 
@@ -582,6 +970,7 @@ class Emulator {
                 node.port = server.address().port;      // a requested port 0 becomes a real one
                 node.server = server;
                 node.running = true;
+                this.cluster.nodeStarted(this.clusterNode(node));
                 resolve();
             });
         });
@@ -591,6 +980,7 @@ class Emulator {
     stopNode(node) {
         if (!node.running) return Promise.resolve();
         node.running = false;
+        this.cluster.nodeStopped(this.clusterNode(node));
         const server = node.server;
         node.server = null;
         return new Promise((resolve) => {
@@ -608,9 +998,9 @@ class Emulator {
         try {
             raw = await readRawBody(req);
         } catch (e) {
-            if (req.socket.destroyed || !(e instanceof RavenError)) {
+            if (isGone(req) || !(e instanceof RavenError)) {
                 entry.status = 'aborted';       // the client hung up mid-body: nothing to answer
-                req.socket.destroy();
+                this.drop(req, entry);
                 return;
             }
             this.send(req, res, errorResponse(req.url, e), entry);
@@ -634,7 +1024,7 @@ class Emulator {
             if (fault.action === 'delay') {
                 await new Promise((r) => setTimeout(r, fault.delay_ms || 0));
                 // the node stopped (or the client gave up) meanwhile: nothing is applied
-                if (req.socket.destroyed) {
+                if (isGone(req) || !node.running) {
                     entry.status = 'dropped';
                     return;
                 }
@@ -645,7 +1035,11 @@ class Emulator {
             }
         }
 
-        const response = this.route(node, req, raw);
+        const response = await this.route(node, req, raw);
+        if (response === null || isGone(req)) {     // the node stopped, or the client left
+            entry.status = 'dropped';
+            return;
+        }
         if (fault && fault.action === 'drop_after_apply') {
             this.drop(req, entry);
             return;
@@ -658,8 +1052,9 @@ class Emulator {
     }
 
     checkClientCertificate(req) {
-        if (!this.tls || req.socket.authorized) return null;
-        const cert = req.socket.getPeerCertificate();
+        const conn = connectionOf(req);
+        if (!this.tls || conn.authorized) return null;
+        const cert = conn.getPeerCertificate();
         let message;
         if (!cert || Object.keys(cert).length === 0) {
             message = 'This server requires client certificate for authentication, but none was provided by the client.';
@@ -672,11 +1067,19 @@ class Emulator {
         return json(403, { Type: 'InvalidAuth', Message: message });
     }
 
+    /* the connection goes: no answer (a node dying, a network cut) */
     drop(req, entry) {
         entry.status = 'dropped';
-        req.socket.destroy();
+        const conn = connectionOf(req);
+        if (conn) conn.destroy();
     }
 
+    /*
+    ** The answer as Kestrel writes it: JSON with its content type and Raven-Server-Version;
+    ** gzip when asked (ref §8.4); on HTTP/1.1 a body streamed without Content-Length, i.e.
+    ** chunked (AsyncBlittableJsonTextWriter; server behaviour §1 #7) unless the control API
+    ** turned that off; HTTP/2 has frames instead.
+    */
     send(req, res, response, entry) {
         const headers = {
             'Content-Type': JSON_TYPE,
@@ -685,6 +1088,7 @@ class Emulator {
         };
         let body = response.body === null || response.body === undefined
             ? Buffer.alloc(0) : Buffer.from(response.body, 'utf8');
+        let chunked = false;
         if (response.status === 204) {
             delete headers['Content-Type'];     // NoContentStatus() drops it
             body = Buffer.alloc(0);
@@ -694,29 +1098,36 @@ class Emulator {
                 headers['Content-Encoding'] = 'gzip';
                 headers.Vary = 'Accept-Encoding';
             }
-            headers['Content-Length'] = body.length;
+            chunked = this.wire.chunked && body.length > 0 && req.httpVersionMajor === 1;
+            if (!chunked) headers['Content-Length'] = body.length;
         }
         entry.status = response.status;
         if (this.opts.verbose) process.stderr.write(`${entry.node} ${req.method} ${req.url} -> ${response.status}\n`);
-        if (res.destroyed) return;
+        if (isGone(req) || res.destroyed || (res.stream && res.stream.destroyed)) return;
         res.writeHead(response.status, headers);
-        res.end(body);
+        if (chunked) {
+            res.write(body);        // written before end: no Content-Length, chunked
+            res.end();
+        } else {
+            res.end(body);
+        }
     }
 
     /*
     ** Routing as RequestRouter does it: an unknown path or method is a RouteNotFoundException,
     ** i.e. 400 with the usual error JSON (ref §7.1/§7.2; the 6.x router throws it rather than
-    ** writing the older {"Type":"Error"} body).
+    ** writing the older {"Type":"Error"} body). Resolves to null when there is no one left to
+    ** answer (the node stopped while the request waited).
     */
-    route(node, req, raw) {
+    async route(node, req, raw) {
         const url = new URL(req.url, 'http://emulator');
         const segments = url.pathname.split('/').filter(Boolean).map((s) => {
             try { return decodeURIComponent(s); } catch (e) { return s; }
         });
-        const ctx = { node, req, url, query: url.searchParams, raw };
+        const ctx = { node, cnode: this.clusterNode(node), req, url, query: url.searchParams, raw };
         try {
-            const response = this.dispatch(ctx, segments);
-            if (response) return response;
+            const response = await this.dispatch(ctx, segments);
+            if (response !== undefined) return response;
             return this.routeNotFound(node, req);
         } catch (e) {
             if (e instanceof RavenError) return errorResponse(req.url, e);
@@ -737,7 +1148,7 @@ class Emulator {
         if (segments[0] === 'databases' && segments.length >= 3) {
             return this.databaseRoute(ctx, segments[1], segments.slice(2).join('/'));
         }
-        return null;
+        return undefined;
     }
 
     routeNotFound(node, req) {
@@ -749,32 +1160,47 @@ class Emulator {
         return errorResponse(req.url, new RavenError(400, 'Raven.Client.Exceptions.Routing.RouteNotFoundException', message));
     }
 
+    /* a raft command from this request: null when the node stopped or the client left */
+    submit(ctx, raftRequestId, command) {
+        return this.cluster.submit(ctx.cnode, raftRequestId, command, () => isGone(ctx.req));
+    }
+
     /* ---- /databases/{db}/... ----------------------------------------------------------- */
 
     /*
-    ** Database routes. A database that does not exist makes the router throw
-    ** DatabaseDoesNotExistException, which the status map does not list, so 500 (ref §7.2;
-    ** RouteInformation.CreateDatabase). The router sets no Database-Missing header on this
-    ** path (only /topology does), so neither does the emulator.
+    ** Database routes, judged by this node's copy of the database record. A database that
+    ** does not exist makes the router throw DatabaseDoesNotExistException, which the status
+    ** map does not list, so 500 (ref §7.2; RouteInformation.CreateDatabase); no
+    ** Database-Missing header on this path (only /topology sets it). A database that exists
+    ** but is not on this node is DatabaseNotRelevantException: 410 with
+    ** `Cache-Control: must-revalidate, no-cache` and no Refresh-Topology, which only the
+    ** database's own handler would set (server behaviour §1 #1, S-START, S-ROUTE).
     */
-    databaseRoute(ctx, db, rest) {
+    async databaseRoute(ctx, db, rest) {
         const method = ctx.req.method;
         const known = (rest === 'cmpxchg' && ['GET', 'PUT', 'DELETE'].includes(method))
             || (rest === 'healthcheck' && method === 'GET')
             || (rest === 'configuration/client' && method === 'GET');
-        if (!known) return null;
-        if (!this.cluster.hasDatabase(db)) {
+        if (!known) return undefined;
+        const record = ctx.cnode.state.database(db);
+        if (!record) {
             throw new RavenError(500, 'Raven.Client.Exceptions.Database.DatabaseDoesNotExistException',
                 `Database '${db}' does not exist.`);
         }
-        const headers = this.topologyHeaders(ctx.req);
+        if (!record.members.includes(ctx.node.index) && !record.rehabs.includes(ctx.node.index)) {
+            throw new RavenError(410, 'Raven.Client.Exceptions.Database.DatabaseNotRelevantException',
+                `Database '${record.name}' is not relevant for node ${ctx.node.tag}: it is not in its database group`,
+                { 'Cache-Control': 'must-revalidate, no-cache' });
+        }
+        const headers = this.topologyHeaders(ctx.req, record);
         let response;
         try {
-            response = this.databaseHandler(ctx, db, rest);
+            response = await this.databaseHandler(ctx, record.name, rest);
         } catch (e) {
             if (!(e instanceof RavenError)) throw e;
             response = errorResponse(ctx.req.url, e);
         }
+        if (response === null) return null;
         response.headers = { ...headers, ...response.headers };
         return response;
     }
@@ -789,28 +1215,32 @@ class Emulator {
         }
     }
 
-    /* DatabaseRequestHandler: Refresh-Topology when the server's etag is newer (ref §6.3, SRV-DRH) */
-    topologyHeaders(req) {
+    /*
+    ** DatabaseRequestHandler: Refresh-Topology when this node's record is newer than the
+    ** client's Topology-Etag (ref §6.3, SRV-DRH `HasTopologyChanged`: stamp index > etag)
+    */
+    topologyHeaders(req, record) {
         const etag = headerLong(req, 'Topology-Etag');
-        if (etag !== null && this.cluster.topologyEtag > etag) return { 'Refresh-Topology': 'true' };
+        if (etag !== null && record.etag > etag) return { 'Refresh-Topology': 'true' };
         return {};
     }
 
-    /* GET /databases/{db}/cmpxchg (ref §3) */
+    /* GET /databases/{db}/cmpxchg (ref §3): this node's own state, however far behind */
     getCompareExchange(ctx, db) {
+        const state = ctx.cnode.state;
         const keys = ctx.query.getAll('key');
-        if (keys.length > 0) return this.getByKeys(db, keys);
+        if (keys.length > 0) return this.getByKeys(state, db, keys);
         const start = queryInt(ctx.query, 'start', 0);
         const pageSize = queryInt(ctx.query, 'pageSize', 2147483647);
         const startsWith = queryString(ctx.query, 'startsWith', false);
-        return json(200, { Results: this.cluster.list(db, startsWith, start, pageSize) });
+        return json(200, { Results: state.list(db, startsWith, start, pageSize) });
     }
 
     /* one missing key -> 404 with no body; several -> Index -1, Value null (ref §3.3) */
-    getByKeys(db, keys) {
+    getByKeys(state, db, keys) {
         const results = [];
         for (const key of keys) {
-            const item = this.cluster.get(db, key);
+            const item = state.get(db, key);
             if (!item && keys.length === 1) return { status: 404, headers: {}, body: null };
             results.push(item
                 ? { Key: key, Value: item.Value, Index: item.Index }
@@ -825,7 +1255,7 @@ class Emulator {
     ** key size, @expires) -- all before the command reaches raft, so they use up no index.
     ** Keys starting with rvn-atomic/ are accepted: only the session API refuses them (ref §10).
     */
-    putCompareExchange(ctx, db) {
+    async putCompareExchange(ctx, db) {
         const key = queryString(ctx.query, 'key', true);
         const raftId = raftRequestId(ctx.query);
         const index = queryLong(ctx.query, 'index');
@@ -835,42 +1265,57 @@ class Emulator {
         checkKeySize(key);
         const expiresAt = expiresOf(body, key, db);
         const value = new RawJson(compactJson(text.trim()));
-        const { raftIndex, result } = this.cluster.runRaftCommand(raftId,
-            (i) => this.cluster.put(db, key, index, value, expiresAt, i));
+        const outcome = await this.submit(ctx, raftId, {
+            type: 'put', typeName: 'AddOrUpdateCompareExchangeCommand', db, key, index, value, expiresAt,
+        });
+        if (outcome === null) return null;
+        const { raftIndex, result } = outcome;
         return json(200, { Index: result.Index, Value: result.Value, Successful: result.Index === raftIndex });
     }
 
     /* DELETE /databases/{db}/cmpxchg?key=&index=&raft-request-id= (ref §4) */
-    deleteCompareExchange(ctx, db) {
+    async deleteCompareExchange(ctx, db) {
         const key = queryString(ctx.query, 'key', true);
         const raftId = raftRequestId(ctx.query);
         const index = queryLong(ctx.query, 'index');
         if (index < 0) throw new RavenError(500, 'System.IO.InvalidDataException', 'Index must be a non-negative number');
-        const { raftIndex, result } = this.cluster.runRaftCommand(raftId,
-            (i) => this.cluster.remove(db, key, index, i));
+        const outcome = await this.submit(ctx, raftId, {
+            type: 'delete', typeName: 'RemoveCompareExchangeCommand', db, key, index,
+        });
+        if (outcome === null) return null;
+        const { raftIndex, result } = outcome;
         return json(200, { Index: result.Index, Value: result.Value, Successful: result.Index === raftIndex });
     }
 
     /* ---- topology and cluster ---------------------------------------------------------- */
 
-    /* GET /topology?name=db (ref §6.1, SRV-TOPO): every configured node, running or not */
+    /*
+    ** GET /topology?name=db (ref §6.1, S-TOPO), from this node's copy of the record (a
+    ** lagging node serves an older topology): the members, then the nodes in rehab, each
+    ** with its ServerRole, running or not, and the record's stamp as Etag. Any node of the
+    ** cluster answers, whether or not it hosts the database. A database this node does not
+    ** know: 503 with `Database-Missing: <name as asked>`.
+    */
     getTopology(ctx) {
         const name = ctx.query.getAll('name');
-        if (name.length === 0 || name[0].trim() === '') throw ArgumentException("Query string value 'name' must have a non empty value");
+        if (name.length === 0 || isNullOrWhiteSpace(name[0])) throw ArgumentException("Query string value 'name' must have a non empty value");
         if (name.length > 1) throw ArgumentException("Query string value 'name' must appear exactly once");
         const db = name[0];
-        if (!this.cluster.hasDatabase(db)) {
+        const record = ctx.cnode.state.database(db);
+        if (!record) {
             return json(503, { Type: 'Error', Message: `Database ${db} wasn't found` },
-                { 'Database-Missing': encodeURIComponent(db) });
+                { 'Database-Missing': db });
         }
-        const nodes = this.nodes.map((node) => ({
-            Url: this.nodeUrl(node),
-            ClusterTag: node.tag,
-            ServerRole: 'Member',
-            Database: this.cluster.databases.get(lowerInvariant(db)),
+        const entry = (index, role) => ({
+            Url: this.nodeUrl(this.nodes[index]),
+            ClusterTag: this.nodes[index].tag,
+            ServerRole: role,
+            Database: record.name,
             ServerVersion: SERVER_VERSION,
-        }));
-        return json(200, { Promotables: [], Nodes: nodes, Etag: this.cluster.topologyEtag });
+        });
+        const nodes = record.members.map((i) => entry(i, 'Member'))
+            .concat(record.rehabs.map((i) => entry(i, 'Rehab')));
+        return json(200, { Promotables: [], Nodes: nodes, Etag: record.etag });
     }
 
     /* GET /cluster/topology: what the ClusterRequestExecutor of server operations reads */
@@ -881,6 +1326,7 @@ class Emulator {
         for (const node of this.nodes) {
             if (node !== ctx.node) status[node.tag] = { Name: node.tag, Connected: node.running, ErrorDetails: null };
         }
+        const leader = this.cluster.leader;
         return json(200, {
             Topology: {
                 TopologyId: 'cmpxchg-emulator',
@@ -889,18 +1335,23 @@ class Emulator {
                 Promotables: {},
                 Watchers: {},
                 LastNodeId: this.nodes[this.nodes.length - 1].tag,
-                Etag: this.cluster.topologyEtag,
+                Etag: this.cluster.raftIndex,
             },
-            Etag: this.cluster.topologyEtag,
-            Leader: this.nodes[0].tag,
+            Etag: this.cluster.raftIndex,
+            Leader: leader === null ? null : this.nodes[leader].tag,
             LeaderShipDuration: 0,
-            CurrentState: ctx.node.index === 0 ? 'Leader' : 'Follower',
+            CurrentState: this.currentState(ctx.node),
             NodeTag: ctx.node.tag,
-            CurrentTerm: 1,
+            CurrentTerm: this.cluster.term,
             NodeLicenseDetails: {},
             LastStateChangeReason: 'emulated cluster',
             Status: status,
         });
+    }
+
+    currentState(node) {
+        if (this.cluster.leader === node.index) return 'Leader';
+        return this.cluster.leader === null ? 'Candidate' : 'Follower';
     }
 
     getNodeInfo(ctx) {
@@ -912,7 +1363,7 @@ class Emulator {
             ServerRole: 'Member',
             HasFixedPort: true,
             ServerSchemaVersion: 60000,
-            CurrentState: ctx.node.index === 0 ? 'Leader' : 'Follower',
+            CurrentState: this.currentState(ctx.node),
         });
     }
 
@@ -924,12 +1375,14 @@ class Emulator {
 
     /*
     ** PUT /admin/databases?name=db&replicationFactor=n (ref §14): 201 with a DatabasePutResult;
-    ** an existing name is a ConcurrencyException, 409. Creation is a raft command.
+    ** an existing name is a ConcurrencyException, 409. Creation is a raft command. The group
+    ** is the first `replicationFactor` nodes (all of them when it is absent or larger),
+    ** or the record's Topology.Members when it names node tags.
     */
-    createDatabase(ctx) {
+    async createDatabase(ctx) {
         const names = ctx.query.getAll('name');
         const record = parseJsonObject(decodeBody(ctx.raw, ctx.req.headers['content-encoding']).toString('utf8'), 'the database record');
-        const name = names.length > 0 && names[0].trim() !== '' ? names[0] : record.DatabaseName;
+        const name = names.length > 0 && !isNullOrWhiteSpace(names[0]) ? names[0] : record.DatabaseName;
         if (!name) throw ArgumentException("Query string value 'name' must have a non empty value");
         if (record.DatabaseName && lowerInvariant(record.DatabaseName) !== lowerInvariant(name)) {
             throw new RavenError(400, 'Raven.Client.Exceptions.BadRequestException',
@@ -939,42 +1392,53 @@ class Emulator {
             throw new RavenError(400, 'Raven.Client.Exceptions.BadRequestException',
                 `The name '${name}' is not permitted. Only letters, digits and characters ('_', '-', '.') are allowed.`);
         }
-        if (this.cluster.hasDatabase(name)) {
+        if (this.cluster.committed.database(name)) {
             throw new RavenError(409, 'Raven.Client.Exceptions.ConcurrencyException', `Database '${name}' already exists!`);
         }
-        const raftIndex = this.cluster.createDatabase(name);
-        const tags = this.nodes.map((n) => n.tag);
+        let members = this.nodes.map((n) => n.index);
+        const factor = queryInt(ctx.query, 'replicationFactor', members.length);
+        if (factor > 0) members = members.slice(0, factor);
+        const wanted = record.Topology && Array.isArray(record.Topology.Members) ? record.Topology.Members : [];
+        const tagged = wanted.map((tag) => this.nodes.findIndex((n) => n.tag === tag)).filter((i) => i >= 0);
+        if (tagged.length > 0) members = tagged;
+        const outcome = await this.submit(ctx, raftRequestId(ctx.query),
+            { type: 'createDatabase', typeName: 'AddDatabaseCommand', name, members });
+        if (outcome === null) return null;
+        const tags = members.map((i) => this.nodes[i].tag);
         return json(201, {
-            RaftCommandIndex: raftIndex,
+            RaftCommandIndex: outcome.raftIndex,
             Name: name,
             Topology: {
                 Members: tags, Promotables: [], Rehabs: [], ReplicationFactor: tags.length,
-                DynamicNodesDistribution: false, Stamp: { Index: raftIndex, Term: 1, LeadersTicks: 0 },
+                DynamicNodesDistribution: false, Stamp: { Index: outcome.raftIndex, Term: this.cluster.term, LeadersTicks: 0 },
             },
-            NodesAddedTo: this.nodes.map((n) => this.nodeUrl(n)),
+            NodesAddedTo: members.map((i) => this.nodeUrl(this.nodes[i])),
             ShardsDefined: false,
         });
     }
 
     /* DELETE /admin/databases with {"DatabaseNames":[...],"HardDelete":true} (ref §14) */
-    deleteDatabases(ctx) {
+    async deleteDatabases(ctx) {
         const body = parseJsonObject(decodeBody(ctx.raw, ctx.req.headers['content-encoding']).toString('utf8'), 'the delete parameters');
         const names = Array.isArray(body.DatabaseNames) ? body.DatabaseNames : [];
         if (names.length === 0) throw ArgumentException('Request should have a property name \'DatabaseNames\' which is mandatory.');
         for (const name of names) {
-            if (!this.cluster.hasDatabase(String(name))) {
+            if (!this.cluster.committed.database(String(name))) {
                 throw new RavenError(500, 'Raven.Client.Exceptions.Database.DatabaseDoesNotExistException',
                     `Database '${name}' does not exist.`);
             }
         }
-        const raftIndex = this.cluster.deleteDatabases(names.map(String));
-        return json(200, { RaftCommandIndex: raftIndex, PendingDeletes: [] });
+        const outcome = await this.submit(ctx, raftRequestId(ctx.query),
+            { type: 'deleteDatabases', typeName: 'DeleteDatabaseCommand', names: names.map(String) });
+        if (outcome === null) return null;
+        return json(200, { RaftCommandIndex: outcome.raftIndex, PendingDeletes: [] });
     }
 
     /* ---- faults ------------------------------------------------------------------------ */
 
     takeFault(node, req) {
-        const i = this.faults.findIndex((f) => (f.node === null || f.node === node.index)
+        const i = this.faults.findIndex((f) => f.action !== 'reset_after_handshake'
+            && (f.node === null || f.node === node.index)
             && (f.method === null || f.method === req.method)
             && (f.path_contains === null || req.url.includes(f.path_contains)));
         if (i < 0) return null;
@@ -982,6 +1446,17 @@ class Emulator {
         fault.count -= 1;
         if (fault.count <= 0) this.faults.splice(i, 1);
         return fault;
+    }
+
+    /* a `reset_after_handshake` fault for a new TLS connection to `node` */
+    takeConnectionFault(node) {
+        const i = this.faults.findIndex((f) => f.action === 'reset_after_handshake'
+            && (f.node === null || f.node === node.index));
+        if (i < 0) return false;
+        const fault = this.faults[i];
+        fault.count -= 1;
+        if (fault.count <= 0) this.faults.splice(i, 1);
+        return true;
     }
 
     /* a `status` fault: the given body, or error JSON of the exception that status stands for */
@@ -1006,12 +1481,14 @@ class Emulator {
         try {
             raftId = new URL(req.url, 'http://emulator').searchParams.get('raft-request-id');
         } catch (e) { /* leave null */ }
+        const conn = connectionOf(req);
         const entry = {
             node: node.index,
             method: req.method,
             url: req.url,
             raft_request_id: raftId,
-            remote_port: req.socket.remotePort,     /* one port = one kept-alive connection */
+            remote_port: conn ? conn.remotePort : null,     /* one port = one kept-alive connection */
+            http_version: req.httpVersion,
             headers: { ...req.headers },
             body: '',
             status: null,
@@ -1063,17 +1540,26 @@ function expiresOf(body, key, db) {
 ** CONTROL API (plain HTTP on 127.0.0.1:--control-port, JSON in and out):
 **   POST /reset [{"databases":["db",...]}]   everything back to the start, nodes running
 **   POST /nodes/{i}/stop | /nodes/{i}/start  node i (0-based) down (sockets reset) or up
+**   POST /nodes/{i}/lag {"ms": n}              node i applies the log n ms late (0: at once)
+**   GET  /cluster                              leader, term, election, per-node state
+**   POST /cluster {"election_ms","operation_timeout_ms","elections_frozen"}   settings
+**   POST /leader {"node": i}                   the leader steps down; an election makes i lead
+**   POST /databases/{name}/topology {"members":[i,...],"rehabs":[i,...]}   moves a database
 **   POST /faults {node,method,path_contains,action,delay_ms,status,body,count}; DELETE /faults
 **   GET  /faults                               the pending faults
 **   POST /behavior {"pr18822":bool,"pr21644":bool}   GET /behavior
+**   POST /wire {"chunked": bool}               HTTP/1.1 bodies chunked (default) or sized
 **   POST /topology/bump                        {"etag": n}
+**   POST /raft/noop {"count": n}               n raft commands that change nothing (other
+**                                              databases' traffic, for the request-id window)
 **   POST /expire-now                           {"removed": n}
-**   GET  /state                                index, items, requests (last 1000), and more
+**   GET  /state[?node=i]                       index, items (node i's copy), requests, ...
 **   POST /requests/clear
 **   GET  /health                               {"ok": true, "urls": [...]}
 ** ---------------------------------------------------------------------------------------- */
 
-const FAULT_ACTIONS = ['delay', 'drop_after_apply', 'drop_before_apply', 'status', 'malformed'];
+const FAULT_ACTIONS = ['delay', 'drop_after_apply', 'drop_before_apply', 'status', 'malformed',
+    'reset_after_handshake'];
 
 class ControlError extends Error {}
 
@@ -1098,36 +1584,96 @@ function validateFault(spec, nodeCount) {
     };
 }
 
-function controlState(emu) {
+function nodeIndexes(list, nodeCount, what) {
+    if (list === undefined || list === null) return [];
+    if (!Array.isArray(list)) throw new ControlError(`${what} is an array of node indexes`);
+    const out = [];
+    for (const i of list) {
+        if (!(Number.isInteger(i) && i >= 0 && i < nodeCount)) throw new ControlError(`${what}: no node ${i}`);
+        if (!out.includes(i)) out.push(i);
+    }
+    return out;
+}
+
+function clusterInfo(emu) {
+    const c = emu.cluster;
+    return {
+        leader: c.leader,
+        term: c.term,
+        index: c.raftIndex,
+        election_in_progress: c.leader === null && c.electionTimer !== null,
+        majority: c.majority(),
+        election_ms: c.config.electionMs,
+        operation_timeout_ms: c.config.operationTimeoutMs,
+        elections_frozen: c.config.electionsFrozen,
+        nodes: c.nodes.map((n) => ({
+            index: n.index, tag: n.tag, url: emu.nodeUrl(emu.nodes[n.index]), running: n.running,
+            lag_ms: n.lagMs, applied: n.state.applied, pending: n.pending.length,
+        })),
+    };
+}
+
+function recordInfo(record) {
+    return { name: record.name, members: record.members, rehabs: record.rehabs, etag: record.etag };
+}
+
+function controlState(emu, nodeIndex) {
+    const state = nodeIndex === null ? emu.cluster.committed : emu.cluster.nodes[nodeIndex].state;
     const items = {};
-    for (const [k, item] of emu.cluster.items) {
+    for (const [k, item] of state.items) {
         items[k] = { Index: item.Index, Value: JSON.parse(item.Value.text) };
         if (item.ExpiresAt !== null) items[k].ExpiresAt = new Date(item.ExpiresAt).toISOString();
     }
     return {
         index: emu.cluster.raftIndex,
+        applied: state.applied,
         items,
         requests: emu.requests,
-        databases: [...emu.cluster.databases.values()],
+        databases: [...state.databases.values()].map((r) => r.name),
+        database_records: [...state.databases.values()].map(recordInfo),
         nodes: emu.nodes.map((n) => ({ index: n.index, tag: n.tag, url: emu.nodeUrl(n), running: n.running })),
+        leader: emu.cluster.leader,
         behavior: emu.cluster.behavior,
-        topology_etag: emu.cluster.topologyEtag,
+        topology_etag: Math.max(0, ...[...state.databases.values()].map((r) => r.etag)),
         faults: emu.faults,
         unknown_routes: emu.unknownRoutes,
         raft_history_size: emu.cluster.history.size,
     };
 }
 
+/* a raft command the control API makes: it needs a leader now, not later */
+function controlCommit(emu, command) {
+    if (!emu.cluster.canCommit()) throw new ControlError('no leader now: start nodes or wait for the election');
+    return emu.cluster.commit(null, command);
+}
+
 async function handleControl(emu, req, body) {
-    const p = new URL(req.url, 'http://control').pathname.replace(/\/+$/, '');
+    const url = new URL(req.url, 'http://control');
+    const p = url.pathname.replace(/\/+$/, '');
     const m = req.method;
-    const nodeMatch = /^\/nodes\/(\d+)\/(stop|start)$/.exec(p);
+    const n = emu.nodes.length;
+    const nodeMatch = /^\/nodes\/(\d+)\/(stop|start|lag)$/.exec(p);
     if (nodeMatch && m === 'POST') {
         const node = emu.nodes[Number(nodeMatch[1])];
         if (!node) throw new ControlError(`no node ${nodeMatch[1]}`);
         if (nodeMatch[2] === 'stop') await emu.stopNode(node);
-        else await emu.startNode(node);
-        return { node: node.index, url: emu.nodeUrl(node), running: node.running };
+        else if (nodeMatch[2] === 'start') await emu.startNode(node);
+        else {
+            const ms = body && Number(body.ms);
+            if (!(ms >= 0)) throw new ControlError('lag needs {"ms": n >= 0}');
+            emu.cluster.setLag(emu.clusterNode(node), ms);
+        }
+        return { node: node.index, url: emu.nodeUrl(node), running: node.running, lag_ms: emu.clusterNode(node).lagMs };
+    }
+    const dbMatch = /^\/databases\/([^/]+)\/topology$/.exec(p);
+    if (dbMatch && m === 'POST') {
+        const name = decodeURIComponent(dbMatch[1]);
+        if (!emu.cluster.committed.database(name)) throw new ControlError(`no database ${name}`);
+        const members = nodeIndexes(body && body.members, n, 'members');
+        const rehabs = nodeIndexes(body && body.rehabs, n, 'rehabs').filter((i) => !members.includes(i));
+        if (members.length === 0) throw new ControlError('a database group needs a member');
+        const outcome = controlCommit(emu, { type: 'topology', name, members, rehabs });
+        return { ...recordInfo(emu.cluster.committed.database(name)), index: outcome.raftIndex };
     }
     switch (`${m} ${p}`) {
     case 'POST /reset': {
@@ -1136,12 +1682,36 @@ async function handleControl(emu, req, body) {
         emu.faults = [];
         emu.requests = [];
         emu.unknownRoutes = [];
+        emu.wire = { chunked: true };
         for (const node of emu.nodes) await emu.startNode(node);
+        emu.cluster.installLeader(0);
         return { ok: true, index: 0, databases };
+    }
+    case 'GET /cluster': return clusterInfo(emu);
+    case 'POST /cluster': {
+        const b = body || {};
+        const config = emu.cluster.config;
+        if (b.election_ms !== undefined) {
+            if (!(Number(b.election_ms) >= 0)) throw new ControlError('election_ms is a number >= 0');
+            config.electionMs = Number(b.election_ms);
+        }
+        if (b.operation_timeout_ms !== undefined) {
+            if (!(Number(b.operation_timeout_ms) > 0)) throw new ControlError('operation_timeout_ms is a number > 0');
+            config.operationTimeoutMs = Number(b.operation_timeout_ms);
+        }
+        if (b.elections_frozen !== undefined) config.electionsFrozen = !!b.elections_frozen;
+        emu.cluster.maybeElect();
+        return clusterInfo(emu);
+    }
+    case 'POST /leader': {
+        const next = body && body.node;
+        if (next !== undefined && !(Number.isInteger(next) && next >= 0 && next < n)) throw new ControlError(`no node ${next}`);
+        emu.cluster.stepDown(next);
+        return clusterInfo(emu);
     }
     case 'POST /faults': {
         const specs = Array.isArray(body) ? body : [body];
-        const added = specs.map((s) => validateFault(s, emu.nodes.length));
+        const added = specs.map((s) => validateFault(s, n));
         emu.faults.push(...added);
         return { ok: true, faults: emu.faults };
     }
@@ -1155,11 +1725,25 @@ async function handleControl(emu, req, body) {
         return emu.cluster.behavior;
     }
     case 'GET /behavior': return emu.cluster.behavior;
-    case 'POST /topology/bump': emu.cluster.topologyEtag += 1; return { etag: emu.cluster.topologyEtag };
+    case 'POST /wire': {
+        if (body && body.chunked !== undefined) emu.wire.chunked = !!body.chunked;
+        return emu.wire;
+    }
+    case 'POST /topology/bump': return { etag: controlCommit(emu, { type: 'bump' }).result };
+    case 'POST /raft/noop': {
+        const count = body && body.count !== undefined ? body.count : 1;
+        if (!(Number.isInteger(count) && count > 0 && count <= 100000)) throw new ControlError('count is 1..100000');
+        for (let i = 0; i < count; i++) controlCommit(emu, { type: 'noop' });
+        return { index: emu.cluster.raftIndex };
+    }
     case 'POST /expire-now': return { removed: emu.cluster.removeExpired(Date.now()) };
-    case 'GET /state': return controlState(emu);
+    case 'GET /state': {
+        const node = url.searchParams.get('node');
+        if (node !== null && !(Number(node) >= 0 && Number(node) < n)) throw new ControlError(`no node ${node}`);
+        return controlState(emu, node === null ? null : Number(node));
+    }
     case 'POST /requests/clear': emu.requests = []; return { ok: true };
-    case 'GET /health': return { ok: true, urls: emu.nodes.map((n) => emu.nodeUrl(n)) };
+    case 'GET /health': return { ok: true, urls: emu.nodes.map((node) => emu.nodeUrl(node)) };
     default: return null;
     }
 }
@@ -1202,6 +1786,7 @@ async function main() {
     const opts = parseArgs(process.argv.slice(2));
     const emu = new Emulator(opts);
     for (const node of emu.nodes) await emu.startNode(node);
+    emu.cluster.installLeader(0);
     const control = await startControlServer(emu);
     emu.startExpiryTimer();
 
