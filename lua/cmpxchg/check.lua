@@ -96,6 +96,19 @@ function check.seconds(v, name, n, fname, infinite_ok)
     return v
 end
 
+--[[ The error contract of expected failures (README "Errors") ]]
+
+--- nil, "<code>: <message>", "<code>".
+function check.fail(code, fmt, ...)
+    return nil, code .. ": " .. fmt:format(...), code
+end
+
+--- At most 200 bytes of a reply, for messages.
+function check.snippet(s)
+    s = tostring(s)
+    return #s > 200 and s:sub(1, 200) .. "..." or s
+end
+
 --- Checks the options of `opts` that `spec` names ({name = "type"}):
 -- their types, and that a number is not NaN. Options `spec` does not name
 -- are left alone (another backend's, say).

@@ -21,13 +21,15 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
-local nodes = require "cmpxchg.nodes"
+local cluster = require "cmpxchg.cluster"
 local runtime = require "cmpxchg.runtime"
 
 local b64, unb64 = core.b64encode, core.b64decode
 local tointeger = check.tointeger
 local json_fields, json_texts = core.json_fields, core.json_texts
-local fail, snippet = nodes.fail, nodes.snippet
+local fail, snippet = check.fail, check.snippet
+
+local unpack = table.unpack or unpack     -- luacheck: ignore 143
 
 local Etcd = {}
 Etcd.__index = Etcd
@@ -84,7 +86,7 @@ local function check_options(opts)
         check.argerror(2, "open", "options 'user' and 'password' go together")
     end
     if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
-    nodes.check_tls(opts.tls)
+    cluster.check_tls(opts.tls)
 end
 
 --- Opens an etcd store: `endpoints` are etcd(s):// (or http(s)://) URLs;
@@ -131,7 +133,7 @@ function Etcd:describe()
     return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix:sub(1, -2))
 end
 
-Etcd.connection = nodes.connection
+Etcd.connection = cluster.connection
 
 --[[ Requests, failover and error classes ]]
 
@@ -216,56 +218,55 @@ end
 function Etcd:exchange(path, body, how, unauthenticated, attempts)
     local text = type(body) == "string" and body or assert(json.encode(body))
     local write = how == GUARDED or how == ONCE
-    local n, first = #self.endpoints, self.preferred
-    attempts = attempts or math.max(n, 2)
-    local unknown, reauthenticated = false, false
-    local last_err, last_code
-    local attempt = 1
-    while attempt <= attempts do
-        local i = (first + attempt - 2) % n + 1
-        local url = self.endpoints[i] .. path
-        local status, rbody, rheaders, unsent = self:connection(self.endpoints[i]):request(
-            "POST", url, text, unauthenticated and { ["Content-Type"] = "application/json" }
-            or self:headers(), self.timeout)
-        if status == nil then
-            last_err, last_code = rbody, rheaders
-            if last_code == "tls" then break end
-            if unsent ~= true then unknown = true end   -- it may have been applied
-        elseif status == 200 then
-            self.preferred = i
-            return rbody, unknown
+    local n = #self.endpoints
+    local unknown, reauthenticated, used = false, false, 0
+    local ended             -- the call's answer, once an attempt decided it
+    -- a failure that ends the call: after an attempt that may have been
+    -- applied, a write's outcome is unknown (defect 2 of the safety issue)
+    local function finish(err, code)
+        if write and unknown then
+            ended = { nil, unsettled(err, code), "timeout", true, used }
         else
-            local reply = json.decode(rbody)
+            ended = { nil, err, code, false, used }
+        end
+        return "final"
+    end
+    local err, code
+    local rbody, was_unknown = cluster.try_in_turn(cluster.from(self.preferred, n), function(i, k)
+        used = k
+        local status, reply_body, rheaders, unsent = self:connection(self.endpoints[i]):request(
+            "POST", self.endpoints[i] .. path, text, unauthenticated and
+            { ["Content-Type"] = "application/json" } or self:headers(), self.timeout)
+        if status == 200 then
+            self.preferred = i
+            return "answer", reply_body, unknown
+        elseif status == nil and rheaders == "tls" then
+            return finish(reply_body, rheaders)         -- every member would say the same
+        end
+        self.preferred = i % n + 1          -- the next call starts past a failed member
+        if status == nil then
+            err, code = reply_body, rheaders
+            if unsent ~= true then unknown = true end   -- it may have been applied
+        else
+            local reply = json.decode(reply_body)
             local class = classify(status, reply)
             if class == "auth" and self.user and not reauthenticated then
                 -- the token expired (it is idle-timed, §6.2): once more with a new one
                 reauthenticated = true
-                local ok, err, code = self:authenticate()
-                if not ok then
-                    if write and unknown then
-                        return nil, unsettled(err, code), "timeout", true, attempt
-                    end
-                    return nil, err, code, false, attempt
-                end
-                attempt = attempt - 1
-            else
-                last_err, last_code = answer_error(status, reply, rbody)
-                if class == "final" or class == "auth" then
-                    if write and unknown then
-                        return nil, unsettled(last_err, last_code), "timeout", true, attempt
-                    end
-                    return nil, last_err, last_code, false, attempt
-                end
-                if class == "unknown" then unknown = true end
+                local ok, aerr, acode = self:authenticate()
+                if not ok then return finish(aerr, acode) end
+                return "again"
             end
+            err, code = answer_error(status, reply, reply_body)
+            if class == "final" or class == "auth" then return finish(err, code) end
+            if class == "unknown" then unknown = true end
         end
-        self.preferred = i % n + 1
-        if unknown and how == ONCE then break end
-        attempt = attempt + 1
-    end
-    local used = math.min(attempt, attempts)
-    if write and unknown then return nil, unsettled(last_err, last_code), "timeout", true, used end
-    return nil, last_err, last_code, false, used
+        if unknown and how == ONCE then return finish(err, code) end
+        return "next", err, code
+    end, attempts)
+    if rbody ~= nil then return rbody, was_unknown end
+    if not ended then finish(err, code) end         -- every attempt failed
+    return unpack(ended, 1, 5)
 end
 
 local function not_json(text, path)
@@ -627,6 +628,6 @@ function Etcd:list(prefix, start, page_size)
     end
 end
 
-Etcd.close = nodes.close
+Etcd.close = cluster.close
 
 return Etcd

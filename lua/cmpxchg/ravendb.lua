@@ -7,12 +7,12 @@
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
-local nodes = require "cmpxchg.nodes"
+local cluster = require "cmpxchg.cluster"
 local runtime = require "cmpxchg.runtime"
 
 local tointeger = check.tointeger
 local json_fields, json_texts = core.json_fields, core.json_texts
-local fail, snippet = nodes.fail, nodes.snippet
+local fail, snippet = check.fail, check.snippet
 
 local RavenDB = {}
 RavenDB.__index = RavenDB
@@ -124,7 +124,7 @@ local function check_options(opts)
         check.argerror(2, "open", "database names hold only letters, digits, '-', '_' and '.'")
     end
     if opts.timeout ~= nil then check.seconds(opts.timeout, "timeout", 2, "open") end
-    nodes.check_tls(opts.tls)
+    cluster.check_tls(opts.tls)
 end
 
 --- Opens a RavenDB store. `urls`: an array of node URLs (cluster seeds);
@@ -167,7 +167,7 @@ function RavenDB:describe()
     return ("ravendb %s/%s"):format(table.concat(urls, ","), self.database)
 end
 
-RavenDB.connection = nodes.connection
+RavenDB.connection = cluster.connection
 
 --- The request headers, two tables (with and without a body) made once per
 -- topology: transports only read them.
@@ -302,9 +302,8 @@ end
 --- The positions in `nodes` in the order a request tries them: from the
 -- preferred member round the members, then the nodes in rehab.
 function RavenDB:in_order()
-    local order, members = {}, self.members
-    for k = 0, members - 1 do order[#order + 1] = (self.preferred - 1 + k) % members + 1 end
-    for i = members + 1, #self.nodes do order[#order + 1] = i end
+    local order = cluster.from(self.preferred, self.members)
+    for i = self.members + 1, #self.nodes do order[#order + 1] = i end
     return order
 end
 
@@ -316,32 +315,32 @@ FAILOVER statuses move on to the next node. Returns status, body, headers of
 an answer that is not one of those, or nil, err, code, gone (gone: a node
 answered 410, so the topology held is out of date). ]]
 function RavenDB:round(method, path, body, headers, deadline)
-    local order = self:in_order()
-    local attempts = #order == 1 and 2 or #order
-    local last_err, last_code, no_leader
-    local tried, gone = 0, 0
-    for attempt = 1, attempts do
+    local no_leader, tried, gone = nil, 0, 0
+    local last_err, last_code
+    local status, rbody, rheaders = cluster.try_in_turn(self:in_order(), function(i)
         local left = deadline - runtime.monotime()
-        if left < 0.01 then break end       -- no time for another node
-        local i = order[(attempt - 1) % #order + 1]
+        if left < 0.01 then return "final" end      -- no time for another node
         local node = self.nodes[i]
-        local status, rbody, rheaders = self:connection(node.url):request(method,
+        local st, text, headers_or_code = self:connection(node.url):request(method,
             node.url .. path, body, headers, left)
         tried = tried + 1
-        if status == nil then
-            last_err, last_code = rbody, rheaders
-        elseif FAILOVER[status] and not (rheaders and rheaders["database-missing"]) then
-            last_err, last_code = self:status_error(status, rbody, rheaders)
-            if status == 410 then gone = gone + 1 end
-            if status == 408 then no_leader = last_err end
-        else
+        if st ~= nil and not (FAILOVER[st] and not (headers_or_code or {})["database-missing"]) then
             if i <= self.members then self.preferred = i end
-            return status, rbody, rheaders
+            return "answer", st, text, headers_or_code
         end
         if i == self.preferred then        -- the next call starts past a failed node
             self.preferred = self.members > 0 and i % self.members + 1 or 1
         end
-    end
+        if st == nil then
+            last_err, last_code = text, headers_or_code
+        else
+            last_err, last_code = self:status_error(st, text, headers_or_code)
+            if st == 410 then gone = gone + 1 end
+            if st == 408 then no_leader = last_err end
+        end
+        return "next"
+    end)
+    if status ~= nil then return status, rbody, rheaders end
     if tried == 0 then
         return nil, ("timeout: %s %s: no time left of the call's %g s"):format(method,
             path, self.timeout), "timeout"
@@ -571,6 +570,6 @@ function RavenDB:list(prefix, start, page_size)
     end
 end
 
-RavenDB.close = nodes.close
+RavenDB.close = cluster.close
 
 return RavenDB
