@@ -2,15 +2,49 @@
 -- transport connection per node URL, and the shape of their errors.
 local nodes = {}
 
---- At most 200 bytes of a reply, for messages.
+--- At most 200 bytes of a reply, for messages, with control characters
+-- escaped (a server's bytes must not reach a log or a terminal as they are).
 function nodes.snippet(s)
     s = tostring(s)
-    return #s > 200 and s:sub(1, 200) .. "..." or s
+    s = #s > 200 and s:sub(1, 200) .. "..." or s
+    return (s:gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end))
 end
 
 --- nil, "<code>: <message>", "<code>": the error contract.
 function nodes.fail(code, fmt, ...)
     return nil, code .. ": " .. fmt:format(...), code
+end
+
+--- Items one list() call reads at most, those its `start` skips included: a
+-- server whose pages never end cannot grow a list without bound.
+nodes.MAX_LIST_ITEMS = 100000
+
+function nodes.too_many(prefix)
+    return nodes.fail("http", "listing '%s' reads more than %d items: list a narrower prefix",
+        prefix, nodes.MAX_LIST_ITEMS)
+end
+
+--- Whether `t` (a decoded JSON value) is an array: a table whose keys are
+-- 1..n (an empty object reads as an empty array).
+function nodes.is_array(t)
+    if type(t) ~= "table" then return false end
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    return n == #t
+end
+
+--- A node URL that a server handed out (a topology): "scheme://host[:port]"
+-- and nothing more (no user info, path, query, space or control character),
+-- without trailing slashes; nil when it is anything else.
+function nodes.node_url(url)
+    if type(url) ~= "string" or #url > 300 or url:find("[^\33-\126]") then return nil end
+    local authority = url:match("^[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)/*$")
+    if not authority then return nil end
+    local port = authority:match("^%[[%x:%.]+%]:?(%d*)$") or authority:match("^[%w%.%-_]+:?(%d*)$")
+    if not port or (port ~= "" and (#port > 5 or tonumber(port) < 1 or tonumber(port) > 65535)) then
+        return nil
+    end
+    return (url:gsub("/+$", ""))
 end
 
 --- The backend's connection to `url`, made on first use with the backend's
