@@ -264,6 +264,14 @@ function app.chunked()
     end
 end
 
+--- One case of the hostile-server suite (spec/support/hostile_run.lua) through
+-- cosockets: argument `case`, its JSON.
+function app.hostile()
+    guarded(function(a)
+        reply(require("spec.support.hostile_run").case(cjson.decode(a.case)))
+    end)
+end
+
 --[[ Phases that cannot yield ]]
 
 --- What one call does here: "ok", or the error it raised or returned.
