@@ -13,7 +13,7 @@
 // so nothing here tidies them up.
 //
 // Prints one JSON line: {"pid": P, "control": PORT, "ports": {"case": PORT}},
-// then serves until killed or until 900 s pass.
+// then serves until killed or until an hour passes.
 //   GET http://127.0.0.1:CONTROL/hits -> {"case": requests received, ...}
 // The "trap" listener answers nothing useful: a client that follows a
 // redirect or a foreign topology there shows up in its hits.
@@ -436,7 +436,7 @@ Promise.all(Object.keys(cases).map(listen)).then(() => {
                                               ports }) + '\n');
     });
 });
-setTimeout(() => process.exit(0), 900 * 1000).unref();
+setTimeout(() => process.exit(0), 3600 * 1000).unref();
 process.on('SIGTERM', () => process.exit(0));
 
 /* }============================================================= */
