@@ -125,7 +125,7 @@ end
 --- The contract's err, code for an etcd error answer (§4.1).
 local function answer_error(status, reply, body)
     local message = type(reply) == "table" and (reply.message or reply.error)
-    message = type(message) == "string" and message or snippet(body or "")
+    message = type(message) == "string" and nodes.printable(message) or snippet(body or "")
     if status == 403 or message:find("user name is empty", 1, true) or
             message:find("authentication failed", 1, true) or status == 401 then
         return ("auth: HTTP %d: %s"):format(status, message), "auth"

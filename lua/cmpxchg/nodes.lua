@@ -2,12 +2,16 @@
 -- transport connection per node URL, and the shape of their errors.
 local nodes = {}
 
---- At most 200 bytes of a reply, for messages, with control characters
--- escaped (a server's bytes must not reach a log or a terminal as they are).
+--- `s` with its control characters written as \ddd: a server's bytes must
+-- not reach a log or a terminal as they are (a line break, an escape).
+function nodes.printable(s)
+    return (tostring(s):gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end))
+end
+
+--- At most 200 bytes of a reply, for messages, printable.
 function nodes.snippet(s)
     s = tostring(s)
-    s = #s > 200 and s:sub(1, 200) .. "..." or s
-    return (s:gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end))
+    return nodes.printable(#s > 200 and s:sub(1, 200) .. "..." or s)
 end
 
 --- nil, "<code>: <message>", "<code>": the error contract.

@@ -56,7 +56,7 @@ local function error_text(status, body)
     local reply = json.decode(body or "")
     if type(reply) == "table" and type(reply.Message) == "string" then
         local kind = type(reply.Type) == "string" and reply.Type:match("[%w_]+$") or "Error"
-        return ("HTTP %d %s: %s"):format(status, kind, reply.Message), reply.Type
+        return ("HTTP %d %s: %s"):format(status, kind, nodes.printable(reply.Message)), reply.Type
     end
     return ("HTTP %d: %s"):format(status, snippet(body or "")), nil
 end
