@@ -11,6 +11,7 @@
 */
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,8 @@
 
 #define HTTP_MT         "cmpxchg.Http"
 #define MAX_BODY        (256u * 1024u * 1024u)  /* RavenDB allows 128 MB values */
-#define MAX_HEADERS     (64u * 1024u)
+#define MAX_HEADERS     (64u * 1024u)   /* every header line of a reply, interim ones too */
+#define KEPT_BUFFER     (1024u * 1024u) /* a bigger body buffer is freed after its request */
 
 typedef struct Buffer {
     char *data;
@@ -45,6 +47,7 @@ typedef struct Http {
     CURL *curl;                 /* NULL once closed */
     Buffer body, headers;
     Upload upload;
+    size_t header_bytes;        /* of this request's replies, 1xx ones included */
     char error[CURL_ERROR_SIZE];
     int refuses_in_tls;         /* a failure right after the handshake is a refusal */
     int nwanted;                /* -1: every reply header is reported */
@@ -109,6 +112,7 @@ static size_t buffer_append (Buffer *b, const char *p, size_t n) {
         size_t cap = b->cap ? b->cap : 1024;
         char *d;
         while (cap < b->len + n + 1) cap *= 2;
+        if (cap > b->limit + 1) cap = b->limit + 1;     /* never twice the limit */
         d = (char *)realloc(b->data, cap);
         if (d == NULL) { b->overflow = 1; return 0; }
         b->data = d;
@@ -132,12 +136,27 @@ static void buffer_free (Buffer *b) {
     b->len = b->cap = 0;
 }
 
+/*
+** After a request: a buffer grown by one big reply is not kept for the life
+** of the handle (a store keeps its handles until it is closed).
+*/
+static void buffer_trim (Buffer *b) {
+    if (b->cap > KEPT_BUFFER) buffer_free(b);
+}
+
 static size_t on_body (char *p, size_t size, size_t n, void *ud) {
     return buffer_append(&((Http *)ud)->body, p, size * n);
 }
 
 static size_t on_header (char *p, size_t size, size_t n, void *ud) {
-    Buffer *b = &((Http *)ud)->headers;
+    Http *h = (Http *)ud;
+    Buffer *b = &h->headers;
+    /* the bound counts every response: endless 100 Continues are too large */
+    h->header_bytes += size * n;
+    if (h->header_bytes > MAX_HEADERS) {
+        b->overflow = 1;
+        return 0;
+    }
     /* a new status line starts a new response (after a 100 Continue, say):
     ** only the last response's headers are reported */
     if (size * n >= 5 && memcmp(p, "HTTP/", 5) == 0)
@@ -298,6 +317,8 @@ static int http_new (lua_State *L) {
     curl_easy_setopt(h->curl, CURLOPT_READDATA, (void *)&h->upload);
     curl_easy_setopt(h->curl, CURLOPT_SEEKFUNCTION, on_seek);
     curl_easy_setopt(h->curl, CURLOPT_ACCEPT_ENCODING, "");     /* gzip, deflate... */
+    /* a reply that announces more than the cap is refused before it is read */
+    curl_easy_setopt(h->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)MAX_BODY);
     curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
     curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h->curl, CURLOPT_TCP_NODELAY, 1L);
@@ -418,6 +439,40 @@ static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad
     return list;
 }
 
+/*
+** Pushes `url` as messages show it, and returns it: the password of a
+** user:password@ masked (messages end up in logs) and control characters
+** written as \ddd (a URL from a topology may hold a line break).
+*/
+static const char *push_shown_url (lua_State *L, const char *url) {
+    const char *start = strstr(url, "://");
+    const char *at = NULL, *colon = NULL, *p;
+    luaL_Buffer b;
+    if (start != NULL) {
+        const char *end;
+        start += 3;
+        end = start + strcspn(start, "/?#");
+        for (p = start; p < end; p++)
+            if (*p == '@') at = p;
+        if (at != NULL) colon = memchr(start, ':', (size_t)(at - start));
+    }
+    luaL_buffinit(L, &b);
+    for (p = url; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (colon != NULL && p == colon + 1) {
+            luaL_addstring(&b, "***");
+            p = at - 1;         /* the password is left out */
+        } else if (c < 0x20 || c == 0x7f) {
+            char esc[8];
+            snprintf(esc, sizeof esc, "\\%d", (int)c);
+            luaL_addstring(&b, esc);
+        } else
+            luaL_addchar(&b, (char)c);
+    }
+    luaL_pushresult(&b);
+    return lua_tostring(L, -1);
+}
+
 /* pushes the received headers (those wanted) as {lower-case name = value} */
 static void push_headers (lua_State *L, const Http *h) {
     const Buffer *hb = &h->headers;
@@ -459,6 +514,34 @@ static void push_headers (lua_State *L, const Http *h) {
 }
 
 /*
+** The error contract's nil, err, code for a transfer that failed with `rc`.
+** Past a bound (MAX_BODY, announced or received, MAX_HEADERS, or libcurl's
+** own limit on one header line, which it reports as out of memory) the
+** reply is too large: "http", as a server's error answer would be.
+*/
+static int request_error (lua_State *L, Http *h, CURLcode rc, const char *method,
+                          const char *url) {
+    const char *detail = rc == CURLE_SEND_FAIL_REWIND   /* on_seek refused a resend */
+        ? "the connection closed before a reply, maybe after the request was read "
+          "(not sent again: its outcome is unknown)"
+        : h->error[0] ? h->error : curl_easy_strerror(rc);
+    const char *shown = push_shown_url(L, url);
+    const char *code;
+    if (h->body.overflow || h->headers.overflow || rc == CURLE_FILESIZE_EXCEEDED ||
+        rc == CURLE_OUT_OF_MEMORY)
+        return cx_push_error(L, "http", "%s %s: the reply is too large (over 256 MB of body "
+                             "or 64 KB of headers): %s", method, shown, detail);
+    code = error_code(h, rc, detail);
+    if (strcmp(code, "tls") == 0 && rc != CURLE_RECV_ERROR && strstr(detail, "SSL") == NULL)
+        return cx_push_error(L, code, "%s %s: the server closed the TLS connection after "
+                             "the handshake, refusing our client certificate or its "
+                             "absence (%s)", method, shown, detail);
+    cx_push_error(L, code, "%s %s: %s", method, shown, detail);
+    lua_pushboolean(L, never_sent(h->curl, rc));
+    return 4;
+}
+
+/*
 ** http:request(method, url, body, headers, timeout) -> status, body, headers
 **                                                   | nil, err, code, unsent
 ** `body` may be nil; `headers` is {name = value}; `timeout` is in seconds for
@@ -487,6 +570,7 @@ static int http_request (lua_State *L) {
 
     buffer_reset(&h->body);
     buffer_reset(&h->headers);
+    h->header_bytes = 0;
     h->error[0] = '\0';
     curl_easy_setopt(h->curl, CURLOPT_URL, url);
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, headers);
@@ -506,26 +590,14 @@ static int http_request (lua_State *L) {
     curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
     h->upload.data = NULL;
     curl_slist_free_all(headers);   /* freed before anything below can raise */
-
     if (rc != CURLE_OK) {
-        const char *detail = rc == CURLE_SEND_FAIL_REWIND   /* on_seek refused a resend */
-            ? "the connection closed before a reply, maybe after the request was read "
-              "(not sent again: its outcome is unknown)"
-            : h->error[0] ? h->error : curl_easy_strerror(rc);
-        const char *code = error_code(h, rc, detail);
-        if (h->body.overflow || h->headers.overflow)
-            return cx_push_error(L, "http", "reply from %s is too large", url);
-        if (strcmp(code, "tls") == 0 && rc != CURLE_RECV_ERROR && strstr(detail, "SSL") == NULL)
-            return cx_push_error(L, code, "%s %s: the server closed the TLS connection after "
-                                 "the handshake, refusing our client certificate or its "
-                                 "absence (%s)", method, url, detail);
-        cx_push_error(L, code, "%s %s: %s", method, url, detail);
-        lua_pushboolean(L, never_sent(h->curl, rc));
-        return 4;
+        buffer_trim(&h->body);
+        return request_error(L, h, rc, method, url);
     }
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
+    buffer_trim(&h->body);
     push_headers(L, h);
     return 3;
 }

@@ -103,10 +103,16 @@ function check.fail(code, fmt, ...)
     return nil, code .. ": " .. fmt:format(...), code
 end
 
---- At most 200 bytes of a reply, for messages.
+--- `s` with its control characters written as \ddd: a server's bytes must
+-- not reach a log or a terminal as they are (a line break, an escape).
+function check.printable(s)
+    return (tostring(s):gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end))
+end
+
+--- At most 200 bytes of a reply, for messages, printable.
 function check.snippet(s)
     s = tostring(s)
-    return #s > 200 and s:sub(1, 200) .. "..." or s
+    return check.printable(#s > 200 and s:sub(1, 200) .. "..." or s)
 end
 
 --- Checks the options of `opts` that `spec` names ({name = "type"}):

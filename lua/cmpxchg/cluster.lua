@@ -5,6 +5,38 @@ local check = require "cmpxchg.check"
 
 local cluster = {}
 
+--- Items one list() call reads at most, those its `start` skips included: a
+-- server whose pages never end cannot grow a list without bound.
+cluster.MAX_LIST_ITEMS = 100000
+
+function cluster.too_many(prefix)
+    return check.fail("http", "listing '%s' reads more than %d items: list a narrower prefix",
+        prefix, cluster.MAX_LIST_ITEMS)
+end
+
+--- Whether `t` (a decoded JSON value) is an array: a table whose keys are
+-- 1..n (an empty object reads as an empty array).
+function cluster.is_array(t)
+    if type(t) ~= "table" then return false end
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    return n == #t
+end
+
+--- A node URL that a server handed out (a topology): "scheme://host[:port]"
+-- and nothing more (no user info, path, query, space or control character),
+-- without trailing slashes; nil when it is anything else.
+function cluster.node_url(url)
+    if type(url) ~= "string" or #url > 300 or url:find("[^\33-\126]") then return nil end
+    local authority = url:match("^[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)/*$")
+    if not authority then return nil end
+    local port = authority:match("^%[[%x:%.]+%]:?(%d*)$") or authority:match("^[%w%.%-_]+:?(%d*)$")
+    if not port or (port ~= "" and (#port > 5 or tonumber(port) < 1 or tonumber(port) > 65535)) then
+        return nil
+    end
+    return (url:gsub("/+$", ""))
+end
+
 --- The backend's connection to `url`, made on first use with the backend's
 -- transport factory (self.transports) and options (self.transport_opts).
 function cluster.connection(self, url)

@@ -44,17 +44,26 @@ local PAGE = 512                -- keys per range page when listing
 -- and "shop/eu", or "" and any other: "app/" once held "app/eu/"'s keys).
 local DATABASE_END = ":"
 
---- An int64 of a reply (a JSON string, §1.3), or `default` when left out (§1.4).
+--- A revision of a reply (a kv's mod_revision, a header's revision), or a
+-- lease's TTL: a positive int64, written as a JSON string of digits (§1.3; a
+-- JSON number is taken too); `default` when left out (§1.4). nil for anything
+-- else: zero, a sign, a fraction, an exponent, hex, more than 64 bits. A write
+-- that "succeeded" at revision 0 would hand out index 0, which means "absent"
+-- to every caller.
 local function int(v, default)
     if v == nil then return default end
-    return tointeger(tonumber(v))
+    if type(v) == "string" then
+        if #v > 19 or not v:find("^%d+$") then return nil end
+        v = tonumber(v)
+    end
+    return type(v) == "number" and v > 0 and tointeger(v) or nil
 end
 
---- A list field of a reply: the table, {} when left out (§1.4), or nil
+--- A list field of a reply: the array, {} when left out (§1.4), or nil
 -- when it is something else (a malformed reply).
 local function list_of(v)
     if v == nil then return {} end
-    if type(v) == "table" then return v end
+    if cluster.is_array(v) then return v end
     return nil
 end
 
@@ -154,7 +163,7 @@ end
 --- The contract's err, code for an etcd error answer (§4.1).
 local function answer_error(status, reply, body)
     local message = type(reply) == "table" and (reply.message or reply.error)
-    message = type(message) == "string" and message or snippet(body or "")
+    message = type(message) == "string" and check.printable(message) or snippet(body or "")
     if status == 403 or message:find("user name is empty", 1, true) or
             message:find("authentication failed", 1, true) or status == 401 then
         return ("auth: HTTP %d: %s"):format(status, message), "auth"
@@ -294,10 +303,13 @@ function Etcd:authenticate()
     local reply, err, code = self:post("/v3/auth/authenticate",
         { name = self.user, password = self.password or "" }, true)
     if not reply then return nil, err, code end
-    if type(reply.token) ~= "string" then
-        return fail("decode", "authenticate: no token in the reply")
+    -- the token goes into a header: printable ASCII only, of a sane length
+    local token = reply.token
+    if type(token) ~= "string" or token == "" or #token > 4096 or token:find("[^\33-\126]") then
+        return fail("decode", "authenticate: no usable token in the reply: %s",
+            snippet(tostring(token)))
     end
-    self.token = reply.token
+    self.token = token
     return true
 end
 
@@ -318,17 +330,28 @@ end
 -- (callers test the first result).
 local function read_entry(mod_revision, value64)
     local index = int(mod_revision)
-    local raw = unb64(value64 or "")         -- an empty value is left out (§1.4)
-    local env = raw and json.decode(raw)
-    if not index or type(env) ~= "table" or env.Object == nil or type(env.Key) ~= "string" then
+    if not index then
+        return fail("decode", "a kv's mod_revision is not a positive integer: %s",
+            snippet(json.encode(mod_revision)))
+    end
+    -- an empty value is left out (§1.4)
+    local raw = value64 == nil and "" or type(value64) == "string" and unb64(value64)
+    if not raw then
+        return fail("decode", "a kv's value is not base64 text: %s", snippet(json.encode(value64)))
+    end
+    local env = json.decode(raw)
+    if type(env) ~= "table" or env.Object == nil or type(env.Key) ~= "string" then
         return fail("decode", "a value under the store's prefix is not one of ours: %s",
             snippet(raw))
     end
     return env.Key, env.Object, index, env.Write
 end
 
-local function read_kv(kv)
-    if type(kv) ~= "table" then return fail("decode", "malformed kv in a reply") end
+--- read_entry of a kv table; `k64`, when given, the base64 key it must have.
+local function read_kv(kv, k64)
+    if type(kv) ~= "table" or (k64 and kv.key ~= k64) then
+        return fail("decode", "malformed kv in a reply")
+    end
     return read_entry(kv.mod_revision, kv.value)
 end
 
@@ -552,8 +575,8 @@ function Etcd:delete(key, index)
 end
 
 function Etcd:get(key)
-    local body, err, code = self:exchange("/v3/kv/range",
-        ('{"key":"%s"}'):format(b64(self:key_of(key))))
+    local k64 = b64(self:key_of(key))
+    local body, err, code = self:exchange("/v3/kv/range", ('{"key":"%s"}'):format(k64))
     if not body then return nil, err, code end
     local valid, kvs, first = json_texts(body, "kvs", "kvs.0")
     if not valid then return not_json(body, "range") end
@@ -561,7 +584,8 @@ function Etcd:get(key)
         if kvs == nil or kvs:sub(1, 1) == "[" then return 0, nil end
         return malformed("kvs")
     end
-    local _, mod_revision, value64 = json_fields(first, "mod_revision", "value")
+    local _, mod_revision, value64, kv_key = json_fields(first, "mod_revision", "value", "key")
+    if kv_key ~= k64 then return malformed("kv (of another key)") end
     local original, value, index = read_entry(mod_revision, value64)
     if original == nil then return nil, value, index end
     return index, value
@@ -585,7 +609,7 @@ function Etcd:get_many(keys)
             if not kvs then return malformed("txn responses") end
             local kv = kvs[1]
             if kv then
-                local original, value, index = read_kv(kv)
+                local original, value, index = read_kv(kv, ops[j].request_range.key)
                 if original == nil then return nil, value, index end
                 results[first + j - 1] = { index = index, value = value }
             else
@@ -597,21 +621,42 @@ function Etcd:get_many(keys)
 end
 
 --- Lists by key range, paging by key on one pinned revision (§2.3); etcd
--- has no offset, so `start` items are skipped here.
+-- has no offset, so `start` items are skipped here. A page must hold no more
+-- kvs than asked for, each under the prefix and new to this listing (pages
+-- go by key: a key seen twice is a server that makes no progress), and a
+-- listing ends after cluster.MAX_LIST_ITEMS items.
 function Etcd:list(prefix, start, page_size)
     local p = self.prefix .. assert(core.fold_key(prefix))
     local from, range_end = p ~= "" and p or "\0", prefix_end(p)
-    local out, skipped, revision = {}, 0, nil
+    local out, skipped, revision, seen, read = {}, 0, nil, {}, 0
     while true do
         local want = PAGE
         if page_size then want = math.min(PAGE, page_size + start - skipped - #out) end
-        local reply, err, code = self:post("/v3/kv/range", { key = b64(from),
-            range_end = b64(range_end), limit = tostring(want), revision = revision })
+        local text, err, code = self:exchange("/v3/kv/range", { key = b64(from),
+            range_end = b64(range_end), limit = tostring(want),
+            revision = revision and ("%d"):format(revision) })
+        if not text then return nil, err, code end
+        local valid, extra = json_texts(text, "kvs." .. want)
+        if valid and extra ~= nil then
+            return fail("decode", "range: a page of more than the %d kvs asked for", want)
+        end
+        local reply
+        reply, err, code = decode_object(text, "range")
         if not reply then return nil, err, code end
-        revision = revision or (type(reply.header) == "table" and reply.header.revision or nil)
+        revision = revision or (type(reply.header) == "table" and int(reply.header.revision))
+        if not revision then return malformed("header") end
         local kvs = list_of(reply.kvs)
         if kvs == nil then return malformed("kvs") end
+        read = read + #kvs
+        if read > cluster.MAX_LIST_ITEMS then return cluster.too_many(prefix) end
+        local last
         for _, kv in ipairs(kvs) do
+            last = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
+            if not last or last:sub(1, #p) ~= p or seen[last] then
+                return fail("decode", "range: a key outside '%s', or seen twice: %s", p,
+                    snippet(last))
+            end
+            seen[last] = true
             local original, value, index = read_kv(kv)
             if original == nil then return nil, value, index end
             if skipped < start then
@@ -621,9 +666,8 @@ function Etcd:list(prefix, start, page_size)
                 if page_size and #out >= page_size then return out end
             end
         end
-        if not reply.more or #kvs == 0 then return out end
-        local last = type(kvs[#kvs].key) == "string" and unb64(kvs[#kvs].key)
-        if not last then return malformed("key") end
+        if not reply.more then return out end
+        if not last then return malformed("range (more, and no kvs)") end
         from = last .. "\0"
     end
 end

@@ -41,6 +41,14 @@ local FAILOVER = { [408] = true, [410] = true, [425] = true, [502] = true, [503]
 -- "+" and "/" survive ASP.NET's query decoding (§1.1).
 local escape = core.url_escape
 
+local MAX_NODES = 64             -- nodes a topology may list (each request may try them all)
+
+--- An index of a reply: a JSON number with an integer value (a string,
+-- "5", is not one, whatever Lua would convert); nil otherwise.
+local function index_of(v)
+    return type(v) == "number" and tointeger(v) or nil
+end
+
 --- Reads a JSON reply; a body that is not what RavenDB sends is a decode error.
 local function decode_reply(body, what)
     local value, err = json.decode(body)
@@ -56,7 +64,7 @@ local function error_text(status, body)
     local reply = json.decode(body or "")
     if type(reply) == "table" and type(reply.Message) == "string" then
         local kind = type(reply.Type) == "string" and reply.Type:match("[%w_]+$") or "Error"
-        return ("HTTP %d %s: %s"):format(status, kind, reply.Message), reply.Type
+        return ("HTTP %d %s: %s"):format(status, kind, check.printable(reply.Message)), reply.Type
     end
     return ("HTTP %d: %s"):format(status, snippet(body or "")), nil
 end
@@ -95,9 +103,13 @@ local function write_result(body, what)
     if not valid then
         return fail("decode", "%s: the server's reply is not JSON: %s", what, snippet(body))
     end
-    index = tointeger(index)
+    index = index_of(index)
     if index == nil or type(successful) ~= "boolean" then
         return fail("decode", "%s: reply without Index/Successful: %s", what, snippet(body))
+    end
+    -- a write that succeeded has a new index; a failed one the current one (0: absent)
+    if index < 0 or (successful and index == 0) then
+        return fail("decode", "%s: reply with Index %d: %s", what, index, snippet(body))
     end
     local is_delete = what == "delete"
     if successful and not is_delete then return true, index, nil end
@@ -146,6 +158,8 @@ function RavenDB.open(urls, opts, transports)
         preferred = 1,          -- the member requests go to first
         topology_etag = -1,
         topology_due = math.huge,
+        -- the seeds' scheme: a topology's nodes of another are not used
+        scheme = urls[1]:match("^(%a+)://"):lower(),
     }, RavenDB)
     for i, url in ipairs(urls) do
         url = url:gsub("/+$", "")
@@ -239,7 +253,7 @@ function RavenDB:update_topology(deadline, all)
         local left = deadline - runtime.monotime()
         if left <= 0 then break end
         local reply = self:fetch_topology(url, left)
-        local etag = reply and tointeger(reply.Etag)
+        local etag = reply and index_of(reply.Etag)
         if etag and (best == nil or etag > best_etag) then best, best_etag = reply, etag end
         if best and not all and best_etag > self.topology_etag then break end
     end
@@ -253,24 +267,40 @@ end
 --- Takes a topology reply: its nodes, members first and the nodes in rehab
 -- last, as the server lists them and the official clients prefer them
 -- (§6.1; server behaviour §1 #9). Requests start again from its first
--- member, as the official clients' new NodeSelector state does.
+-- member, as the official clients' new NodeSelector state does. The nodes are
+-- checked before anything changes: each Url must be a plain
+-- scheme://host[:port] (it goes into request lines), and only nodes of the
+-- seeds' scheme are used, so an https seed never sends values in plain text
+-- to the http nodes of a foreign topology.
 function RavenDB:set_topology(reply)
-    if type(reply.Nodes) ~= "table" or #reply.Nodes == 0 then
+    if not cluster.is_array(reply.Nodes) or #reply.Nodes == 0 then
         return fail("decode", "topology without nodes")
+    elseif #reply.Nodes > MAX_NODES then
+        return fail("decode", "topology of %d nodes (at most %d)", #reply.Nodes, MAX_NODES)
     end
     local members, rehabs = {}, {}
     for i, n in ipairs(reply.Nodes) do
         if type(n) ~= "table" or type(n.Url) ~= "string" then
             return fail("decode", "topology node %d has no Url", i)
         end
-        local node = { url = n.Url:gsub("/+$", ""), tag = tostring(n.ClusterTag or "?"),
-                       role = n.ServerRole == "Rehab" and "Rehab" or "Member" }
-        local list = node.role == "Member" and members or rehabs
-        list[#list + 1] = node
+        local url = cluster.node_url(n.Url)
+        if not url then
+            return fail("decode", "topology node %d has a Url that is not scheme://host:port: %s",
+                i, snippet(n.Url))
+        end
+        if url:match("^(%a+)"):lower() == self.scheme then
+            local node = { url = url, tag = tostring(n.ClusterTag or "?"),
+                           role = n.ServerRole == "Rehab" and "Rehab" or "Member" }
+            local list = node.role == "Member" and members or rehabs
+            list[#list + 1] = node
+        end
+    end
+    if #members + #rehabs == 0 then
+        return fail("decode", "the topology has no %s node (a foreign topology?)", self.scheme)
     end
     self.nodes, self.members, self.preferred = members, #members, 1
     for _, node in ipairs(rehabs) do self.nodes[#self.nodes + 1] = node end
-    self.topology_etag = tointeger(reply.Etag) or -1
+    self.topology_etag = index_of(reply.Etag) or -1
     self.topology_due = runtime.monotime() + TOPOLOGY_PERIOD
     -- close connections to nodes that left the topology
     local keep = {}
@@ -422,29 +452,43 @@ function RavenDB:delete(key, index, write_id)
     return write_result(reply, "delete")
 end
 
---- The items of a GET reply: {Results = [{Key, Value, Index}]} (§3.2).
-local function results_of(reply)
-    if type(reply.Results) ~= "table" then
+--- The items of a GET reply: {Results = [{Key, Value, Index}]} (§3.2). An
+-- index is an integer, -1 for a missing key (§3.3), else positive in a
+-- prefix listing (`listing`) and not negative in a GET by keys.
+local function results_of(reply, listing)
+    if not cluster.is_array(reply.Results) then
         return fail("decode", "reply without Results")
     end
     for _, item in ipairs(reply.Results) do
-        if type(item) ~= "table" or type(item.Key) ~= "string" or tointeger(item.Index) == nil then
-            return fail("decode", "malformed item in Results")
+        local index = type(item) == "table" and index_of(item.Index)
+        if not index or type(item.Key) ~= "string" or
+                (listing and index <= 0) or (not listing and index < -1) then
+            return fail("decode", "malformed item in Results: %s", snippet(json.encode(item)))
         end
     end
     return reply.Results
 end
 
---- The items of a GET by keys (`query`: key=...&key=...): its Results,
--- or none when the only key asked for is missing (a 404, §3.3).
-function RavenDB:get_results(query, single)
+--- Whether the Results of reply `body` hold more than `n` items: told before
+-- decoding, so a reply of millions of tiny items is refused as it is.
+local function more_results_than(body, n)
+    local valid, extra = json_texts(body, "Results." .. n)
+    return valid and extra ~= nil
+end
+
+--- The items of a GET by keys (`query`: key=...&key=..., `nkeys` of them):
+-- its Results, or none when the only key asked for is missing (a 404, §3.3).
+function RavenDB:get_results(query, nkeys)
     local status, body, headers = self:send("GET", self:cmpxchg_path(query))
     if status == nil then return nil, body, headers end
-    if status == 404 and single and not (headers or {})["database-missing"] then
+    if status == 404 and nkeys == 1 and not (headers or {})["database-missing"] then
         return {}
     elseif status ~= 200 then
         local err, code = self:status_error(status, body, headers)
         return nil, err, code
+    end
+    if more_results_than(body, nkeys) then
+        return fail("decode", "get: more results than keys asked for")
     end
     local reply, err, code = decode_reply(body, "get")
     if not reply then return nil, err, code end
@@ -456,10 +500,10 @@ end
 function RavenDB:get_keys(keys, found)
     local query = {}
     for i, key in ipairs(keys) do query[i] = "key=" .. escape(key) end
-    local results, err, code = self:get_results(table.concat(query, "&"), #keys == 1)
+    local results, err, code = self:get_results(table.concat(query, "&"), #keys)
     if not results then return nil, err, code end
     for _, item in ipairs(results) do
-        local index = tointeger(item.Index)
+        local index = index_of(item.Index)
         if index > 0 then
             found[core.fold_key(item.Key) or item.Key] = { index = index, value = item_value(item) }
         end
@@ -468,11 +512,11 @@ function RavenDB:get_keys(keys, found)
 end
 
 function RavenDB:get(key)
-    local results, err, code = self:get_results("key=" .. escape(key), true)
+    local results, err, code = self:get_results("key=" .. escape(key), 1)
     if not results then return nil, err, code end
     local folded = core.fold_key(key)
     for _, item in ipairs(results) do
-        local index = tointeger(item.Index)
+        local index = index_of(item.Index)
         if index > 0 and core.fold_key(item.Key) == folded then
             return index, item_value(item)
         end
@@ -503,20 +547,24 @@ function RavenDB:get_many(keys)
     return results
 end
 
---- One page of a prefix listing (§3.1): startsWith, start, pageSize.
+--- One page of a prefix listing (§3.1): startsWith, start, pageSize; a
+-- page of more items than asked for is a decode error.
 function RavenDB:list_page(prefix, start, page_size)
     local body, err, code = self:call("GET", ("startsWith=%s&start=%d&pageSize=%d")
         :format(escape(prefix), start, page_size))
     if not body then return nil, err, code end
+    if more_results_than(body, page_size) then
+        return fail("decode", "list: a page of more than the %d items asked for", page_size)
+    end
     local reply
     reply, err, code = decode_reply(body, "list")
     if not reply then return nil, err, code end
     local results
-    results, err, code = results_of(reply)
+    results, err, code = results_of(reply, true)
     if not results then return nil, err, code end
     local items = {}
     for i, item in ipairs(results) do
-        items[i] = { key = item.Key, index = tointeger(item.Index), value = item_value(item) }
+        items[i] = { key = item.Key, index = index_of(item.Index), value = item_value(item) }
     end
     return items
 end
@@ -540,6 +588,10 @@ end
 -- skipped here, so start and page_size count only the items we return. A
 -- prefix of white space only is no prefix to the server, which then lists
 -- the whole database: such a prefix is applied here, to everything.
+-- Pages go by offset: an item written meanwhile before the offset shifts
+-- the next page, whose first items were then seen already and are left out;
+-- a full page with nothing new is a server that makes no progress (decode),
+-- and a listing ends after cluster.MAX_LIST_ITEMS items.
 function RavenDB:list(prefix, start, page_size)
     local lower = core.fold_key(prefix)
     if lower:sub(1, #GUARD) == GUARD then return {} end     -- nothing but guards there
@@ -550,23 +602,35 @@ function RavenDB:list(prefix, start, page_size)
     end
     local asked = spaces and "" or prefix
     local out, skipped, offset = {}, 0, guards_possible and 0 or start
+    local seen, read = {}, 0
     while true do
         local page, err, code = self:list_page(asked, offset, LIST_PAGE)
         if not page then return nil, err, code end
+        local new = 0
         for _, item in ipairs(page) do
-            local key = item.key:lower()
-            if key:sub(1, #GUARD) ~= GUARD and
-                    (not spaces or (core.fold_key(item.key) or key):sub(1, #lower) == lower) then
-                if guards_possible and skipped < start then
-                    skipped = skipped + 1
-                else
-                    out[#out + 1] = item
-                    if page_size and #out >= page_size then return out end
+            local folded = core.fold_key(item.key) or item.key
+            if not seen[folded] then
+                seen[folded] = true
+                new = new + 1
+                if folded:sub(1, #GUARD) ~= GUARD and
+                        (not spaces or folded:sub(1, #lower) == lower) then
+                    if guards_possible and skipped < start then
+                        skipped = skipped + 1
+                    else
+                        out[#out + 1] = item
+                        if page_size and #out >= page_size then return out end
+                    end
                 end
             end
         end
         if #page < LIST_PAGE then return out end
+        if new == 0 then
+            return fail("decode", "list: the server's pages of '%s' make no progress (offset %d)",
+                prefix, offset)
+        end
         offset = offset + #page
+        read = read + #page
+        if read > cluster.MAX_LIST_ITEMS then return cluster.too_many(prefix) end
     end
 end
 

@@ -124,17 +124,23 @@ end
 function Store:get_many(keys)
     local backend = enter(self, "get_many")
     check.type(keys, "table", 1, "get_many")
-    for i = 1, #keys do
-        local problem = check.key_problem(keys[i])
+    -- one plain copy, read once through any __index or __len: the backend
+    -- gets exactly the keys checked here
+    local list, n = {}, #keys
+    if type(n) ~= "number" then argerror(1, "get_many", "its length (__len) is not a number") end
+    for i = 1, n do
+        local key = keys[i]
+        local problem = check.key_problem(key)
         if problem then argerror(1, "get_many", ("key #%d: %s"):format(i, problem)) end
+        list[i] = key
     end
     local map = {}
-    if #keys == 0 then return map end
-    local results, err, code = backend:get_many(keys)
+    if #list == 0 then return map end
+    local results, err, code = backend:get_many(list)
     if results == nil then return nil, err, code end
-    for i = 1, #keys do
+    for i = 1, #list do
         local r = results[i]
-        if r.index > 0 then map[keys[i]] = { value = r.value, index = r.index } end
+        if r.index > 0 then map[list[i]] = { value = r.value, index = r.index } end
     end
     return map
 end

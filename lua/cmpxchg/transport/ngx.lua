@@ -26,6 +26,12 @@
 -- directive. A client certificate (tls.cert + tls.key, PEM files) is sent
 -- through tcpsock:setclientcert (lua-resty-core >= 0.1.23).
 --
+-- Nothing a server does makes a request last longer than its timeout or
+-- hold more than the bounds of csrc/http.c (256 MB of body, 64 KB of head
+-- lines), checked while reading: see "Reading a reply" below. URLs with
+-- control characters, spaces or user info are refused, never written into a
+-- request line.
+--
 -- Hostnames are resolved by nginx's `resolver` directive, which never reads
 -- /etc/hosts: "localhost" is mapped to 127.0.0.1 here; use IP addresses or
 -- configure a resolver for other names.
@@ -34,7 +40,13 @@ local runtime = require "cmpxchg.runtime"
 
 local ngx = rawget(_G, "ngx")
 
-local MAX_BODY = 256 * 1024 * 1024      -- as the curl transport
+-- the bounds of csrc/http.c, applied while reading: a reply that goes past
+-- one is cut off there, whatever it announced
+local MAX_BODY = 256 * 1024 * 1024      -- bytes of body (after chunked decoding)
+local MAX_HEADERS = 64 * 1024           -- bytes of status lines, headers, interim replies, trailers
+local MAX_CHUNK_LINE = 1024             -- bytes of one chunk-size line (size and extensions)
+local READ_SIZE = 65536                 -- at most this much per receiveany
+local SEND_SIZE = 65536                 -- a request is sent in pieces of this size
 local KEEPALIVE_MS = 60000              -- idle connections leave the pool after this
 local POOL_SIZE = 64                    -- idle connections kept per pool name
 local METHODS = { GET = true, PUT = true, DELETE = true, POST = true }
@@ -61,22 +73,38 @@ function transport.new(opts)
     }, Http)
 end
 
---- scheme, host, port, path of an http(s) URL; nil when it is not one.
+--- scheme, host, port, path of an http(s) URL; nil when it is not one. URLs
+-- come from topologies too: one with a control character or a space (a line
+-- break would end the request line), user info, an odd host or a port out of
+-- range is refused, as libcurl refuses it.
 local function parse_url(url)
+    if url:find("[%z\1-\32\127]") then return nil end
     local scheme, rest = url:match("^(%a+)://(.*)$")
     scheme = scheme and scheme:lower()
     if scheme ~= "http" and scheme ~= "https" then return nil end
     local authority, path = rest:match("^([^/?#]*)(.*)$")
     if path == "" then path = "/" end
-    local host, port = authority:match("^%[(.+)%]:?(%d*)$")      -- [IPv6]:port
-    if not host then host, port = authority:match("^([^:]+):?(%d*)$") end
+    local host, port = authority:match("^%[([%x:%.]+)%]:?(%d*)$")      -- [IPv6]:port
+    if not host then host, port = authority:match("^([%w%.%-_]+):?(%d*)$") end
     if not host then return nil end
-    port = tonumber(port) or (scheme == "https" and 443 or 80)
-    return scheme, host, port, path
+    local number = tonumber(port)
+    if port == "" then
+        number = scheme == "https" and 443 or 80
+    elseif #port > 5 or number < 1 or number > 65535 then
+        return nil
+    end
+    return scheme, host, number, path
+end
+
+--- `url` as messages show it: the password of a user:password@ masked (messages
+-- end up in logs), control characters written as \ddd.
+local function shown(url)
+    url = url:gsub("^(%a+://[^/?#@]-:)[^/?#]*@", "%1***@")
+    return (url:gsub("[%z\1-\31\127]", function(c) return "\\" .. c:byte() end))
 end
 
 local function fail(code, method, url, detail)
-    return nil, ("%s: %s %s: %s"):format(code, method, url, detail), code
+    return nil, ("%s: %s %s: %s"):format(code, method, shown(url), detail), code
 end
 
 --- Reads the PEM client certificate and key once (small files) and parses
@@ -131,31 +159,167 @@ local function request_text(method, host, port, default_port, path, body, header
     return table.concat(lines, "\r\n")
 end
 
---- Sets the socket's send and read timeouts to what is left before `deadline`.
+--- Milliseconds left before `deadline` (at least 1: nginx's timers count in them).
 local function left_ms(deadline)
     return math.max(1, math.floor((deadline - runtime.monotime()) * 1000))
 end
 
---- Reads one reply: status, body, headers, keep (the connection may be
--- pooled) | nil, err, what ("timeout", "closed" before any byte, other).
-local function read_reply(sock, deadline)
-    local function settime()
-        local ms = left_ms(deadline)
-        sock:settimeouts(ms, ms, ms)
+--[[ Reading a reply. nginx's read timeout counts from the last byte received,
+so a receive(n) or receive("*l") against a server that trickles a byte now
+and then never ends. Every read here is one receiveany, which returns
+whatever has arrived, with the read timeout set to what is left before the
+request's deadline: the whole reply, however it trickles, ends by then.
+Bytes read ahead wait in the reader's buffer. ]]
+
+--- A reader of one reply on `sock`, to end by `deadline`.
+local function reader(sock, deadline)
+    return { sock = sock, deadline = deadline, buf = "", pos = 1, head = 0 }
+end
+
+--- Reads more into r.buf: true | nil, err ("timeout", "closed", ...).
+local function fill(r)
+    if runtime.monotime() >= r.deadline then return nil, "timeout" end
+    local ms = left_ms(r.deadline)
+    r.sock:settimeouts(ms, ms, ms)
+    local data, err = r.sock:receiveany(READ_SIZE)
+    if not data then return nil, err end
+    r.buf = r.pos > #r.buf and data or r.buf:sub(r.pos) .. data
+    r.pos = 1
+    return true
+end
+
+--- One line (without its CR LF) of at most `max` bytes: line | nil, err,
+-- what ("large" when it is longer).
+local function read_line(r, max)
+    local from = r.pos
+    while true do
+        local lf = r.buf:find("\n", from, true)
+        if lf then
+            if lf - r.pos > max then return nil, "line too long", "large" end
+            local line = r.buf:sub(r.pos, lf - 1)
+            r.pos = lf + 1
+            return (line:gsub("\r$", ""))
+        end
+        if #r.buf - r.pos + 1 > max then return nil, "line too long", "large" end
+        from = #r.buf - r.pos + 2               -- fill moves the unread part to 1
+        local ok, err = fill(r)
+        if not ok then return nil, err, "read" end
     end
+end
+
+--- A line of the reply's head (status, header, trailer): every one counts
+-- towards MAX_HEADERS.
+local function head_line(r)
+    local line, err, what = read_line(r, MAX_HEADERS - r.head)
+    if not line then
+        if what == "large" then return nil, "reply headers are too large", "large" end
+        return nil, err, what
+    end
+    r.head = r.head + #line + 2
+    return line
+end
+
+--- Adds `s` to the body `body`: pieces are joined into runs of READ_SIZE, so
+-- a body of many tiny chunks takes no more memory than one of big ones.
+local function add(body, s)
+    local run = body.run
+    run[#run + 1] = s
+    body.run_size = body.run_size + #s
+    if body.run_size >= READ_SIZE then
+        body[#body + 1] = table.concat(run)
+        body.run, body.run_size = {}, 0
+    end
+end
+
+--- Reads `n` bytes into `body`: true | nil, err.
+local function read_bytes(r, n, body)
+    while n > 0 do
+        if r.pos > #r.buf then
+            local ok, err = fill(r)
+            if not ok then return nil, err end
+        end
+        local take = math.min(n, #r.buf - r.pos + 1)
+        add(body, (r.pos == 1 and take == #r.buf) and r.buf or r.buf:sub(r.pos, r.pos + take - 1))
+        r.pos = r.pos + take
+        n = n - take
+    end
+    return true
+end
+
+local function body_text(body)
+    body[#body + 1] = table.concat(body.run)
+    return table.concat(body)
+end
+
+--- The body of a chunked reply: true | nil, err, what.
+local function read_chunked(r, body)
+    local size = 0
+    while true do
+        local line, err, what = read_line(r, MAX_CHUNK_LINE)
+        if not line then
+            if what == "large" then return nil, "malformed chunk size", "bad" end
+            return nil, err, what
+        end
+        local hex = line:match("^%s*(%x+)%s*$") or line:match("^%s*(%x+)%s*;")
+        local n = hex and tonumber(hex, 16)
+        if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
+        if n == 0 then
+            repeat              -- trailer fields, up to the empty line
+                line, err, what = head_line(r)
+                if not line then return nil, err, what end
+            until line == ""
+            return true
+        end
+        size = size + n
+        if #hex > 8 or size > MAX_BODY then return nil, "reply is too large", "large" end
+        local ok
+        ok, err = read_bytes(r, n, body)
+        if not ok then return nil, err, "read" end
+        line, err, what = read_line(r, 1)       -- the CR LF after the data
+        if line ~= "" then
+            if line or what == "large" then return nil, "malformed chunk end", "bad" end
+            return nil, err, what
+        end
+    end
+end
+
+--- The body of a reply that ends when the server closes: true | nil, err, what.
+local function read_to_close(r, body)
+    local size = #r.buf - r.pos + 1
+    if size > 0 then add(body, r.buf:sub(r.pos)) end
+    r.buf, r.pos = "", 1
+    while true do
+        if size > MAX_BODY then return nil, "reply is too large", "large" end
+        local ok, err = fill(r)
+        if not ok then
+            if err == "closed" then return true end
+            return nil, err, "read"
+        end
+        size = size + #r.buf
+        add(body, r.buf)
+        r.buf = ""
+    end
+end
+
+--- Reads one reply: status, body, headers, keep (the connection may be
+-- pooled) | nil, err, what ("timeout", "closed" before any byte, "large",
+-- "bad", other).
+local function read_reply(sock, deadline)
+    local r = reader(sock, deadline)
     local status, version, headers
     repeat                      -- skips 1xx interim replies
-        settime()
-        local line, err = sock:receive("*l")
-        if not line then return nil, err, status == nil and "first" or "read" end
+        local line, err, what = head_line(r)
+        if not line then
+            local first = status == nil and r.head == 0 and #r.buf == 0 and what == "read"
+            return nil, err, first and "first" or what
+        end
         local v, code = line:match("^HTTP/(%d%.%d) (%d%d%d)")
         if not v then return nil, "malformed status line: " .. line:sub(1, 100), "bad" end
         version, status = v, tonumber(code)
         headers = {}
         while true do
-            settime()
-            line, err = sock:receive("*l")
-            if not line then return nil, err, "read" end
+            line, err, what = head_line(r)
+            if not line then return nil, err, what end
             if line == "" then break end
             local name, value = line:match("^([^:]+):[ \t]*(.-)[ \t]*$")
             if name then headers[name:lower()] = value end
@@ -165,65 +329,50 @@ local function read_reply(sock, deadline)
     local keep = not connection:find("close", 1, true) and
         (version ~= "1.0" or connection:find("keep-alive", 1, true) ~= nil)
     local te = (headers["transfer-encoding"] or ""):lower()
-    local parts, size = {}, 0
-    local no_body = status == 204 or status == 304 or (status >= 100 and status < 200)
-    if no_body then
-        parts[1] = ""
+    local body = { run = {}, run_size = 0 }
+    local ok, err, what
+    if status == 204 or status == 304 or status < 200 then
+        ok = true               -- no body
     elseif te ~= "" and te ~= "identity" then
         if not te:find("chunked", 1, true) then
             return nil, "unsupported transfer-encoding " .. te, "bad"
         end
-        while true do
-            settime()
-            local line, err = sock:receive("*l")
-            if not line then return nil, err, "read" end
-            local hex = line:match("^%s*(%x+)")
-            local n = hex and tonumber(hex, 16)
-            if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
-            if n == 0 then
-                repeat              -- trailer fields, up to the empty line
-                    settime()
-                    line, err = sock:receive("*l")
-                    if not line then return nil, err, "read" end
-                until line == ""
-                break
-            end
-            size = size + n
-            if size > MAX_BODY then return nil, "reply is too large", "large" end
-            settime()
-            local data
-            data, err = sock:receive(n)
-            if not data then return nil, err, "read" end
-            parts[#parts + 1] = data
-            settime()
-            local crlf
-            crlf, err = sock:receive(2)
-            if not crlf then return nil, err, "read" end
-        end
+        ok, err, what = read_chunked(r, body)
     elseif headers["content-length"] then
-        local n = tonumber(headers["content-length"])
-        if not n or n < 0 then return nil, "malformed content-length", "bad" end
+        local n = headers["content-length"]:match("^%d+$") and tonumber(headers["content-length"])
+        if not n then return nil, "malformed content-length", "bad" end
         if n > MAX_BODY then return nil, "reply is too large", "large" end
-        if n > 0 then
-            settime()
-            local data, err = sock:receive(n)
-            if not data then return nil, err, "read" end
-            parts[1] = data
-        end
+        ok, err = read_bytes(r, n, body)
+        what = "read"
     else                        -- the body ends when the server closes
-        settime()
-        local data, err = sock:receive("*a")
-        if not data then return nil, err, "read" end
-        if #data > MAX_BODY then return nil, "reply is too large", "large" end
-        parts[1] = data
+        ok, err, what = read_to_close(r, body)
         keep = false
     end
-    return status, table.concat(parts), headers, keep
+    if not ok then return nil, err, what end
+    -- bytes past the reply: the connection is out of step, never pooled
+    if r.pos <= #r.buf then keep = false end
+    return status, body_text(body), headers, keep
+end
+
+--- Sends `request`, in pieces when it is long, each with what is left
+-- before `deadline` as its timeout (nginx's send timeout also counts from the
+-- last progress, so a server that reads slowly cannot stretch one send past
+-- the deadline by more than a piece): true | nil, err.
+local function send_all(sock, request, deadline)
+    for i = 1, #request, SEND_SIZE do
+        if runtime.monotime() >= deadline then return nil, "timeout" end
+        local ms = left_ms(deadline)
+        sock:settimeouts(ms, ms, ms)
+        local ok, err = sock:send(#request <= SEND_SIZE and request
+            or request:sub(i, i + SEND_SIZE - 1))
+        if not ok then return nil, err end
+    end
+    return true
 end
 
 --- One exchange on one connection: status, body, headers | nil, err, code,
 -- retry (true when a pooled connection turned out dead before answering:
--- the request may be sent again on a fresh one, as libcurl does), unsent
+-- a read may be sent again on a fresh one, as libcurl does), unsent
 -- (true when the connection was refused: nothing reached the server).
 function Http:exchange(method, url, host, port, scheme, request, deadline)
     local sock, err = ngx.socket.tcp()
@@ -265,29 +414,28 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
                     .. "lua_ssl_trusted_certificate)" or ""))
         end
     end
-    sock:settimeouts(connect_ms, left_ms(deadline), left_ms(deadline))
     local sent
-    sent, err = sock:send(request)
+    sent, err = send_all(sock, request, deadline)
     if not sent then
         sock:close()
         if err == "timeout" then return fail("timeout", method, url, "send timed out") end
-        return nil, ("connect: %s %s: send failed: %s"):format(method, url, tostring(err)),
-            "connect", reused
+        return nil, ("connect: %s %s: send failed: %s"):format(method, shown(url),
+            tostring(err)), "connect", reused
     end
     local status, body, headers, keep = read_reply(sock, deadline)
     if not status then
         sock:close()
         local what = headers
         if body == "timeout" then return fail("timeout", method, url, "read timed out") end
-        if what == "large" then return fail("http", method, url, "reply is too large") end
+        if what == "large" then return fail("http", method, url, body) end
         if what == "bad" then return fail("connect", method, url, "bad reply: " .. body) end
         local detail = tostring(body)
         if tls and self.refuses_in_tls and
                 (detail:find("alert", 1, true) or detail:find("SSL", 1, true)) then
             return fail("tls", method, url, detail)
         end
-        return nil, ("connect: %s %s: read failed: %s"):format(method, url, detail), "connect",
-            reused and what == "first"
+        return nil, ("connect: %s %s: read failed: %s"):format(method, shown(url), detail),
+            "connect", reused and what == "first"
     end
     if keep then
         sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
@@ -312,7 +460,7 @@ function Http:request(method, url, body, headers, timeout)
     if type(timeout) ~= "number" or not (timeout > 0 and timeout < 86400) then
         check.argerror(6, "request", "timeout out of range")
     end
-    runtime.check_yield(("a request to %s"):format(url))
+    runtime.check_yield(("a request to %s"):format(shown(url)))
     local scheme, host, port, path = parse_url(url)
     if not scheme then return fail("connect", method, url, "not an http(s) URL") end
     if scheme == "https" and self.ca then
@@ -324,9 +472,13 @@ function Http:request(method, url, body, headers, timeout)
     local deadline = runtime.monotime() + timeout
     local status, rbody, rheaders, retry, unsent = self:exchange(method, url, host, port,
         scheme, request, deadline)
-    if status == nil and retry and runtime.monotime() < deadline then
-        -- the pooled connection had been closed by the server: once more on a
-        -- new one (the first copy may have been read: never "unsent" then)
+    if status == nil and retry and method == "GET" and runtime.monotime() < deadline then
+        -- the pooled connection had been closed by the server: a read once
+        -- more on a new one (the first copy may have been read: never
+        -- "unsent" then). Never a write: its first copy may have been read
+        -- and applied, and the second's answer would be taken for the only
+        -- one (an etcd txn applied, then "compare failed"); the backend
+        -- settles a write whose outcome is unknown.
         status, rbody, rheaders = self:exchange(method, url, host, port, scheme, request,
             deadline)
         unsent = false

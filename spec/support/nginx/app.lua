@@ -239,6 +239,13 @@ function app.transport()
         status, body = http:request("PUT", base .. "/ping", "{}",
             { ["Content-Type"] = "application/json" }, 5)
         r.sized = { status = status, body = body and cjson.decode(body) }
+        -- a write on the pooled connection, read by the server, which then
+        -- closes without a reply: never sent again by the transport itself
+        local id = ngx.var.request_id or tostring(ngx.now())
+        status, body, headers = http:request("POST", base .. "/dropcount?id=" .. id, "{}",
+            { ["Content-Type"] = "application/json" }, 5)
+        r.dropped = { status = status, err = body, code = headers,
+                      copies = ngx.shared.test:get("drop:" .. id) }
         local unsent
         status, body, headers, unsent = http:request("GET", base .. "/slow?s=2", nil, nil, 0.3)
         r.timeout = { status = status, err = body, code = headers, unsent = unsent }
@@ -249,6 +256,14 @@ function app.transport()
         r.bad_header[2] = tostring(r.bad_header[2])
         reply(r)
     end)
+end
+
+--- Counts the request under its `id`, then closes the connection without a
+-- reply (nginx's 444): a server that read a write and died before answering.
+function app.dropcount()
+    ngx.req.read_body()
+    ngx.shared.test:incr("drop:" .. tostring(args().id), 1, 0)
+    ngx.exit(444)
 end
 
 function app.slow()
@@ -263,6 +278,14 @@ function app.chunked()
         ngx.print(("part%d;"):format(i))
         ngx.flush(true)         -- no Content-Length: chunked on HTTP/1.1
     end
+end
+
+--- One case of the hostile-server suite (spec/support/hostile_run.lua) through
+-- cosockets: argument `case`, its JSON.
+function app.hostile()
+    guarded(function(a)
+        reply(require("spec.support.hostile_run").case(cjson.decode(a.case)))
+    end)
 end
 
 --[[ Phases that cannot yield ]]
