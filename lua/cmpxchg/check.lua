@@ -109,6 +109,13 @@ function check.printable(s)
     return (tostring(s):gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end))
 end
 
+--- `url` for messages: its password, if any (scheme://user:password@...),
+-- as ***, and its control characters as \ddd.
+function check.shown_url(url)
+    url = tostring(url):gsub("^(%a+://[^/?#@]-:)[^/?#]*@", "%1***@")
+    return check.printable(url)
+end
+
 --- At most 200 bytes of a reply, for messages, printable.
 function check.snippet(s)
     s = tostring(s)

@@ -139,7 +139,9 @@ function Etcd.open(endpoints, opts, transports)
 end
 
 function Etcd:describe()
-    return ("etcd %s/%s"):format(table.concat(self.endpoints, ","), self.prefix:sub(1, -2))
+    local urls = {}
+    for i, url in ipairs(self.endpoints) do urls[i] = check.shown_url(url) end
+    return ("etcd %s/%s"):format(table.concat(urls, ","), self.prefix:sub(1, -2))
 end
 
 Etcd.connection = cluster.connection

@@ -39,7 +39,7 @@ local function server_urls(target)
         s = s and s:lower()
         if not SCHEMES[s] then
             argerror(1, "open", ("URL #%d is not an http(s):// or etcd(s):// URL: %s")
-                :format(i, tostring(url)))
+                :format(i, check.shown_url(url)))
         elseif scheme and s ~= scheme then
             argerror(1, "open", "URLs of one store must all have the same scheme")
         end

@@ -177,7 +177,7 @@ end
 
 function RavenDB:describe()
     local urls = {}
-    for i, node in ipairs(self.nodes) do urls[i] = node.url end
+    for i, node in ipairs(self.nodes) do urls[i] = check.shown_url(node.url) end
     return ("ravendb %s/%s"):format(table.concat(urls, ","), self.database)
 end
 

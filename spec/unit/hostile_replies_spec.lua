@@ -10,7 +10,7 @@
 local core = require "cmpxchg.core"
 local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
-local cluster = require "cmpxchg.cluster"
+local cluster_mod = require "cmpxchg.cluster"
 local ravendb = require "cmpxchg.ravendb"
 local store = require "cmpxchg.store"
 local Scripted = require "spec.support.scripted_transport"
@@ -30,12 +30,12 @@ local function returns(code, st, op, ...)
     return r[3]
 end
 
---- Runs `fn` with cluster.MAX_LIST_ITEMS set to `n`.
+--- Runs `fn` with cluster_mod.MAX_LIST_ITEMS set to `n`.
 local function with_max_items(n, fn)
-    local saved = cluster.MAX_LIST_ITEMS
-    cluster.MAX_LIST_ITEMS = n
+    local saved = cluster_mod.MAX_LIST_ITEMS
+    cluster_mod.MAX_LIST_ITEMS = n
     local ok, err = pcall(fn)
-    cluster.MAX_LIST_ITEMS = saved
+    cluster_mod.MAX_LIST_ITEMS = saved
     assert(ok, err)
 end
 
@@ -145,7 +145,7 @@ describe("a wrong RavenDB", function()
         returns("decode", st, "list", "p/", { page_size = 2 })
     end)
 
-    it("list: a listing that never ends stops after cluster.MAX_LIST_ITEMS items", function()
+    it("list: a listing that never ends stops after cluster_mod.MAX_LIST_ITEMS items", function()
         with_max_items(3000, function()
             local t = cluster()
             local st = open(t)
@@ -322,7 +322,7 @@ describe("a wrong etcd", function()
         returns("decode", st, "list", "p/", { page_size = 1 })
     end)
 
-    it("list: a listing that never ends stops after cluster.MAX_LIST_ITEMS items", function()
+    it("list: a listing that never ends stops after cluster_mod.MAX_LIST_ITEMS items", function()
         with_max_items(1000, function()
             local t = Scripted.new()
             local st = open(t)

@@ -98,10 +98,7 @@ end
 
 --- `url` as messages show it: the password of a user:password@ masked (messages
 -- end up in logs), control characters written as \ddd.
-local function shown(url)
-    url = url:gsub("^(%a+://[^/?#@]-:)[^/?#]*@", "%1***@")
-    return (url:gsub("[%z\1-\31\127]", function(c) return "\\" .. c:byte() end))
-end
+local shown = check.shown_url
 
 local function fail(code, method, url, detail)
     return nil, ("%s: %s %s: %s"):format(code, method, shown(url), detail), code
