@@ -312,6 +312,23 @@ const cases = {
         '{"Results":[{"Key":"k","Value":{"Object":1},"Index":1e300}]}') },
     rdb_index_negative: { reply: (req) => answer(req, 200,
         '{"Results":[{"Key":"k","Value":{"Object":1},"Index":-7}]}') },
+    // the first write (a lock's acquire) is answered as a server would, every
+    // later one (its renewals) with a gzip bomb; deletes succeed
+    rdb_renew_bomb: { reply: (req) => {
+        if (req.method === 'DELETE') {
+            return answer(req, 200, '{"Index":7,"Successful":true,"Value":{"Object":1}}');
+        }
+        hits.rdb_renew_writes = (hits.rdb_renew_writes || 0) + 1;
+        if (hits.rdb_renew_writes === 1) {
+            return answer(req, 200, '{"Index":5,"Successful":true,"Value":null}');
+        }
+        gzipBomb((data) => {
+            req.socket.write(head(200, { 'Content-Type': 'application/json',
+                'Content-Encoding': 'gzip', 'Content-Length': data.length }));
+            req.socket.write(data);
+            req.done();
+        });
+    } },
     rdb_write_zero: { reply: (req) => answer(req, 200,
         '{"Index":0,"Successful":true,"Value":null}') },
     rdb_write_negative: { reply: (req) => answer(req, 200,
