@@ -53,6 +53,17 @@ describe("the README reference", function()
         assert.same({}, missing)
     end)
 
+    it("holds no merge conflict left behind, nor do the other READMEs", function()
+        for _, path in ipairs({ "README.md", "spec/README.md", "bench/README.md", "doc/README.md" }) do
+            local n = 0
+            for line in io.lines(path) do
+                n = n + 1
+                assert.is_nil(line:match("^<<<<<<< ") or line:match("^>>>>>>> ")
+                    or line:match("^=======$"), ("%s:%d: %s"):format(path, n, line))
+            end
+        end
+    end)
+
     it("documents nothing that does not exist", function()
         local known = {}
         for _, name in ipairs(public_names()) do known[name] = true end
