@@ -634,11 +634,12 @@ local function violations_of(reply)
 end
 
 --[[ The conflicts of a refused transaction, in the order of `ops`: for an
-item, the index the server reported (0: absent) and the value read right after;
-the read's pair is taken when it is at least as new as the refusal and still
-refuses the compare (a state between the refusal and the read: what a put
-would report), else the refusal's index with no value (the node read from has
-not caught up). A guard's violation is its document's: {id =}. ]]
+item, the index the server reported (0: absent), and its value when a read
+right after finds the item still at that index. The refusal's indexes are one
+state of the cluster, the moment the transaction was refused; a read is later,
+so a value is taken only where it is of that state: an item changed since (or
+read from a node that has not caught up) is reported with its index and no
+value. A guard's violation is its document's: {id =}. ]]
 function RavenDB:conflicts_of(ops, reply)
     local violations = violations_of(reply)
     if violations == nil or #violations == 0 then return nil end
@@ -666,13 +667,7 @@ function RavenDB:conflicts_of(ops, reply)
         if c.key then
             n = n + 1
             local r = read and read[n]
-            local expected = c.op.index
-            if r and r.index >= c.index and r.index ~= expected and
-                    not (expected == 0 and r.index == 0) then
-                c.index, c.value = r.index, r.value
-            elseif c.index == 0 then
-                c.value = nil           -- absent: nothing to read
-            end
+            if r and c.index > 0 and r.index == c.index then c.value = r.value end
             c.op = nil
         end
     end

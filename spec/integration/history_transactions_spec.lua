@@ -31,8 +31,9 @@ local function transfer(st, target)
         local p = helpers.start("spec/support/transfer_worker.lua", { target,
             i <= TRANSFERRERS and "transfer" or "read", tostring(SECONDS), go })
         local line = p:read("*l")
-        assert(line and line:match("^ready"), "a worker did not start: " .. tostring(line)
-            .. (p:read("*a") or ""))
+        if not (line and line:match("^ready")) then
+            error("a worker did not start: " .. tostring(line) .. (p:read("*a") or ""))
+        end
         procs[i] = p
     end
     assert(io.open(go, "w")):close()

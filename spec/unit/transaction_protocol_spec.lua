@@ -115,13 +115,20 @@ describe("transactions on the wire", function()
             assert.equal(A .. "/databases/db/cmpxchg?key=counters%2Fa&key=old", t:last().url)
         end)
 
-        it("keeps the refusal's index when the node read from has not caught up", function()
+        it("leaves a value out when the read finds another index than the refusal's", function()
             local t = Scripted.new()
             local st = open(t)
             t:reply(409, CONFLICT)
             t:reply(200, '{"Results":[{"Key":"counters/a","Value":{"Object":{"n":1}},"Index":41},'
                 .. '{"Key":"old","Value":null,"Index":-1}]}')
             local _, conflicts = st:transaction({ OPS[2], OPS[3] })
+            assert.same({ { key = "counters/a", index = 45 }, { key = "old", index = 0 } },
+                conflicts)
+            -- changed since the refusal: the refusal's state is the one reported
+            t:reply(409, CONFLICT)
+            t:reply(200, '{"Results":[{"Key":"counters/a","Value":{"Object":{"n":5}},"Index":99},'
+                .. '{"Key":"old","Value":{"Object":1},"Index":98}]}')
+            _, conflicts = st:transaction({ OPS[2], OPS[3] })
             assert.same({ { key = "counters/a", index = 45 }, { key = "old", index = 0 } },
                 conflicts)
         end)
