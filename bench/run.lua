@@ -1,4 +1,4 @@
---- `make bench`: every comparison of issue 8 (and issue 18's transactions), measured in one run, against
+--- `make bench`: every comparison of issues 8 and 18 (transactions), measured in one run, against
 -- servers this script starts on 127.0.0.1 in its own temporary directories
 -- (the RavenDB emulator, a 3-member etcd cluster, an nginx) and stops at the
 -- end. Prints one table, writes bench/results/bench.csv and bench.png.
