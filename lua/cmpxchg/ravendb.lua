@@ -619,9 +619,10 @@ local function violations_of(reply)
     local out = {}
     if type(reply.ConcurrencyViolations) == "table" then
         for _, v in ipairs(reply.ConcurrencyViolations) do
-            local actual = type(v) == "table" and tointeger(v.Actual)
-            if type(v.Id) ~= "string" or not actual then return nil end
-            out[#out + 1] = { id = v.Id, actual = actual }
+            if type(v) ~= "table" or type(v.Id) ~= "string" or not tointeger(v.Actual) then
+                return nil
+            end
+            out[#out + 1] = { id = v.Id, actual = tointeger(v.Actual) }
         end
         return out
     end
@@ -695,7 +696,8 @@ function RavenDB:transaction(ops, write_id)
         end
         local change_vectors
         for _, r in ipairs(reply.Results) do
-            if type(r) == "table" and r.Type == "PUT" and type(r["@id"]) == "string" then
+            if type(r) == "table" and r.Type == "PUT" and type(r["@id"]) == "string"
+                    and type(r["@change-vector"]) == "string" then
                 change_vectors = change_vectors or {}
                 change_vectors[r["@id"]] = r["@change-vector"]
             end

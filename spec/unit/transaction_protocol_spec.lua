@@ -158,6 +158,17 @@ describe("transactions on the wire", function()
             assert.matches("names none of its keys", err)
         end)
 
+        it("a malformed 409 is a decode error, never a raise", function()
+            local t = Scripted.new()
+            local st = open(t)
+            for _, violations in ipairs({ "[5]", '[{"Id":1,"Actual":2}]', '[{"Id":"k"}]', "[]" }) do
+                t:reply(409, '{"Type":"Raven.Client.Exceptions.ClusterTransactionConcurrency'
+                    .. 'Exception","Message":"x","ConcurrencyViolations":' .. violations .. "}")
+                local ok, err, code = st:transaction({ OPS[1] })
+                assert.same({ nil, "decode" }, { ok, code }, err)
+            end
+        end)
+
         it("a reply without TransactionIndex is a decode error", function()
             local t = Scripted.new()
             local st = open(t)
