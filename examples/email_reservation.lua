@@ -128,7 +128,9 @@ local user_key = "users/" .. flags.user
 --[[ --atomic: one transaction, then the user found by its email. ]]
 if flags.atomic then
     local user = { Name = name, Email = flags.email }
-    local documents = cmpxchg.type(store) == "store" and store.backend.documents
+    -- documents are RavenDB's: a RavenDB target is an http(s):// URL
+    local documents = (flags.store or os.getenv("CMPXCHG_URL") or ""):lower():match("^https?://")
+        ~= nil
     local ops = {
         -- index 0: create only, as in step 1 below; the value is the user's id
         { op = "put", key = email_key, value = user_key, index = 0 },
