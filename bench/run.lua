@@ -1,8 +1,8 @@
---- `make bench`: every comparison of issue 8, measured in one run, against
+--- `make bench`: every comparison of issues 8 and 18 (transactions), measured in one run, against
 -- servers this script starts on 127.0.0.1 in its own temporary directories
 -- (the RavenDB emulator, a 3-member etcd cluster, an nginx) and stops at the
 -- end. Prints one table, writes bench/results/bench.csv and bench.png.
---   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5] [--out DIR]
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6] [--out DIR]
 -- --quick: a few operations of everything (the smoke run of make test); it
 -- checks that the benchmark works, its figures mean nothing.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
@@ -540,6 +540,43 @@ local function section_locks()
     end
 end
 
+--[[ 6: transactions (issue 18): N writes as one transaction against N
+sequential puts, on every backend, per write ]]
+
+local TXN_SIZES = Q and { 10 } or { 10, 100 }
+
+local function section_transactions()
+    local targets = {
+        { "embedded", function() return tmp .. "/txn.db", "-" end, Q and 2 or 2000 },
+        { "ravendb", function() return ravendb().url, "bench" end, Q and 2 or 300 },
+        { "etcd", function() return etcd().url:gsub("^http", "etcd"), "bench" end, Q and 2 or 300 },
+    }
+    for _, t in ipairs(targets) do
+        local name, where, writes = t[1], t[2], t[3]
+        for _, n in ipairs(TXN_SIZES) do
+            local target, database = where()
+            local rounds = math.max(1, writes // n)
+            local results = {}
+            for round = 1, ROUNDS do
+                local outs = run_together({ ("%s bench/txn.lua %s %s txn%d.%d.%d/ %d %d")
+                    :format(LUA, quote(target), database, runs + 1, n, round, n, rounds) }, false)
+                local acc = phases(outs)
+                results[round] = acc
+            end
+            local m = medians(results)
+            local txn, puts = m.txn, m.puts
+            local r = row({ section = "6 transactions", case = ("%s %d writes"):format(name, n),
+                impl = ("one transaction of %d"):format(n), ops_s = txn.ops_s,
+                cpu_us = txn.cpu_us, group = "txn", phase = name, procs = n })
+            add_note(r, ("writes/s vs %d puts"):format(n), txn.ops_s / puts.ops_s)
+            add_note(r, "CPU/write vs puts", txn.cpu_us / puts.cpu_us)
+            row({ section = "6 transactions", case = ("%s %d writes"):format(name, n),
+                impl = ("%d sequential puts"):format(n), ops_s = puts.ops_s, cpu_us = puts.cpu_us,
+                group = "txn", phase = name, procs = n })
+        end
+    end
+end
+
 --[[ 5: memory ]]
 
 local function section_memory()
@@ -716,6 +753,7 @@ local function main()
     if wanted(3) then section_embedded() end
     if wanted(4) then section_locks() end
     if wanted(5) then section_memory() end
+    if wanted(6) then section_transactions() end
     local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
         "127.0.0.1 only", core.monotime() - started, before)

@@ -675,6 +675,171 @@ static int embedded_list (lua_State *L) {
     return guarded(L, list_body, &c, 0);
 }
 
+/*
+** {------------------------------------------------------
+** Transactions: several compare-exchange writes, all or none
+** -------------------------------------------------------
+*/
+
+/* one operation of a transaction, read from its table (see transaction_op) */
+typedef struct TxnOp {
+    int is_put;
+    const char *key;                    /* as given, stored as written */
+    char k[CX_MAX_KEY_BYTES];           /* folded */
+    size_t klen;
+    const char *json;
+    size_t jlen;
+    sqlite3_int64 index;
+    int has_expires;
+    double expires;
+} TxnOp;
+
+/*
+** Reads operation `i` of the array at stack index `ops` into *op, or returns
+** why it cannot be one (a static string). The strings stay alive in the
+** operation's table, which the array holds.
+*/
+static const char *transaction_op (lua_State *L, int ops, int i, TxnOp *op) {
+    const char *kind, *problem = NULL;
+    int t;
+    lua_rawgeti(L, ops, i);
+    t = lua_gettop(L);
+    if (!lua_istable(L, t)) {
+        lua_pop(L, 1);
+        return "table expected";
+    }
+    lua_getfield(L, t, "kind");
+    kind = lua_tostring(L, -1);
+    op->is_put = kind != NULL && strcmp(kind, "put") == 0;
+    if (kind == NULL || (!op->is_put && strcmp(kind, "delete") != 0))
+        problem = "kind must be \"put\" or \"delete\"";
+    lua_getfield(L, t, "key");
+    if (problem == NULL) {
+        op->key = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &op->klen) : NULL;
+        if (op->key == NULL || op->klen == 0 || op->klen > CX_MAX_KEY_BYTES ||
+            memchr(op->key, '\0', op->klen) != NULL || cx_key_fold(op->key, op->klen, op->k) != 0)
+            problem = "invalid key";
+    }
+    lua_getfield(L, t, "index");
+    if (problem == NULL) {
+        if (!cx_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+            problem = "index must be a non-negative integer";
+        else
+            op->index = (sqlite3_int64)lua_tointeger(L, -1);
+    }
+    lua_getfield(L, t, "text");
+    lua_getfield(L, t, "expires");
+    if (problem == NULL && op->is_put) {
+        op->json = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &op->jlen) : NULL;
+        op->has_expires = !lua_isnil(L, -1);
+        op->expires = op->has_expires ? (double)lua_tonumber(L, -1) : 0;
+        if (op->json == NULL)
+            problem = "a put needs its JSON text";
+        else if (op->has_expires && lua_type(L, -1) != LUA_TNUMBER)
+            problem = "expires must be a number";
+    }
+    lua_settop(L, t - 1);
+    return problem;
+}
+
+/*
+** transaction's protected part: body(c, ops). Every compare runs first,
+** under the file's write lock; when one fails nothing is written and every
+** failed operation is reported. Otherwise every write takes the one new
+** index. A delete at index 0 writes nothing: it only checks the key absent.
+*/
+static int transaction_body (lua_State *L) {
+    Embedded *h = to_call(L)->h;
+    int n, i, failed = 0, rc;
+    sqlite3_int64 last = 0, index;
+    TxnOp op;
+    lua_settop(L, 2);
+    n = (int)lua_rawlen(L, 2);
+    lua_newtable(L);                    /* 3: the failures */
+    if ((rc = begin_write(h, &last)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    for (i = 1; i <= n; i++) {
+        sqlite3_int64 current;
+        int present;
+        transaction_op(L, 2, i, &op);   /* checked before: cannot fail */
+        if ((rc = read_current(L, h, op.k, op.klen, &current, &present)) != SQLITE_OK)
+            return push_sqlite_error(L, h, rc);
+        if (op.index == 0 ? !present : (present && current == op.index)) {
+            if (present) lua_pop(L, 1);
+            continue;
+        }
+        lua_createtable(L, 0, 3);       /* {key =, index =, json =} */
+        if (present) {
+            lua_insert(L, -2);
+            lua_setfield(L, -2, "json");
+        }
+        lua_pushlstring(L, op.key, op.klen);
+        lua_setfield(L, -2, "key");
+        lua_pushinteger(L, (lua_Integer)current);
+        lua_setfield(L, -2, "index");
+        lua_rawseti(L, 3, ++failed);
+    }
+    if (failed > 0) {
+        if ((rc = run(h, S_COMMIT)) != SQLITE_OK)   /* keeps a sweep that ran */
+            return push_sqlite_error(L, h, rc);
+        lua_pushboolean(L, 0);
+        lua_insert(L, 3);
+        return 2;
+    }
+    index = last + 1;
+    for (i = 1; i <= n; i++) {
+        rc = SQLITE_OK;
+        transaction_op(L, 2, i, &op);
+        if (op.is_put) {
+            sqlite3_stmt *s = h->stmt[S_UPSERT];
+            bind_key(h, s, op.k, op.klen);
+            sqlite3_bind_text(s, 3, op.key, (int)op.klen, SQLITE_STATIC);
+            sqlite3_bind_text(s, 4, op.json, (int)op.jlen, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 5, index);
+            if (op.has_expires) sqlite3_bind_double(s, 6, op.expires);
+            else sqlite3_bind_null(s, 6);
+            rc = run(h, S_UPSERT);
+        }
+        else if (op.index != 0) {
+            bind_key(h, h->stmt[S_DELETE], op.k, op.klen);
+            rc = run(h, S_DELETE);
+        }
+        if (rc != SQLITE_OK)
+            return push_sqlite_error(L, h, rc);
+    }
+    if ((rc = meta_set_int(h, "last_index", index)) != SQLITE_OK ||
+        (rc = run(h, S_COMMIT)) != SQLITE_OK)
+        return push_sqlite_error(L, h, rc);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)index);
+    return 2;
+}
+
+/*
+** h:transaction({{kind = "put"|"delete", key =, index =, text =, expires =},
+**                ...}) -> true, index
+**                       | false, {{key =, index =, json =}, ...}
+** (the failed operations, in order: index 0 and no json when absent)
+*/
+static int embedded_transaction (lua_State *L) {
+    Call c;
+    int n, i;
+    TxnOp op;
+    c.h = to_embedded(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    n = (int)lua_rawlen(L, 2);
+    luaL_argcheck(L, n > 0, 2, "at least one operation expected");
+    for (i = 1; i <= n; i++) {      /* every operation checked before any I/O */
+        const char *problem = transaction_op(L, 2, i, &op);
+        if (problem != NULL)
+            return luaL_argerror(L, 2, lua_pushfstring(L, "operation #%d: %s", i, problem));
+    }
+    return guarded(L, transaction_body, &c, 2);
+}
+
+/* }------------------------------------------------------ */
+
 /* h:sweep() -> number of expired items removed now, whatever the period */
 static int embedded_sweep (lua_State *L) {
     Embedded *h = to_embedded(L);
@@ -908,6 +1073,7 @@ static const luaL_Reg embedded_methods[] = {
     {"get_many", embedded_get_many},
     {"list", embedded_list},
     {"delete", embedded_delete},
+    {"transaction", embedded_transaction},
     {"sweep", embedded_sweep},
     {"last_index", embedded_last_index},
     {"close", embedded_close},

@@ -17,7 +17,19 @@
 --   lua5.4 examples/email_reservation.lua --email ADDR --user ID [--name NAME]
 --        [--fail-save] [--pause-after reserved|saved --go FILE] [--store T] [--database DB]
 --   lua5.4 examples/email_reservation.lua --reconcile [--store T] [--database DB]
+--   lua5.4 examples/email_reservation.lua --atomic --email ADDR --user ID [--name NAME]
+--        [--pause-after prepared|committed --go FILE] [--store T] [--database DB]
 -- TARGET: a store file, a RavenDB URL or an etcd URL (those need --database).
+--
+-- --atomic: the reservation and the user in ONE transaction (store:transaction), so no
+-- failure between the steps can leave one without the other: nothing to give back, nothing
+-- to reconcile. On RavenDB the user is a document of the collection Users, written in the
+-- cluster-wide transaction beside the item (its atomic guard refuses a second create), and
+-- it is then found with the docs' own RQL, `from Users where id() == cmpxchg($key)`; on etcd
+-- and the embedded store the user record is an item "users/ID" of the same transaction.
+-- The reservation's value is the user's id "users/ID" either way. Exit: 0 reserved and
+-- saved (or an earlier run did it), 1 address taken, 2 user id taken, 3 the store failed
+-- (a transaction whose outcome stays unknown says so: run again to find out).
 -- --pause-after stops after that step, printing "paused after STEP (pid N)", until FILE
 -- exists (at most 60 s): a window in which to kill the process, or to reconcile.
 -- Exit: 0 reserved and saved (or reconciled), 1 address already taken, 2 save failed
@@ -35,7 +47,7 @@ local finish = require("examples.flags").finish
 local flags, bad = require("examples.flags").parse(arg, { store = "string",
     database = "string", email = "string", user = "string", name = "string",
     ["fail-save"] = "switch", reconcile = "switch", ["pause-after"] = "string",
-    go = "string" })
+    go = "string", atomic = "switch" })
 if not flags then finish(3, bad) end
 
 local store, err = cmpxchg.open(flags.store, { database = flags.database })
@@ -94,8 +106,11 @@ end
 if not (flags.email and flags.user) then done(3, "--email and --user are required") end
 local name = flags.name or flags.user
 local pause_step = flags["pause-after"]
-if pause_step and not ((pause_step == "reserved" or pause_step == "saved") and flags.go) then
-    done(3, "--pause-after takes reserved or saved, and needs --go FILE")
+local steps = flags.atomic and { prepared = true, committed = true }
+    or { reserved = true, saved = true }
+if pause_step and not (steps[pause_step] and flags.go) then
+    done(3, ("--pause-after takes %s, and needs --go FILE")
+        :format(flags.atomic and "prepared or committed" or "reserved or saved"))
 end
 
 local function pause_after(step)
@@ -109,6 +124,65 @@ end
 -- compete for one reservation without lower-casing anything here.
 local email_key = PREFIX .. flags.email
 local user_key = "users/" .. flags.user
+
+--[[ --atomic: one transaction, then the user found by its email. ]]
+if flags.atomic then
+    local user = { Name = name, Email = flags.email }
+    -- documents are RavenDB's: a RavenDB target is an http(s):// URL
+    local documents = (flags.store or os.getenv("CMPXCHG_URL") or ""):lower():match("^https?://")
+        ~= nil
+    local ops = {
+        -- index 0: create only, as in step 1 below; the value is the user's id
+        { op = "put", key = email_key, value = user_key, index = 0 },
+        documents and { op = "put_document", id = user_key, collection = "Users", document = user }
+            or { op = "put", key = user_key, value = user, index = 0 },
+    }
+    pause_after("prepared")
+    local ok, index = store:transaction(ops)
+    if ok == nil then
+        done(3, ("the transaction failed: %s (if its outcome is unknown, run again: an earlier "
+            .. "run that took the address is reported as done)"):format(index))
+    end
+    if not ok then
+        for _, c in ipairs(index) do        -- false: the conflicts
+            if c.key == email_key then
+                if c.value == user_key then
+                    -- an earlier run of this very sign-up: its user came with it
+                    print(("%s is already reserved for %s (by an earlier run)")
+                        :format(flags.email, user_key))
+                    done(0, "done")
+                end
+                done(1, ("refused: %s is already reserved by %s (index %d); nothing written")
+                    :format(flags.email, tostring(c.value or "of a later write"), c.index))
+            end
+        end
+        done(2, ("refused: %s already exists; nothing written, %s is still free")
+            :format(user_key, flags.email))
+    end
+    print(("reserved %s and saved %s in one transaction (index %d)")
+        :format(flags.email, user_key, index))
+    pause_after("committed")
+    -- find the user by the address, as the docs do
+    local found
+    if documents then
+        local results, qerr = store:query("from Users where id() == cmpxchg($key)",
+            { key = email_key })
+        if not results then done(3, "the query failed: " .. qerr) end
+        found = results[1] and results[1]["@metadata"]["@id"]
+        print(("found %s by its email with RQL (from Users where id() == cmpxchg($key))")
+            :format(tostring(found)))
+    else
+        local id, why = store:get(email_key)
+        if id == nil and type(why) == "string" then done(3, why) end
+        local record = id and store:get(id)
+        found = type(record) == "table" and record.Email == flags.email and id or nil
+        print(("found %s by its email"):format(tostring(found)))
+    end
+    if found == nil or found:lower() ~= user_key:lower() then
+        done(3, "the user saved with the reservation was not found by its email")
+    end
+    done(0, "done")
+end
 
 -- 1. Reserve, pending: index 0 means "create only". Losing is not an error: put
 -- returns false with the current value, which names the user who holds the address.

@@ -109,6 +109,27 @@ function Embedded:delete(key, index)
     return ok, cur_index, value
 end
 
+-- SQLite sets no limit of its own on a transaction: it holds the file's write
+-- lock while it runs; each value is held to SQLITE_MAX_LENGTH (1e9 bytes), as
+-- a put's is, and SQLite refuses a longer one itself (io: string or blob too big)
+Embedded.txn_limits = {}
+
+function Embedded:transaction(ops)
+    local ok, index, failures = call(self.handle, self.wait, "transaction", ops)
+    if ok ~= false then return ok, index, failures end
+    local conflicts = index
+    for i, f in ipairs(conflicts) do
+        local entry = { key = f.key, index = f.index }
+        if f.json then
+            local value, err, code = decode(f.json, f.key)
+            if value == nil then return nil, err, code end
+            entry.value = value
+        end
+        conflicts[i] = entry
+    end
+    return false, conflicts
+end
+
 function Embedded:get(key)
     -- call() unrolled: a read is most of what stores do. On an error `text`
     -- is the message: only an index says the read worked.

@@ -674,6 +674,212 @@ function Etcd:list(prefix, start, page_size)
     end
 end
 
+--[[ Transactions: one txn, a compare per key (the compares of put and
+delete), the writes in its success branch, a read of every key in its failure
+branch, so that a failed compare reports every key's current value from the
+same round trip (§2.6, §2.7). ]]
+
+local MAX_REQUEST_BYTES = 1572864   -- --max-request-bytes, the default (§8)
+-- what the request adds to its operations: the txn's framing and headers
+local REQUEST_OVERHEAD = 4096
+
+Etcd.txn_limits = {
+    ops = MAX_TXN_OPS,
+    ops_why = "an etcd transaction holds at most 128 operations (etcd's --max-txn-ops, "
+        .. "its default)",
+    bytes = MAX_REQUEST_BYTES - REQUEST_OVERHEAD,
+    bytes_why = ("an etcd transaction is one request of at most %d bytes (etcd's "
+        .. "--max-request-bytes, its default), each key counted three times (compare, write, "
+        .. "read back) and each value in its envelope, %d bytes kept for the request itself")
+        :format(MAX_REQUEST_BYTES, REQUEST_OVERHEAD),
+}
+
+--- What operation `op` adds to the raft request: its stored key in the
+-- compare, the write and the failure branch's read, its envelope, and the
+-- protobuf framing of those.
+function Etcd:txn_cost(op)
+    local key = #self:key_of(op.key)
+    local cost = 3 * key + 24
+    if op.kind == "put" then cost = cost + #op.text + #op.key + 96 end
+    return cost
+end
+
+--- The current state of each key from a failed txn's read branch:
+-- array of {index =, value =, write =, created =} (index 0: absent), or nil,
+-- err, code when the reply is malformed.
+local function currents_of(reply, n)
+    local responses = list_of(reply.responses)
+    if responses == nil then return malformed("txn responses") end
+    local out = {}
+    for i = 1, n do
+        local r = type(responses[i]) == "table" and responses[i].response_range
+        local kvs = type(r) == "table" and list_of(r.kvs)
+        if not kvs then return malformed("txn responses") end
+        local kv = kvs[1]
+        if kv == nil then
+            out[i] = { index = 0 }
+        else
+            local original, value, index, write = read_kv(kv)
+            if original == nil then return nil, value, index end
+            local created = int(kv.create_revision)
+            if not created then return malformed("kv") end
+            out[i] = { index = index, value = value, write = write, created = created }
+        end
+    end
+    return out
+end
+
+--- Whether op's compare holds on `cur` (the key's state now).
+local function holds(op, cur)
+    if op.index == 0 then return cur.index == 0 end
+    return cur.index == op.index
+end
+
+--[[ How a transaction whose earlier attempt may have been applied is
+settled, from the state of its keys now (its identical resend's failure
+branch, or a read):
+* a put key holding our write id: applied, at that key's revision;
+* else, when the transaction can never apply from now on (the compare of a
+  key at N > 0 fails: revision N never comes back) and the state shows it
+  did not (a key at N still at revision N, or a key deleted at N present and
+  created no later than N): not applied, a definite failure;
+* anything else: unknown. ]]
+local function settle(ops, currents, write_id)
+    for i, op in ipairs(ops) do
+        local cur = currents[i]
+        if op.kind == "put" and cur.index > 0 and cur.write == write_id then
+            return "applied", cur.index
+        end
+    end
+    local permanent, unapplied = false, false
+    for i, op in ipairs(ops) do
+        local cur = currents[i]
+        if op.index > 0 then
+            if not holds(op, cur) then permanent = true end
+            if (op.kind == "put" and cur.index == op.index) or (op.kind == "delete" and
+                    cur.index > 0 and cur.created <= op.index) then
+                unapplied = true
+            end
+        end
+    end
+    return permanent and unapplied and "unapplied" or "unknown"
+end
+
+--- The conflicts of a failed transaction: the operations whose compare
+-- fails on `currents`, as {key =, index =, value =}.
+local function conflicts_of(ops, currents)
+    local out = {}
+    for i, op in ipairs(ops) do
+        local cur = currents[i]
+        if not holds(op, cur) then
+            out[#out + 1] = { key = op.key, index = cur.index, value = cur.value }
+        end
+    end
+    return out
+end
+
+--- Reads the keys of `ops` in one snapshot (a range-only txn), at most
+-- `attempts` requests: their currents, or nil, err, code.
+function Etcd:read_keys(ops, attempts)
+    local reads = {}
+    for i, op in ipairs(ops) do
+        reads[i] = ('{"request_range":{"key":"%s"}}'):format(b64(self:key_of(op.key)))
+    end
+    local body, err, code = self:exchange("/v3/kv/txn", ('{"success":[%s]}')
+        :format(table.concat(reads, ",")), READ, nil, attempts)
+    if not body then return nil, err, code end
+    local reply
+    reply, err, code = decode_object(body, "txn")
+    if not reply then return nil, err, code end
+    return currents_of(reply, #ops)
+end
+
+--- The txn of `ops`, their values in envelopes carrying `write_id`, under
+-- the leases of `leases` ({[expires] = lease id}).
+function Etcd:txn_body(ops, write_id, leases)
+    local compares, success, failure = {}, {}, {}
+    for i, op in ipairs(ops) do
+        local k64 = b64(self:key_of(op.key))
+        compares[i] = compare(k64, op.index)
+        failure[i] = ('{"request_range":{"key":"%s"}}'):format(k64)
+        if op.kind == "put" then
+            local lease = op.expires and leases[op.expires]
+            success[#success + 1] = ('{"request_put":{"key":"%s","value":"%s"%s}}'):format(k64,
+                b64(envelope(op.key, op.text, write_id)),
+                lease and (',"lease":"%s"'):format(lease) or "")
+        elseif op.index > 0 then
+            success[#success + 1] = ('{"request_delete_range":{"key":"%s"}}'):format(k64)
+        end
+    end
+    return ('{"compare":[%s],"success":[%s],"failure":[%s]}'):format(table.concat(compares, ","),
+        table.concat(success, ","), table.concat(failure, ","))
+end
+
+--[[ A transaction is sent as put is (§5.3): GUARDED when a key is compared
+at N > 0 (the txn can then apply only once however often it is sent: the
+identical txn is sent again after an unknown attempt), ONCE otherwise (only
+creates and checks of absence, which hold again after a delete: never sent
+again, settled by reading the keys). ]]
+function Etcd:transaction(ops)
+    local write_id = runtime.uuid()
+    local guarded = false
+    for _, op in ipairs(ops) do
+        if op.index > 0 then guarded = true end
+    end
+    for _ = 1, 2 do                 -- a second time when a lease expired meanwhile
+        local leases = {}
+        for _, op in ipairs(ops) do
+            if op.expires and not leases[op.expires] then
+                local lease, err, code = self:lease_for(op.expires)
+                if not lease then return nil, err, code end
+                leases[op.expires] = lease
+            end
+        end
+        -- body, unknown | nil, err, code, unknown, attempts used
+        local body, unknown, code, maybe, used = self:exchange("/v3/kv/txn",
+            self:txn_body(ops, write_id, leases), guarded and GUARDED or ONCE)
+        if body then
+            local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
+            if not valid then return not_json(body, "txn") end
+            if succeeded == true then
+                revision = int(revision)
+                if not revision then return malformed("header") end
+                return true, revision
+            end
+            local reply, derr, dcode = decode_object(body, "txn")
+            if not reply then return nil, derr, dcode end
+            local currents, cerr, ccode = currents_of(reply, #ops)
+            if not currents then return nil, cerr, ccode end
+            if unknown then
+                local verdict, index = settle(ops, currents, write_id)
+                if verdict == "applied" then return true, index end
+                if verdict == "unknown" then
+                    return fail("timeout", "transaction: an attempt timed out or was cut, and "
+                        .. "the resend's compare failed: it may have been applied")
+                end
+            end
+            local conflicts = conflicts_of(ops, currents)
+            if #conflicts == 0 then
+                return fail("decode", "etcd said a compare failed, but every key is as compared")
+            end
+            return false, conflicts
+        elseif maybe and not guarded then
+            -- a create of unknown outcome: only our write id found settles it
+            local currents = self:read_keys(ops, math.max(#self.endpoints, 2) - used)
+            if currents then
+                local verdict, index = settle(ops, currents, write_id)
+                if verdict == "applied" then return true, index end
+            end
+            return nil, unknown, code
+        elseif code == "lease" then
+            for _, lease in pairs(leases) do self:forget_lease(lease) end
+        else
+            return nil, unknown, code
+        end
+    end
+    return fail("http", "a lease of the transaction expired twice while writing")
+end
+
 Etcd.close = cluster.close
 
 return Etcd

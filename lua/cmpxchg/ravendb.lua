@@ -634,6 +634,199 @@ function RavenDB:list(prefix, start, page_size)
     end
 end
 
+--[[ Cluster-wide transactions, documents and queries (server behaviour §3) ]]
+
+-- Cluster.MaxSizeOfSingleRaftCommandInMb: a transaction is one Raft command
+local MAX_RAFT_COMMAND = 128 * 1024 * 1024
+
+RavenDB.txn_limits = {
+    bytes = MAX_RAFT_COMMAND,
+    bytes_why = "a RavenDB cluster-wide transaction is one Raft command of at most 128 MiB "
+        .. "(Cluster.MaxSizeOfSingleRaftCommandInMb, its default)",
+    documents = true,
+}
+RavenDB.documents = true
+
+--- The bulk_docs command of one prepared operation (§3.1).
+local function command_of(op)
+    local kind = op.kind
+    if kind == "put" then
+        local document
+        if op.expires then
+            document = ('{"Object":%s,"@metadata":{"@expires":"%s"}}'):format(op.text,
+                core.format_time(op.expires))
+        else
+            document = '{"Object":' .. op.text .. "}"
+        end
+        return ('{"Id":%s,"Document":%s,"Index":%d,"Type":"CompareExchangePUT"}')
+            :format(json.encode(op.key), document, op.index)
+    elseif kind == "delete" then
+        return ('{"Id":%s,"Index":%d,"Type":"CompareExchangeDELETE"}')
+            :format(json.encode(op.key), op.index)
+    end
+    -- documents: the change vector read is the guard's index (OriginalChangeVector); a
+    -- ChangeVector, optimistic concurrency, is not supported in a cluster transaction
+    local cv = op.change_vector and json.encode(op.change_vector) or "null"
+    if kind == "put_document" then
+        return ('{"Id":%s,"ChangeVector":null,"OriginalChangeVector":%s,"Document":%s,'
+            .. '"Type":"PUT"}'):format(json.encode(op.id), cv, op.text)
+    end
+    return ('{"Id":%s,"ChangeVector":null,"OriginalChangeVector":%s,"Type":"DELETE"}')
+        :format(json.encode(op.id), cv)
+end
+
+--- The violations of a ClusterTransactionConcurrencyException: its
+-- ConcurrencyViolations when the body has them, else its message's lines
+-- "Concurrency check failed for putting|deleting the key 'K'. Requested
+-- index: N, actual index: M" (S-CTX GenerateErrorInfo): {id =, actual =}.
+local function violations_of(reply)
+    local out = {}
+    if type(reply.ConcurrencyViolations) == "table" then
+        for _, v in ipairs(reply.ConcurrencyViolations) do
+            if type(v) ~= "table" or type(v.Id) ~= "string" or not tointeger(v.Actual) then
+                return nil
+            end
+            out[#out + 1] = { id = v.Id, actual = tointeger(v.Actual) }
+        end
+        return out
+    end
+    local message = type(reply.Message) == "string" and reply.Message or ""
+    for key, actual in message:gmatch("Concurrency check failed for %a+ the key '(.-)'%. "
+            .. "Requested index: %-?%d+, actual index: (%-?%d+)") do
+        out[#out + 1] = { id = key, actual = tointeger(tonumber(actual)) }
+    end
+    return out
+end
+
+--[[ The conflicts of a refused transaction, in the order of `ops`: for an
+item, the index the server reported (0: absent), and its value when a read
+right after finds the item still at that index. The refusal's indexes are one
+state of the cluster, the moment the transaction was refused; a read is later,
+so a value is taken only where it is of that state: an item changed since (or
+read from a node that has not caught up) is reported with its index and no
+value. A guard's violation is its document's: {id =}. ]]
+function RavenDB:conflicts_of(ops, reply)
+    local violations = violations_of(reply)
+    if violations == nil or #violations == 0 then return nil end
+    local by_key = {}
+    for _, v in ipairs(violations) do
+        local folded = core.fold_key(v.id)
+        if folded then by_key[folded] = math.max(v.actual, 0) end
+    end
+    local conflicts, keys = {}, {}
+    for _, op in ipairs(ops) do
+        if op.key then
+            local actual = by_key[core.fold_key(op.key)]
+            if actual then
+                conflicts[#conflicts + 1] = { key = op.key, index = actual, op = op }
+                keys[#keys + 1] = op.key
+            end
+        elseif by_key[core.fold_key(GUARD .. op.id) or ""] then
+            conflicts[#conflicts + 1] = { id = op.id }
+        end
+    end
+    if #conflicts == 0 then return nil end
+    local read = #keys > 0 and self:get_many(keys) or nil
+    local n = 0
+    for _, c in ipairs(conflicts) do
+        if c.key then
+            n = n + 1
+            local r = read and read[n]
+            if r and c.index > 0 and r.index == c.index then c.value = r.value end
+            c.op = nil
+        end
+    end
+    return conflicts
+end
+
+--- POST bulk_docs with TransactionMode ClusterWide: 201 {Results, TransactionIndex}
+-- or 409 ClusterTransactionConcurrencyException (§3.1). The body names Commands
+-- first and TransactionMode right after, as the server's parser wants.
+function RavenDB:transaction(ops, write_id)
+    local commands = {}
+    for i, op in ipairs(ops) do commands[i] = command_of(op) end
+    local body = ('{"Commands":[%s],"TransactionMode":"ClusterWide"}')
+        :format(table.concat(commands, ","))
+    local status, rbody, headers = self:send("POST", "/databases/" .. self.database
+        .. "/bulk_docs?", body, true, write_id)
+    if status == nil then return nil, rbody, headers end
+    if status == 201 or status == 200 then
+        local reply, err, code = decode_reply(rbody, "transaction")
+        if not reply then return nil, err, code end
+        local index = tointeger(reply.TransactionIndex)
+        if not index or index <= 0 or type(reply.Results) ~= "table" then
+            return fail("decode", "transaction: reply without TransactionIndex/Results: %s",
+                snippet(rbody))
+        end
+        local change_vectors
+        for _, r in ipairs(reply.Results) do
+            if type(r) == "table" and r.Type == "PUT" and type(r["@id"]) == "string"
+                    and type(r["@change-vector"]) == "string" then
+                change_vectors = change_vectors or {}
+                change_vectors[r["@id"]] = r["@change-vector"]
+            end
+        end
+        return true, index, change_vectors
+    end
+    local err, code = self:status_error(status, rbody, headers)
+    if status == 409 then
+        local reply = json.decode(rbody)
+        if type(reply) == "table" and type(reply.Type) == "string"
+                and reply.Type:find("ClusterTransactionConcurrencyException", 1, true) then
+            local conflicts = self:conflicts_of(ops, reply)
+            if conflicts then return false, conflicts end
+            return fail("decode", "transaction: a concurrency error that names none of its "
+                .. "keys: %s", snippet(rbody))
+        end
+    end
+    return nil, err, code
+end
+
+--- GET /docs?id= (§3.2): the document and its change vector; nil when absent.
+function RavenDB:get_document(id)
+    local status, body, headers = self:send("GET", ("/databases/%s/docs?id=%s")
+        :format(self.database, escape(id)))
+    if status == nil then return nil, body, headers end
+    if status == 404 and not (headers or {})["database-missing"] then return nil end
+    if status ~= 200 then
+        local err, code = self:status_error(status, body, headers)
+        return nil, err, code
+    end
+    local reply, err, code = decode_reply(body, "get_document")
+    if not reply then return nil, err, code end
+    local doc = type(reply.Results) == "table" and reply.Results[1]
+    if doc == json.null then return nil end
+    local metadata = type(doc) == "table" and doc["@metadata"]
+    if type(metadata) ~= "table" or type(metadata["@change-vector"]) ~= "string" then
+        return fail("decode", "get_document: a document without @metadata.@change-vector: %s",
+            snippet(body))
+    end
+    return doc, metadata["@change-vector"]
+end
+
+--- POST /queries (§3.2): the documents of the results.
+function RavenDB:query(rql, params_json)
+    local body = ('{"Query":%s,"QueryParameters":%s}'):format(json.encode(rql), params_json)
+    local status, rbody, headers = self:send("POST", ("/databases/%s/queries?queryHash=%s")
+        :format(self.database, runtime.uuid():gsub("%-", "")), body)
+    if status == nil then return nil, rbody, headers end
+    if status ~= 200 then
+        local err, code = self:status_error(status, rbody, headers)
+        return nil, err, code
+    end
+    local reply, err, code = decode_reply(rbody, "query")
+    if not reply then return nil, err, code end
+    if type(reply.Results) ~= "table" then
+        return fail("decode", "query: reply without Results: %s", snippet(rbody))
+    end
+    for i, doc in ipairs(reply.Results) do
+        if type(doc) ~= "table" then
+            return fail("decode", "query: result %d is not a document", i)
+        end
+    end
+    return reply.Results
+end
+
 RavenDB.close = cluster.close
 
 return RavenDB

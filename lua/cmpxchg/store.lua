@@ -11,6 +11,32 @@
 --   get(key)                        -> index, value (0, nil when absent)
 --   get_many(keys)                  -> array of {index =, value =}, in key order
 --   list(prefix, start, page_size)  -> array of {key =, index =, value =}
+--   transaction(ops [, write_id])   -> true, index [, change_vectors]
+--                                      | false, conflicts
+--                                   all the operations or none, each write
+--                                   with the one index returned; ops are
+--                                   checked and encoded by transaction.lua
+--                                   (its header gives their shape), within
+--                                   the backend's txn_limits; conflicts: an
+--                                   array, in the order of ops, of the
+--                                   operations whose compare failed,
+--                                   {key =, index =, value =} as a failed put
+--                                   returns them (value left out when it
+--                                   could not be read at that index), or
+--                                   {id =} for a document; change_vectors:
+--                                   {[id] = change vector} of the documents
+--                                   written. An outcome the backend cannot
+--                                   settle is nil, "timeout: ...", never a
+--                                   guessed true or false. write_id as for put
+--   txn_limits                      -> {ops =, ops_why =, bytes =, bytes_why =,
+--                                      documents = true|nil}: what one
+--                                      transaction may hold (nil: no limit of
+--                                      the backend's own); txn_cost(op), when
+--                                      present, is what an operation counts
+--                                      towards `bytes`
+--   get_document(id), query(rql, params_json)
+--                                   documents and RQL (RavenDB only: see
+--                                   documents.lua)
 --   describe()                      -> text for messages and tostring
 --   close()
 --   private                         -> true when no other connection can see
@@ -257,6 +283,29 @@ function Store:close()
         backend:close()
     end
     return true
+end
+
+--[[ Transactions and documents (transaction.lua, documents.lua; required on
+first use, since they build on this file) ]]
+
+--- ok, index [, change_vectors] = store:transaction(ops)
+function Store:transaction(ops)
+    return require("cmpxchg.transaction").run(self, ops)
+end
+
+--- values, index = store:update_many(keys, fn [, opts])
+function Store:update_many(keys, fn, opts)
+    return require("cmpxchg.transaction").update_many(self, keys, fn, opts)
+end
+
+--- document, change_vector = store:get_document(id) (RavenDB)
+function Store:get_document(id)
+    return require("cmpxchg.documents").get(self, id)
+end
+
+--- results = store:query(rql [, params]) (RavenDB)
+function Store:query(rql, params)
+    return require("cmpxchg.documents").query(self, rql, params)
 end
 
 --[[ Locks (lock.lua; required on first use, since lock.lua builds on this

@@ -17,7 +17,8 @@ describe("make bench, quick smoke run", function()
         local output = p:read("*a")
         local ok = p:close()
         assert.is_true(ok, output)
-        for _, section in ipairs({ "1 RavenDB", "2 etcd", "3 embedded", "4 locks", "5 memory" }) do
+        for _, section in ipairs({ "1 RavenDB", "2 etcd", "3 embedded", "4 locks", "5 memory",
+                "6 transactions" }) do
             assert.is_truthy(output:find("| " .. section, 1, true), section .. " missing:\n" .. output)
         end
         assert.is_falsy(output:find("overlaps!", 1, true), output)

@@ -9,6 +9,7 @@ local ctx = backends.embedded()
 local t = { describe = describe, it = it, before_each = before_each,
             after_each = after_each, assert = assert }
 require("spec.support.store_contract")(t, ctx)
+require("spec.support.transaction_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
 
 describe("embedded store", function()

@@ -14,6 +14,7 @@ local cluster = ctx.cluster
 local t = { describe = describe, it = it, before_each = before_each,
             after_each = after_each, assert = assert }
 require("spec.support.store_contract")(t, ctx)
+require("spec.support.transaction_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
 
 --- Runs `procs` lock contenders for `rounds` each (holding `hold` seconds);

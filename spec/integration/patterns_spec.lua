@@ -347,4 +347,172 @@ local function patterns_contract(ctx)
     end)
 end
 
+--- The atomic reservation (examples/email_reservation.lua --atomic) for one backend:
+-- the reservation and its user in one transaction, a process SIGKILLed after each of
+-- its steps, 8 sign-ups for one address at once. Whatever happens, every reservation
+-- has its user and every user its reservation.
+local function atomic_contract(ctx)
+    local st, go
+
+    local function run(args)
+        local all = { "--atomic" }
+        for _, a in ipairs(args) do all[#all + 1] = a end
+        return finish(assert(helpers.popen(command("email_reservation", ctx.example_args(), all))))
+    end
+
+    local function reserve(email, user)
+        return run({ "--email", email, "--user", user, "--name", "Name of " .. user })
+    end
+
+    --- The users: {[lower-cased id] = record} (documents on RavenDB, items elsewhere).
+    local function users()
+        local out = {}
+        if st.backend.documents then
+            for _, doc in ipairs(assert(st:query("from Users"))) do
+                out[doc["@metadata"]["@id"]:lower()] = doc
+            end
+        else
+            for _, item in ipairs(assert(st:list("users/"))) do out[item.key:lower()] = item.value end
+        end
+        return out
+    end
+
+    --- Every reservation names a user saved with that address, every user has its
+    -- reservation; returns how many pairs there are.
+    local function assert_consistent()
+        local people, n = users(), 0
+        local reservations = assert(st:list("emails/"))
+        for _, item in ipairs(reservations) do
+            local user = people[tostring(item.value):lower()]
+            assert.is_truthy(user, item.key .. " reserved for a user who does not exist")
+            assert.equal(item.key:lower(), ("emails/" .. user.Email):lower())
+            n = n + 1
+        end
+        local count = 0
+        for _ in pairs(people) do count = count + 1 end
+        assert.equal(n, count, "a user without a reservation")
+        return n
+    end
+
+    --- Removes every reservation and user: the store is left empty.
+    local function clean()
+        for _, item in ipairs(assert(st:list(""))) do
+            assert.is_true((st:delete(item.key, item.index)))
+        end
+        if st.backend.documents then
+            for id in pairs(users()) do
+                local _, cv = st:get_document(id)
+                assert.is_true((st:transaction({ { op = "delete_document", id = id,
+                    change_vector = cv } })))
+            end
+            assert.same({}, users())
+        end
+        assert.same({}, st:list(""))
+    end
+
+    --- Starts a sign-up that pauses after `step`; returns its pipe and pid.
+    local function paused(email, user, step)
+        local p = assert(helpers.popen(command("email_reservation", ctx.example_args(),
+            { "--atomic", "--email", email, "--user", user, "--pause-after", step, "--go", go })))
+        local out = {}
+        while true do
+            local line = p:read("*l")
+            assert.truthy(line, "the sign-up ended before pausing: " .. table.concat(out, "\n"))
+            out[#out + 1] = line
+            local pid = line:match("^paused after " .. step .. " %(pid (%d+)%)$")
+            if pid then return p, tonumber(pid), table.concat(out, "\n") end
+        end
+    end
+
+    local function kill(p, pid)
+        helpers.kill(pid, "KILL")
+        local out, code, how = finish(p)
+        assert.is_true(how == "exit" and code == 128 + 9 or how == "signal" and code == 9, out)
+    end
+
+    describe("atomic email reservation (" .. ctx.name .. ")", function()
+        before_each(function()
+            st = assert(ctx.open())
+            go = os.tmpname()
+            os.remove(go)
+        end)
+        after_each(function()
+            os.remove(go)
+            st:close()
+            helpers.cleanup()
+        end)
+
+        it("reserves and saves in one transaction, finds the user by its email, refuses both ways", function()
+            local out, code = reserve("Ann@Example.org", "u1")
+            assert.equal(0, code, out)
+            assert.matches("reserved Ann@Example.org and saved users/u1 in one transaction", out,
+                1, true)
+            assert.matches("found users/u1 by its email", out, 1, true)
+            assert.equal("users/u1", (st:get("emails/ann@example.org")))
+            -- the address in another case: refused, and nothing of u2 written
+            out, code = reserve("ann@EXAMPLE.ORG", "u2")
+            assert.equal(1, code, out)
+            assert.matches("refused: ann@EXAMPLE.ORG is already reserved by users/u1", out, 1, true)
+            -- a user id that exists: refused, and the address stays free (no rollback needed)
+            out, code = reserve("bob@example.org", "u1")
+            assert.equal(2, code, out)
+            assert.matches("refused: users/u1 already exists; nothing written", out, 1, true)
+            assert.same({ nil, 0 }, { st:get("emails/bob@example.org") })
+            -- an earlier run that went through (its reply lost, say) is done, not refused
+            out, code = reserve("ann@example.org", "u1")
+            assert.equal(0, code, out)
+            assert.matches("already reserved for users/u1 (by an earlier run)", out, 1, true)
+            assert.equal(1, assert_consistent())
+            clean()
+        end)
+
+        it("a process SIGKILLed after each step leaves a reservation with its user, or nothing", function()
+            -- before the transaction: nothing written
+            local p, pid, out = paused("cy@example.org", "u3", "prepared")
+            assert.is_falsy(out:find("reserved", 1, true))
+            kill(p, pid)
+            assert.same({ nil, 0 }, { st:get("emails/cy@example.org") })
+            assert.equal(0, assert_consistent())
+            -- after it: both written; nothing to reconcile, and the address is taken
+            p, pid, out = paused("cy@example.org", "u3", "committed")
+            assert.matches("reserved cy@example.org and saved users/u3 in one transaction", out,
+                1, true)
+            kill(p, pid)
+            assert.equal(1, assert_consistent())
+            local code
+            out, code = reserve("cy@example.org", "u4")
+            assert.equal(1, code, out)
+            out, code = run({ "--reconcile" })
+            assert.equal(0, code, out)
+            assert.matches("reconcile: 0 removed, 0 confirmed, 0 changed meanwhile, 1 kept", out,
+                1, true)
+            assert.equal(1, assert_consistent())
+            clean()
+        end)
+
+        it("8 sign-ups for one address at once: exactly one wins, the others write nothing", function()
+            local pipes = {}
+            for i = 1, 8 do
+                pipes[i] = assert(helpers.popen(command("email_reservation", ctx.example_args(),
+                    { "--atomic", "--email", "Race@Example.org", "--user", "r" .. i })))
+            end
+            local winners = {}
+            for i = 1, 8 do
+                local out, code = finish(pipes[i])
+                if code == 0 then
+                    winners[#winners + 1] = "users/r" .. i
+                else
+                    assert.equal(1, code, out)
+                    assert.matches("refused: Race@Example.org is already reserved by users/r%d", out)
+                end
+            end
+            assert.equal(1, #winners)
+            assert.equal(winners[1], (st:get("emails/race@example.org")))
+            assert.equal(1, assert_consistent())
+            clean()
+        end)
+    end)
+end
+
 require("spec.support.backends").each(patterns_contract, teardown)
+require("spec.support.backends").each(atomic_contract, teardown)

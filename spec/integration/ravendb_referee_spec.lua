@@ -886,4 +886,176 @@ describe("RavenDB referee (official npm ravendb client)", function()
             mine:close()
         end)
     end)
+
+    -- Issue 18: cluster-wide transactions, documents and RQL. The official client's
+    -- cluster-wide session and our store:transaction work on the same items and documents:
+    -- each sees the other's writes, and an atomic guard that one of them made refuses the
+    -- other's blind create of the same document.
+    describe("cluster-wide transactions (issue 18)", function()
+        local function ours()
+            local list = {}
+            for url in target.urls:gmatch("[^,]+") do list[#list + 1] = url end
+            return assert(require("cmpxchg").open(list, { database = target.database, timeout = 5 }))
+        end
+
+        -- a document id of this test (ids may not end with '/')
+        local function doc_id(name) return key("users/" .. name) end
+
+        --- Removes documents (and so their guards) by their change vectors: nothing is left
+        -- behind on a real server.
+        local function remove_documents(mine, ids)
+            for _, id in ipairs(ids) do
+                local _, cv = mine:get_document(id)
+                if cv then
+                    assert.is_true((mine:transaction({ { op = "delete_document", id = id,
+                        change_vector = cv } })))
+                end
+            end
+        end
+
+        it("the official client's cluster-wide session, read by ours", function()
+            local ann = doc_id("ann")
+            local r = referee({
+                { op = "cluster_session", actions = {
+                    { create_cmpxchg = { key = key("emails/ann@x.org"), value = ann } },
+                    { store = { id = ann, collection = "Users", doc = { Name = "Ann" } } } } },
+                { op = "query", rql = "from Users where id() == cmpxchg($k)",
+                  params = { k = key("emails/ann@x.org") } },
+            })
+            local index = math.floor(ok(r[1]).transaction_index)
+            assert.is_true(index > 0)
+            assert.equal(ann, ok(r[2])[1]["@metadata"]["@id"])
+            local mine = ours()
+            assert.same({ ann, index }, { mine:get(key("emails/ann@x.org")) })
+            local doc, cv = mine:get_document(ann)
+            assert.equal("Ann", doc.Name)
+            assert.matches("TRXN:" .. index .. "%-", cv)
+            local found = assert(mine:query("from Users where id() == cmpxchg($k)",
+                { k = key("emails/ann@x.org") }))
+            assert.equal(ann, found[1]["@metadata"]["@id"])
+            -- their guard refuses our blind create of the document, and the address is theirs
+            local done, conflicts = mine:transaction({
+                { op = "put", key = key("emails/ann2@x.org"), value = ann, index = 0 },
+                { op = "put_document", id = ann, collection = "Users", document = { Name = "Eve" } },
+            })
+            assert.is_false(done)
+            assert.same({ { id = ann } }, conflicts)
+            done, conflicts = mine:transaction({
+                { op = "put", key = key("emails/ann@x.org"), value = "users/eve", index = 0 } })
+            assert.is_false(done)
+            assert.same({ { key = key("emails/ann@x.org"), index = index, value = ann } }, conflicts)
+            -- with their change vector, ours updates the document
+            doc.Name = "Ann B."
+            assert.is_true((mine:transaction({ { op = "put_document", id = ann, document = doc,
+                change_vector = cv } })))
+            r = referee({ { op = "load", id = ann, cluster_wide = true } })
+            assert.equal("Ann B.", ok(r[1]).doc.Name)
+            remove_documents(mine, { ann })
+            local _, e_index = mine:get(key("emails/ann@x.org"))
+            assert.is_true((mine:delete(key("emails/ann@x.org"), e_index)))
+            mine:close()
+        end)
+
+        it("our transaction, read by the official client; its blind create is refused", function()
+            local bob = doc_id("bob")
+            local mine = ours()
+            local done, index, cvs = mine:transaction({
+                { op = "put", key = key("emails/bob@x.org"), value = bob, index = 0 },
+                { op = "put_document", id = bob, collection = "Users",
+                  document = { Name = "Bob", Email = "bob@x.org" } },
+            })
+            assert.is_true(done)
+            local r = referee({
+                { op = "get", key = key("emails/bob@x.org") },
+                { op = "load", id = bob, cluster_wide = true },
+                { op = "query", rql = "from Users where id() == cmpxchg($k)",
+                  params = { k = key("emails/bob@x.org") } },
+                { op = "cluster_session", actions = {
+                    { store = { id = bob, collection = "Users", doc = { Name = "Mallory" } } } } },
+                { op = "cluster_session", actions = {
+                    { create_cmpxchg = { key = key("emails/bob@x.org"), value = "users/mallory" } } } },
+            })
+            local item = ok(r[1])
+            assert.same({ bob, index }, { item.value, item.index })
+            local loaded = ok(r[2])
+            assert.equal("Bob", loaded.doc.Name)
+            assert.equal(cvs[bob], loaded.change_vector)
+            assert.equal(bob, ok(r[3])[1]["@metadata"]["@id"])
+            assert.equal("ClusterTransactionConcurrencyException", failed(r[4]).name)
+            assert.matches("Guard compare exchange value 'rvn%-atomic/" .. bob:gsub("%p", "%%%0")
+                .. "' index does not match", failed(r[4]).message)
+            assert.equal("ClusterTransactionConcurrencyException", failed(r[5]).name)
+            -- the official client loads and updates it (its change vector names our index);
+            -- ours, with the change vector from before, is then refused
+            r = referee({ { op = "cluster_session", actions = {
+                { load_update = { id = bob, set = { Name = "Bob B." } } },
+                { update_cmpxchg = { key = key("emails/bob@x.org"), value = bob .. "/v2" } } } } })
+            local their_index = math.floor(ok(r[1]).transaction_index)
+            assert.is_true(their_index > index)
+            local stale = { op = "put_document", id = bob, change_vector = cvs[bob],
+                            document = { Name = "Bob C." } }
+            done = mine:transaction({ stale })
+            assert.is_false(done)
+            assert.same({ bob .. "/v2", their_index }, { mine:get(key("emails/bob@x.org")) })
+            assert.equal("Bob B.", (mine:get_document(bob)).Name)
+            remove_documents(mine, { bob })
+            assert.is_true((mine:delete(key("emails/bob@x.org"), their_index)))
+            mine:close()
+        end)
+
+        it("the wire: 201 with TransactionIndex, 409 with its message, guards need a client version", function()
+            if not emulated() then pending(NEEDS_EMULATOR) return end
+            local path = "/databases/" .. target.database .. "/bulk_docs"
+            local function batch(commands, mode)
+                return { op = "raw", method = "POST", path = path,
+                         headers = { ["Content-Type"] = "application/json",
+                                     ["Raven-Client-Version"] = "7.2.6" },
+                         body = '{"Commands":' .. cjson.encode(commands) .. (mode or
+                             ',"TransactionMode":"ClusterWide"') .. "}" }
+            end
+            local doc = { Id = doc_id("w"), Type = "PUT", ChangeVector = null,
+                          Document = { Name = "W", ["@metadata"] = { ["@collection"] = "Users" } } }
+            local put = { Id = key("w"), Type = "CompareExchangePUT", Index = 0,
+                          Document = { Object = "x" } }
+            -- without Raven-Client-Version the server runs it without guards (S-CTXP
+            -- CheckBackwardCompatibility): a create over the existing document passes; and
+            -- TransactionMode counts only right after Commands (S-PARSE): elsewhere the batch
+            -- is read as a single-node one, whose compare-exchange commands the emulator does
+            -- not run (it says so, and logs them as unsupported)
+            local bare = batch({ doc })
+            bare.headers["Raven-Client-Version"] = nil
+            local r = referee({ batch({ doc, put }), batch({ put }), bare,
+                batch({ put }, ',"TransactionMode":"SingleNode"'),
+                { op = "raw", method = "POST", path = path,
+                  headers = { ["Content-Type"] = "application/json" },
+                  body = '{"TransactionMode":"ClusterWide","Commands":' .. cjson.encode({ put }) .. "}" } })
+            local created = ok(r[1])
+            assert.equal(201, created.status)
+            local index = math.floor(created.body.TransactionIndex)
+            assert.equal("PUT", created.body.Results[1].Type)
+            assert.equal(doc_id("w"), created.body.Results[1]["@id"])
+            assert.matches("^RAFT:%d+%-[%w+/]+,TRXN:" .. index .. "%-[%w+/]+$",
+                created.body.Results[1]["@change-vector"])
+            assert.same({ Type = "CompareExchangePUT", Key = key("w"), Index = index },
+                created.body.Results[2])
+            local refused = ok(r[2])
+            assert.equal(409, refused.status)
+            assert.equal("Raven.Client.Exceptions.ClusterTransactionConcurrencyException",
+                refused.body.Type)
+            assert.equal("Failed to execute cluster transaction due to the following issues: "
+                .. "Concurrency check failed for putting the key '" .. key("w")
+                .. "'. Requested index: 0, actual index: " .. index, refused.body.Message)
+            -- the guard holds the document id, with no Object wrapper
+            assert.same({ Id = doc_id("w") },
+                state().items[("db/rvn-atomic/" .. doc_id("w")):lower()].Value)
+            assert.equal(201, ok(r[3]).status)
+            assert.is_nil(ok(r[3]).body.Results[1]["@change-vector"]:find("TRXN", 1, true))
+            for i = 4, 5 do
+                assert.equal(500, ok(r[i]).status)
+                assert.matches("does not implement batch command CompareExchangePUT",
+                    ok(r[i]).body.Message)
+            end
+            control("POST", "/reset")       -- those two requests are logged as unsupported
+        end)
+    end)
 end)

@@ -345,6 +345,48 @@ operation("lock_held", {
     end,
 })
 
+-- a transaction (issue 18): all of its writes or none, whatever fails
+operation("txn", {
+    run = function()
+        return store:transaction({
+            { op = "put", key = "a/1", value = { n = 5 }, index = expected["a/1"].index },
+            { op = "put", key = "a/3", value = { v = 3 }, index = 0 },
+            { op = "delete", key = "b/x", index = expected["b/x"].index },
+        })
+    end,
+    check = function(ok, index)
+        expect(ok, true, "txn")
+        local now = contents()
+        expect(now["a/1"], { value = { n = 5 }, index = index }, "a/1 after txn")
+        expect(now["a/3"], { value = { v = 3 }, index = index }, "a/3 after txn")
+        if now["b/x"] ~= nil then fail("b/x still there after txn") end
+        if index <= last_index then fail("txn index %d is not new", index) end
+    end,
+    -- only the whole transaction: a state with some of its writes is a torn one
+    changed = function(now)
+        return same(now["a/1"].value, { n = 5 }) and now["a/3"] ~= nil and
+            same(now["a/3"].value, { v = 3 }) and now["b/x"] == nil
+    end,
+    restore = { "a/1", "a/3", "b/x" },
+})
+
+operation("txn_conflict", {
+    run = function()
+        return store:transaction({
+            { op = "put", key = "a/2", value = "x", index = expected["a/2"].index + 1000 },
+            { op = "put", key = "a/4", value = "y", index = 0 },
+            { op = "put", key = "taken", value = "mine", index = 0 },
+            { op = "delete", key = "zzz", index = 0 },
+        })
+    end,
+    check = function(...)
+        expect({ ... }, { false, {
+            { key = "a/2", index = expected["a/2"].index, value = "two" },
+            { key = "taken", index = expected.taken.index, value = expected.taken.value },
+            { key = "zzz", index = expected.zzz.index, value = true } } }, "txn_conflict")
+    end,
+})
+
 -- ALLOC_OPS=list,lock: only those (to look at one)
 local only = os.getenv("ALLOC_OPS")
 if only and only ~= "" then

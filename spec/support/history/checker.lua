@@ -21,7 +21,13 @@
 --
 -- The search is bounded (opts.max_steps): past it the key is "undecided",
 -- which callers report as a failure with the reason, never a hang.
+--
+-- Multi-key operations (transactions, snapshot reads: multi.lua) join the keys
+-- they touch into one object: each group of keys that such operations join is
+-- checked as one composite register (multi.lua's model), every other key on its
+-- own as before.
 local model = require "spec.support.history.model"
+local multi = require "spec.support.history.multi"
 
 local checker = {}
 
@@ -46,27 +52,52 @@ end
 -- at every later point where the key is absent.
 local function prune(ops)
     local seen_values, seen_indexes = {}, {}
+    local function saw(value, index)
+        if value then seen_values[value] = true end
+        if index then seen_indexes[index] = true end
+    end
     for _, op in ipairs(ops) do
-        if op.r_value then seen_values[op.r_value] = true end
-        if op.outcome == "ok" or op.outcome == "fail" then
-            if op.kind == "delete" and op.outcome == "ok" then
-                seen_indexes[op.index] = true       -- the deleted value's index
-            elseif op.r_index then
-                seen_indexes[op.r_index] = true
+        if op.kind == "txn" then
+            if op.outcome == "ok" then saw(nil, op.r_index) end
+            for _, e in pairs(op.r_conflicts or {}) do saw(e.value, e.index) end
+        elseif op.kind == "read" then
+            for _, e in pairs(op.r_values or {}) do saw(e.value, e.index) end
+        else
+            if op.r_value then seen_values[op.r_value] = true end
+            if op.outcome == "ok" or op.outcome == "fail" then
+                if op.kind == "delete" and op.outcome == "ok" then
+                    seen_indexes[op.index] = true       -- the deleted value's index
+                elseif op.r_index then
+                    seen_indexes[op.r_index] = true
+                end
             end
         end
     end
     for _, op in ipairs(ops) do
-        if op.kind == "put" and op.outcome == "ok" and op.index > 0
-                and not seen_indexes[op.index] then
-            return ops                              -- an orphan index
+        if op.outcome == "ok" then
+            if op.kind == "put" and op.index > 0 and not seen_indexes[op.index] then
+                return ops                          -- an orphan index
+            end
+            for _, sub in ipairs(op.kind == "txn" and op.ops or {}) do
+                if sub.index > 0 and not seen_indexes[sub.index] then return ops end
+            end
         end
+    end
+    local function unneeded(op)
+        if op.outcome ~= "unknown" then return false end
+        if op.kind == "put" then return not seen_values[op.value] end
+        if op.kind ~= "txn" then return false end
+        for _, sub in ipairs(op.ops) do
+            if (sub.kind == "delete" and sub.index > 0) or
+                    (sub.kind == "put" and seen_values[sub.value]) then
+                return false
+            end
+        end
+        return true
     end
     local out = {}
     for _, op in ipairs(ops) do
-        if not (op.outcome == "unknown" and op.kind == "put" and not seen_values[op.value]) then
-            out[#out + 1] = op
-        end
+        if not unneeded(op) then out[#out + 1] = op end
     end
     return out
 end
@@ -76,7 +107,8 @@ end
 --   true, steps | false, steps, culprit (the operation whose completion the
 --   search got stuck at with the most operations placed) | nil, steps,
 --   reason (undecided).
-local function search(ops, initial, max_steps)
+local function search(ops, initial, max_steps, spec)
+    spec = spec or model
     ops = prune(ops)
     table.sort(ops, function(a, b)
         if a.call ~= b.call then return a.call < b.call end
@@ -125,7 +157,7 @@ local function search(ops, initial, max_steps)
     -- below M still in the list (every id above M is not linearized)
     local linearized, top = {}, 0
     local function memo_key(state)
-        local parts, n = { model.key(state), top }, 2
+        local parts, n = { spec.key(state), top }, 2
         local e = head.next
         while e do
             if e.is_call then
@@ -155,10 +187,10 @@ local function search(ops, initial, max_steps)
         if entry.is_call then
             local op = entry.op
             local new
-            if op.ret == nil and model.spent(state, op) then
+            if op.ret == nil and spec.spent(state, op) then
                 new = state                 -- can never take effect from here: drop it
             else
-                new = model.step(state, op)
+                new = spec.step(state, op)
             end
             local placed = false
             if new then
@@ -209,7 +241,7 @@ local function prefix(ops, t)
     for _, op in ipairs(ops) do
         if op.call <= t then
             if op.ret and op.ret > t then
-                if op.kind ~= "get" then
+                if op.kind ~= "get" and op.kind ~= "read" then
                     local copy = {}
                     for k, v in pairs(op) do copy[k] = v end
                     copy.ret, copy.outcome = nil, "unknown"
@@ -232,7 +264,8 @@ end
 
 --- Finds the smallest failing window of a key's failing history and
 -- describes it in words. `t0`: the time shown as 0.
-local function explain(ops, max_steps, t0)
+local function explain(ops, max_steps, t0, m)
+    m = m or model
     -- 1. the shortest failing prefix: at the completion of which operation
     -- the history stops being linearizable (prefixes of a linearizable
     -- history are linearizable, so a binary search finds it)
@@ -244,7 +277,7 @@ local function explain(ops, max_steps, t0)
     local lo, hi = 1, #rets            -- prefix at rets[hi] fails
     while lo < hi do
         local mid = math.floor((lo + hi) / 2)
-        if search(prefix(ops, rets[mid]), model.initial, max_steps) == false then
+        if search(prefix(ops, rets[mid]), m.initial, max_steps, m) == false then
             hi = mid
         else
             lo = mid + 1
@@ -252,7 +285,7 @@ local function explain(ops, max_steps, t0)
     end
     local cut = rets[hi]
     local base = prefix(ops, cut)
-    local _, _, culprit = search(copy_ops(base), model.initial, max_steps)
+    local _, _, culprit = search(copy_ops(base), m.initial, max_steps, m)
 
     -- 2. the latest start from which the operations still running or begun
     -- by then fail on their own, whatever the key's state was at that start
@@ -272,7 +305,7 @@ local function explain(ops, max_steps, t0)
     while lo <= hi do
         local mid = math.floor((lo + hi) / 2)
         local w = window(starts[mid])
-        if search(copy_ops(w), model.unknown, max_steps) == false then
+        if search(copy_ops(w), m.unknown, max_steps, m) == false then
             found, lo = mid, mid + 1
         else
             hi = mid - 1
@@ -281,7 +314,7 @@ local function explain(ops, max_steps, t0)
     if found then
         from = starts[found]
         ops_in = window(from)
-        local ok, _, c = search(copy_ops(ops_in), model.unknown, max_steps)
+        local ok, _, c = search(copy_ops(ops_in), m.unknown, max_steps, m)
         if ok == false then culprit = c else from, ops_in = nil, base end
     end
 
@@ -290,10 +323,17 @@ local function explain(ops, max_steps, t0)
     local seen = {}
     for _, op in ipairs(ops_in) do
         if op.r_value then seen[op.r_value] = true end
+        for _, e in pairs(op.r_values or op.r_conflicts or {}) do
+            if e.value then seen[e.value] = true end
+        end
     end
     local shown, hidden = {}, 0
     for _, op in ipairs(ops_in) do
-        if from and op.ret == nil and op.call < from and not (op.value and seen[op.value]) then
+        local observed = op.value and seen[op.value]
+        for _, sub in ipairs(op.ops or {}) do
+            observed = observed or (sub.value and seen[sub.value])
+        end
+        if from and op.ret == nil and op.call < from and not observed then
             hidden = hidden + 1
         else
             shown[#shown + 1] = op
@@ -314,7 +354,7 @@ local function explain(ops, max_steps, t0)
     for _, op in ipairs(shown) do
         lines[#lines + 1] = ("  %8.3f  %8s  %-10s  %s%s"):format((op.call - origin) * 1000,
             op.ret and ("%8.3f"):format((op.ret - origin) * 1000) or "never",
-            ("%s#%s"):format(op.proc or "?", op.n or "?"), model.describe(op),
+            ("%s#%s"):format(op.proc or "?", op.n or "?"), m.describe(op),
             op == culprit and "   <- cannot be placed" or "")
     end
     if hidden > 0 then
@@ -323,7 +363,7 @@ local function explain(ops, max_steps, t0)
     end
     if culprit then
         lines[#lines + 1] = ("the operation that cannot be placed: %s#%s %s"):format(
-            culprit.proc or "?", culprit.n or "?", model.describe(culprit))
+            culprit.proc or "?", culprit.n or "?", m.describe(culprit))
     end
     return table.concat(lines, "\n"), #ops_in
 end
@@ -340,26 +380,54 @@ function checker.check(ops, opts)
     opts = opts or {}
     local max_steps = opts.max_steps or DEFAULT_MAX_STEPS
     local t0 = opts.t0
-    local keys, order = {}, {}
-    for _, op in ipairs(ops) do
-        if not keys[op.key] then
-            keys[op.key] = {}
-            order[#order + 1] = op.key
+    -- the groups of keys that multi-key operations join (union-find)
+    local parent = {}
+    local function find(k)
+        while parent[k] ~= k do
+            parent[k] = parent[parent[k]]
+            k = parent[k]
         end
-        local list = keys[op.key]
-        list[#list + 1] = op
+        return k
+    end
+    local function keys_of(op) return op.keys or { op.key } end
+    for _, op in ipairs(ops) do
+        local ks = keys_of(op)
+        for _, k in ipairs(ks) do parent[k] = parent[k] or k end
+        for i = 2, #ks do
+            local a, b = find(ks[1]), find(ks[i])
+            if a ~= b then parent[b] = a end
+        end
         if not t0 or op.call < t0 then t0 = op.call end
     end
-    table.sort(order)
+    local groups, members, joined = {}, {}, {}
+    for k in pairs(parent) do
+        local root = find(k)
+        members[root] = members[root] or {}
+        table.insert(members[root], k)
+    end
+    for _, op in ipairs(ops) do
+        local root = find(keys_of(op)[1])
+        groups[root] = groups[root] or {}
+        table.insert(groups[root], op)
+        if op.keys then joined[root] = true end
+    end
+    local order, names = {}, {}
+    for root, ks in pairs(members) do
+        table.sort(ks)
+        names[root] = table.concat(ks, "+")
+        order[#order + 1] = root
+    end
+    table.sort(order, function(a, b) return names[a] < names[b] end)
     local result = { ok = true, keys = {}, ops = #ops, unknown = 0, failed = {}, undecided = {} }
-    for _, key in ipairs(order) do
-        local list = keys[key]
+    for _, root in ipairs(order) do
+        local list, key = groups[root], names[root]
+        local m = joined[root] and multi.new(members[root]) or model
         local unknown = 0
         for _, op in ipairs(list) do
             if op.ret == nil then unknown = unknown + 1 end
         end
         result.unknown = result.unknown + unknown
-        local ok, steps, why = search(copy_ops(list), model.initial, max_steps)
+        local ok, steps, why = search(copy_ops(list), m.initial, max_steps, m)
         local r = { ok = ok == true, steps = steps, ops = #list, unknown = unknown }
         if ok == nil then
             r.undecided, r.reason = true, why
@@ -368,7 +436,7 @@ function checker.check(ops, opts)
             r.reason = "not linearizable"
             result.failed[#result.failed + 1] = key
             if opts.explain ~= false then
-                r.explanation = explain(list, max_steps, t0)
+                r.explanation = explain(list, max_steps, t0, m)
             end
         end
         result.ok = result.ok and r.ok
@@ -426,6 +494,18 @@ function checker.read_logs(paths)
                 fig.calls = fig.calls + 1
                 open[id] = { key = e.k, kind = e.f, value = model.canon(e.v),
                     index = index_of(e.i), call = e.t, proc = e.p, n = e.n, seq = seq }
+                if e.f == "txn" or e.f == "read" then     -- multi-key (multi.lua)
+                    local o = open[id]
+                    o.key, o.value, o.keys = nil, nil, {}
+                    for i, k in ipairs(e.k) do o.keys[i] = k end
+                    if e.f == "txn" then
+                        o.ops = {}
+                        for i, sub in ipairs(e.o) do
+                            o.ops[i] = { kind = sub.f, key = sub.k, index = index_of(sub.i),
+                                value = sub.f == "put" and model.canon(sub.v) or nil }
+                        end
+                    end
+                end
             else
                 local op = assert(open[id], "a completion without its call: " .. id)
                 open[id] = nil
@@ -434,12 +514,21 @@ function checker.read_logs(paths)
                     op.outcome = e.e
                     op.r_index = index_of(e.i)
                     op.r_value = e.v ~= json.null and model.canon(e.v) or nil
+                    -- a transaction's conflicts, a read's values: {key, index, value}
+                    local entries = e.e == "fail" and "r_conflicts" or "r_values"
+                    if e.c then
+                        op[entries] = {}
+                        for _, c in ipairs(e.c) do
+                            op[entries][c.k] = { index = index_of(c.i),
+                                value = c.v ~= nil and c.v ~= json.null and model.canon(c.v) or nil }
+                        end
+                    end
                     ops[#ops + 1] = op
                 else
                     assert(e.e == "unknown" or e.e == "error", "unknown event " .. tostring(e.e))
                     fig.codes[e.code] = (fig.codes[e.code] or 0) + 1
                     fig.samples[e.code] = fig.samples[e.code] or e.err
-                    if op.kind == "get" then
+                    if op.kind == "get" or op.kind == "read" then
                         fig.dropped_reads = fig.dropped_reads + 1
                     elseif e.e == "error" then
                         fig.errors = fig.errors + 1         -- not applied: left out
@@ -453,7 +542,7 @@ function checker.read_logs(paths)
         end
         for _, op in pairs(open) do       -- its process died mid-call
             fig.killed = fig.killed + 1
-            if op.kind ~= "get" then
+            if op.kind ~= "get" and op.kind ~= "read" then
                 op.outcome, op.code = "unknown", "killed mid-call"
                 ops[#ops + 1] = op
             end

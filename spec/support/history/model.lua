@@ -67,6 +67,8 @@ local function holding(s, n, v)
     return nil
 end
 
+model.holding = holding
+
 --- The state `s` seen as (value `v`, index `n`), as get and failed writes
 -- report it: absent is (nil, 0).
 local function observe(s, v, n)

@@ -74,6 +74,63 @@ function Rec:done(n, kind, a, b, c)
     self:write(n, e)
 end
 
+--[[ Multi-key operations (checker.lua reads them into multi.lua's model):
+  {"e":"call","k":[KEYS],"f":"txn","o":[{"f":"put"|"delete","k":KEY,"v":V,"i":I}]}
+  {"e":"ok","i":INDEX}                        the transaction's one index
+  {"e":"fail","c":[{"k":KEY,"i":CURRENT,"v":VALUE}]}   its conflicts
+  {"e":"call","k":[KEYS],"f":"read"}   then   {"e":"ok","c":[{"k","i","v"}]}
+]]
+
+--- Logs the invocation of store:transaction(ops) (items only).
+function Rec:call_txn(ops)
+    self.n = self.n + 1
+    local keys, subs = {}, {}
+    for i, op in ipairs(ops) do
+        keys[i] = op.key
+        subs[i] = { f = op.op, k = op.key, v = op.value, i = op.index }
+    end
+    self:write(self.n, { e = "call", k = keys, f = "txn", o = subs })
+    return self.n
+end
+
+--- Logs the completion of transaction `n` from its results.
+function Rec:done_txn(n, ok, a, b)
+    local e
+    if ok == nil then
+        e = { e = recorder.UNKNOWN[b] and "unknown" or "error", code = b, err = a }
+    elseif ok then
+        e = { e = "ok", i = a }
+    else
+        local c = {}
+        for i, conflict in ipairs(a) do
+            c[i] = { k = conflict.key, i = conflict.index, v = carry(conflict.value) }
+        end
+        e = { e = "fail", c = c }
+    end
+    self:write(n, e)
+end
+
+--- Logs the invocation of store:get_many(keys).
+function Rec:call_read(keys)
+    self.n = self.n + 1
+    self:write(self.n, { e = "call", k = keys, f = "read" })
+    return self.n
+end
+
+--- Logs the completion of read `n` of `keys` from get_many's results.
+function Rec:done_read(n, keys, map, err, code)
+    if map == nil then
+        self:write(n, { e = recorder.UNKNOWN[code] and "unknown" or "error", code = code, err = err })
+        return
+    end
+    local c = {}
+    for i, key in ipairs(keys) do
+        local entry = map[key]
+        c[i] = { k = key, i = entry and entry.index or 0, v = entry and carry(entry.value) or nil }
+    end
+    self:write(n, { e = "ok", c = c })
+end
+
 function Rec:close()
     self.f:close()
 end

@@ -12,12 +12,17 @@
 -- the faults are done and this much time has passed; on their own 300 s
 -- later);
 -- think (ms, the most a client waits between operations: bounds the size of
--- the history, which the checker must search); keys ({"h/k1","h/k2","h/k3"}).
+-- the history, which the checker must search); keys ({"h/k1","h/k2","h/k3"});
+-- client (the client script: client.lua, or txn_client.lua for transactions).
 local checker = require "spec.support.history.checker"
 local core = require "cmpxchg.core"
 local helpers = require "spec.helpers"
 
 local run = {}
+
+-- the operations that write (a transaction's log line may name a put or a
+-- delete of its own before "txn": either says it writes)
+local WRITES = { put = true, delete = true, txn = true }
 local Run = {}
 Run.__index = Run
 
@@ -79,7 +84,8 @@ function Run:spawn()
     -- a client stops at the stop file; on its own only long after, in case
     -- this process died without ending it (a busy machine slows the faults)
     local left = self.seconds + 300 - (core.monotime() - self.started)
-    local handle = helpers.start("spec/support/history/client.lua", { self.ctx.target, log, proc,
+    local handle = helpers.start(self.ctx.client or "spec/support/history/client.lua", {
+        self.ctx.target, log, proc,
         self.stopfile, ("%.3f"):format(math.max(left, 5)), tostring(self.think),
         table.concat(self.keys, ",") })
     local line = handle:read("*l") or ""
@@ -122,7 +128,7 @@ function Run:writing()
     self:poll()
     local out = {}
     for _, c in ipairs(self.live) do
-        if c.last == "put" or c.last == "delete" then out[#out + 1] = c end
+        if WRITES[c.last] then out[#out + 1] = c end
     end
     return out
 end
@@ -192,7 +198,7 @@ function Run:stop_mid_write(tries)
         if not c.stopped then
             self:stop(c)
             local kind = self:mid_op(c)
-            if kind == "put" or kind == "delete" then return c end
+            if WRITES[kind] then return c end
             self:resume(c)
             self:progress(1, "between tries")
         end

@@ -34,6 +34,7 @@ const fs = require('fs');
 const path = require('path');
 const zlib = require('zlib');
 const crypto = require('crypto');
+const os = require('os');
 
 const SERVER_VERSION = '6.0.105';       // Raven-Server-Version and topology ServerVersion
 const NODE_TAGS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';
@@ -325,7 +326,9 @@ class NodeState {
     constructor() {
         this.applied = 0;               // raft index of the last command applied
         this.items = new Map();         // storage key -> {Index, Value: RawJson, ExpiresAt}
-        this.databases = new Map();     // lower-cased name -> {name, members, rehabs, etag}
+        this.databases = new Map();     // lower-cased name -> {name, members, rehabs, etag, ids}
+        this.documents = new Map();     // lower(db/id) -> document (see documentKey)
+        this.counters = new Map();      // "etag:db", "raft:db" -> the last value handed out
     }
 
     /* storage key = lower(db + "/" + key) (ref §1.1, SRV-KEY) */
@@ -365,6 +368,28 @@ class NodeState {
     dropItemsOf(name) {
         const prefix = lowerInvariant(`${name}/`);
         for (const k of [...this.items.keys()]) if (k.startsWith(prefix)) this.items.delete(k);
+        for (const k of [...this.documents.keys()]) if (k.startsWith(prefix)) this.documents.delete(k);
+    }
+
+    /*
+    ** Documents (server behaviour §3.2), per database: ids compare case-insensitively and are
+    ** kept as written. A document is {id, collection, body (its members, parsed), metadata
+    ** (what the writer put in @metadata), changeVector, lastModified, flags}.
+    */
+    static documentKey(db, id) {
+        return lowerInvariant(`${db}/${id}`);
+    }
+
+    document(db, id) {
+        return this.documents.get(NodeState.documentKey(db, id)) || null;
+    }
+
+    /* the next value of a per-database counter (document etags, cluster-wide document writes) */
+    nextCount(counter, db) {
+        const k = `${counter}:${lowerInvariant(db)}`;
+        const n = (this.counters.get(k) || 0) + 1;
+        this.counters.set(k, n);
+        return n;
     }
 }
 
@@ -415,7 +440,7 @@ const COMMANDS = {
     */
     createDatabase(state, c, raftIndex) {
         state.databases.set(lowerInvariant(c.name), {
-            name: c.name, members: c.members.slice(), rehabs: [], etag: raftIndex + 1,
+            name: c.name, members: c.members.slice(), rehabs: [], etag: raftIndex + 1, ids: c.ids,
         });
         return raftIndex;
     },
@@ -448,6 +473,223 @@ const COMMANDS = {
         for (const record of state.databases.values()) record.etag = raftIndex + 1;
         return raftIndex + 1;
     },
+};
+
+/* ------------------------------------------------------------------------------------------
+** Cluster-wide transactions and documents (server behaviour §3)
+** ---------------------------------------------------------------------------------------- */
+
+const GUARD_PREFIX = 'rvn-atomic/';     // CompareExchangeKey's atomic guards (ref §10, S-CTX)
+const RAFT_TAG = 'RAFT';
+const TRXN_TAG = 'TRXN';
+
+/* a database's DatabaseTopologyIdBase64 and ClusterTransactionIdBase64: 22 base64 characters */
+function databaseIds() {
+    const id = () => crypto.randomBytes(16).toString('base64').replace(/=+$/, '');
+    return { group: id(), clusterTx: id() };
+}
+
+/* ChangeVectorUtils.GetEtagById: the etag of the entry whose id is `id`, 0 when none */
+function etagById(changeVector, id) {
+    if (typeof changeVector !== 'string') return 0;
+    for (const part of changeVector.split(',')) {
+        const m = /^\s*([^:]+):(\d+)-(.+?)\s*$/.exec(part);
+        if (m && m[3] === id) return Number(m[2]);
+    }
+    return 0;
+}
+
+/* the entries of a change vector other than those with `tag` */
+function changeVectorWithout(changeVector, tag) {
+    if (typeof changeVector !== 'string' || changeVector === '') return [];
+    return changeVector.split(',').map((p) => p.trim()).filter((p) => p && !p.startsWith(`${tag}:`));
+}
+
+/* a document as the server writes it: its members, then @metadata */
+function documentJson(doc) {
+    const metadata = { ...doc.metadata, '@collection': doc.collection, '@change-vector': doc.changeVector,
+        '@id': doc.id, '@last-modified': doc.lastModified };
+    if (doc.flags) metadata['@flags'] = doc.flags;
+    return { ...doc.body, '@metadata': metadata };
+}
+
+/* the collection of a document body: @metadata.@collection, else @empty (§3.2) */
+function collectionOf(document) {
+    const metadata = document && document['@metadata'];
+    const name = metadata && typeof metadata === 'object' ? metadata['@collection'] : null;
+    return typeof name === 'string' && name !== '' ? name : '@empty';
+}
+
+/* a document body without its @metadata, and the @metadata the writer gave (server-set keys out) */
+function splitDocument(document) {
+    const body = {};
+    let metadata = {};
+    for (const [k, v] of Object.entries(document)) {
+        if (k === '@metadata') metadata = v && typeof v === 'object' && !Array.isArray(v) ? { ...v } : {};
+        else body[k] = v;
+    }
+    for (const k of ['@id', '@change-vector', '@last-modified', '@flags', '@collection']) delete metadata[k];
+    return { body, metadata };
+}
+
+/*
+** ClusterTransactionCommand.ExecuteCompareExchangeCommands (S-CTX): the atomic guards of the
+** document commands are added after the explicit compare-exchange commands
+** (EnsureAtomicDocumentWrites), every command is validated against the state before the
+** transaction, and only when every one passes is any of them executed, all with index
+** `raftIndex`. Then the documents are written (the database applies them from the
+** transaction; here with the same raft entry). Returns {errors} or {results}.
+*/
+COMMANDS.clusterTx = function clusterTx(state, c, raftIndex, behavior) {
+    const record = state.database(c.db);
+    const ids = record && record.ids ? record.ids : { group: 'unknown', clusterTx: 'unknown' };
+    const cluster = c.commands.filter((x) => x.Type === 'CompareExchangePUT' || x.Type === 'CompareExchangeDELETE')
+        .map((x) => ({ ...x }));
+    if (!c.disableAtomic) {
+        for (const x of c.commands) {
+            if (x.Type !== 'PUT' && x.Type !== 'DELETE') continue;
+            const guardKey = GUARD_PREFIX + x.Id;
+            const changeVector = x.OriginalChangeVector || x.ChangeVector || null;
+            let index = changeVector === null ? 0 : etagById(changeVector, ids.clusterTx);
+            const guard = { Id: guardKey, Index: index };
+            if (x.Type === 'PUT') {
+                guard.Type = 'CompareExchangePUT';
+                const value = { Id: x.Id };
+                const expires = x.Document && x.Document['@metadata'] && x.Document['@metadata']['@expires'];
+                if (typeof expires === 'string') value['@metadata'] = { '@expires': expires };
+                guard.Document = value;
+            } else {
+                if (changeVector === null) {
+                    const current = state.get(c.db, guardKey);
+                    if (!current) continue;     // deleting a document that has no guard
+                    index = current.Index;
+                    guard.Index = index;
+                }
+                guard.Type = 'CompareExchangeDELETE';
+            }
+            guard.Error = `Guard compare exchange value '${guardKey}' index does not match the transaction `
+                + `index's ${index} change vector on ${x.Id}`;
+            cluster.push(guard);
+        }
+    }
+    const errors = [];
+    for (const x of cluster) {
+        const item = state.get(c.db, x.Id);
+        const current = item ? item.Index : -1;
+        let ok;
+        if (x.Type === 'CompareExchangePUT') {
+            // a present item whose @expires has passed passes whatever the index (S-CMD Validate)
+            ok = item ? (item.ExpiresAt !== null && item.ExpiresAt < c.now) || current === x.Index : x.Index === 0;
+        } else {
+            ok = item ? current === x.Index : x.Index === 0;
+        }
+        if (ok) continue;
+        let message = `Concurrency check failed for ${x.Type === 'CompareExchangePUT' ? 'putting' : 'deleting'} `
+            + `the key '${x.Id}'. Requested index: ${x.Index}, actual index: ${current}`;
+        if (x.Error) message = `${x.Error}\n${message}`;
+        errors.push({ message, id: x.Id, expected: x.Index, actual: current, type: x.Error ? 'Document' : 'CompareExchange' });
+    }
+    if (errors.length > 0) return { errors };
+    for (const x of cluster) {
+        // AddOrUpdate/RemoveCompareExchangeCommand.ExecuteInternal, as a single put or delete
+        if (x.Type === 'CompareExchangePUT') {
+            const value = new RawJson(JSON.stringify(x.Document));
+            const expiresAt = x.Document['@metadata'] && typeof x.Document['@metadata']['@expires'] === 'string'
+                ? parseExpires(x.Document['@metadata']['@expires']) : null;
+            COMMANDS.put(state, { db: c.db, key: x.Id, index: x.Index, value, expiresAt }, raftIndex, behavior);
+        } else {
+            COMMANDS.delete(state, { db: c.db, key: x.Id, index: x.Index }, raftIndex, behavior);
+        }
+    }
+    const results = [];
+    for (const x of c.commands) {
+        if (x.Type !== 'PUT' && x.Type !== 'DELETE') continue;
+        const count = state.nextCount('raft', c.db);
+        let changeVector = `${RAFT_TAG}:${count}-${ids.group}`;
+        if (!c.disableAtomic) changeVector += `,${TRXN_TAG}:${raftIndex}-${ids.clusterTx}`;
+        const key = NodeState.documentKey(c.db, x.Id);
+        if (x.Type === 'PUT') {
+            const { body, metadata } = splitDocument(x.Document);
+            const doc = { id: x.Id, collection: collectionOf(x.Document), body, metadata, changeVector,
+                lastModified: c.lastModified, flags: 'FromClusterTransaction' };
+            state.documents.set(key, doc);
+            results.push({ Type: 'PUT', '@id': x.Id, '@collection': doc.collection, '@change-vector': changeVector,
+                '@last-modified': c.lastModified, '@flags': 'FromClusterTransaction' });
+        } else {
+            state.documents.delete(key);
+            results.push({ Id: x.Id, Type: 'DELETE', Deleted: true, ChangeVector: changeVector });
+        }
+    }
+    for (const x of c.commands) {
+        if (x.Type === 'CompareExchangePUT' || x.Type === 'CompareExchangeDELETE') {
+            results.push({ Type: x.Type, Key: x.Id, Index: raftIndex });
+        }
+    }
+    return { results };
+};
+
+/*
+** Document writes outside a cluster-wide transaction: PUT/DELETE /docs and the single-node
+** batch (§3.2). Each command's optimistic concurrency (a change vector: it must be the
+** document's; "" : the document must not exist) and, for a document a cluster-wide
+** transaction wrote, its atomic guard (DocumentPutAction ValidateAtomicGuard, S-DPUT) are
+** checked first; one failure writes nothing. (A real server writes documents without Raft and
+** replicates them; here they go through the log, so they take a raft index.)
+*/
+COMMANDS.documents = function documents(state, c) {
+    const record = state.database(c.db);
+    const ids = record && record.ids ? record.ids : { group: 'unknown', clusterTx: 'unknown' };
+    for (const x of c.commands) {
+        const doc = state.document(c.db, x.Id);
+        const expected = x.ChangeVector;
+        if (expected !== null && expected !== undefined) {
+            const actual = doc ? doc.changeVector : null;
+            if ((expected === '' && doc) || (expected !== '' && actual !== expected)) {
+                return { error: { status: 409, type: 'Raven.Client.Exceptions.ConcurrencyException',
+                    message: `Document ${x.Id} has change vector ${actual}, but ${x.Type === 'PUT' ? 'Put' : 'Delete'} `
+                        + `was called with ${expected === '' ? 'an empty change vector' : `change vector ${expected}`}. `
+                        + 'Optimistic concurrency violation, transaction will be aborted.' } };
+            }
+        }
+        if (x.Type === 'PUT' && doc) {
+            const trxn = etagById(doc.changeVector, ids.clusterTx);
+            if (trxn > 0) {
+                const guard = state.get(c.db, GUARD_PREFIX + x.Id);
+                if (!guard || guard.Index !== trxn) {
+                    return { error: { status: 409, type: 'Raven.Client.Exceptions.ConcurrencyException',
+                        message: `Cannot PUT document '${x.Id}' because its change vector's cluster transaction index `
+                            + `is set to ${trxn} but the compare exchange guard ('${GUARD_PREFIX}${x.Id}') is `
+                            + `${guard ? `set to ${guard.Index}` : 'missing'}` } };
+                }
+            }
+            const collection = collectionOf(x.Document);
+            if (lowerInvariant(collection) !== lowerInvariant(doc.collection)) {
+                return { error: { status: 500, type: 'System.InvalidOperationException',
+                    message: `Changing '${x.Id}' from '${doc.collection}' to '${collection}' via update is not `
+                        + `supported. Delete it and recreate the document '${x.Id}'.` } };
+            }
+        }
+    }
+    const results = [];
+    for (const x of c.commands) {
+        const key = NodeState.documentKey(c.db, x.Id);
+        const doc = state.documents.get(key);
+        if (x.Type === 'PUT') {
+            const etag = state.nextCount('etag', c.db);
+            const kept = doc ? changeVectorWithout(doc.changeVector, c.tag) : [];
+            const changeVector = [`${c.tag}:${etag}-${ids.group}`, ...kept].join(',');
+            const { body, metadata } = splitDocument(x.Document);
+            const written = { id: doc ? doc.id : x.Id, collection: collectionOf(x.Document), body, metadata,
+                changeVector, lastModified: c.lastModified, flags: null };
+            state.documents.set(key, written);
+            results.push({ Type: 'PUT', '@id': written.id, '@collection': written.collection,
+                '@change-vector': changeVector, '@last-modified': c.lastModified });
+        } else {
+            state.documents.delete(key);
+            results.push({ Id: x.Id, Type: 'DELETE', Deleted: !!doc, ChangeVector: null });
+        }
+    }
+    return { results };
 };
 
 /*
@@ -498,7 +740,7 @@ class Cluster {
         const all = this.nodes.map((n) => n.index);
         for (const name of databases) {
             this.committed.databases.set(lowerInvariant(name), {
-                name, members: all.slice(), rehabs: [], etag: 1,
+                name, members: all.slice(), rehabs: [], etag: 1, ids: databaseIds(),
             });
         }
         if (this.electionTimer) clearTimeout(this.electionTimer);
@@ -1179,6 +1421,9 @@ class Emulator {
     async databaseRoute(ctx, db, rest) {
         const method = ctx.req.method;
         const known = (rest === 'cmpxchg' && ['GET', 'PUT', 'DELETE'].includes(method))
+            || (rest === 'docs' && ['GET', 'PUT', 'DELETE'].includes(method))
+            || (rest === 'bulk_docs' && method === 'POST')
+            || (rest === 'queries' && method === 'POST')
             || (rest === 'healthcheck' && method === 'GET')
             || (rest === 'configuration/client' && method === 'GET');
         if (!known) return undefined;
@@ -1208,6 +1453,15 @@ class Emulator {
     databaseHandler(ctx, db, rest) {
         if (rest === 'healthcheck') return { status: 204, headers: {}, body: null };
         if (rest === 'configuration/client') return json(200, { Etag: 0, Configuration: null });
+        if (rest === 'bulk_docs') return this.bulkDocs(ctx, db);
+        if (rest === 'queries') return this.query(ctx, db);
+        if (rest === 'docs') {
+            switch (ctx.req.method) {
+            case 'GET': return this.getDocuments(ctx, db);
+            case 'PUT': return this.putDocument(ctx, db);
+            default: return this.deleteDocument(ctx, db);
+            }
+        }
         switch (ctx.req.method) {
         case 'GET': return this.getCompareExchange(ctx, db);
         case 'PUT': return this.putCompareExchange(ctx, db);
@@ -1285,6 +1539,254 @@ class Emulator {
         if (outcome === null) return null;
         const { raftIndex, result } = outcome;
         return json(200, { Index: result.Index, Value: result.Value, Successful: result.Index === raftIndex });
+    }
+
+    /* ---- documents, cluster-wide transactions, queries (server behaviour §3) ------------ */
+
+    /* a request the emulator does not implement: 500, logged with the unknown routes */
+    unsupported(ctx, what) {
+        this.unknownRoutes.push({ node: ctx.node.index, method: ctx.req.method, url: ctx.req.url, unsupported: what });
+        if (this.unknownRoutes.length > UNKNOWN_ROUTE_LIMIT) this.unknownRoutes.shift();
+        process.stderr.write(`emulator: unsupported ${what}: ${ctx.req.method} ${ctx.req.url}\n`);
+        return new RavenError(500, 'System.NotSupportedException', `The RavenDB emulator does not implement ${what}`);
+    }
+
+    bodyObject(ctx, what) {
+        const text = decodeBody(ctx.raw, ctx.req.headers['content-encoding']).toString('utf8').replace(/^\uFEFF/, '');
+        return parseJsonObject(text, what);
+    }
+
+    /*
+    ** POST /databases/{db}/bulk_docs (§3.1). The parser reads Commands, then the property right
+    ** after the array for TransactionMode (S-PARSE): only there does "ClusterWide" count.
+    */
+    async bulkDocs(ctx, db) {
+        const body = this.bodyObject(ctx, 'the batch');
+        if (!Array.isArray(body.Commands)) throw ArgumentException("The batch must have a 'Commands' array");
+        const keys = Object.keys(body);
+        const after = keys[keys.indexOf('Commands') + 1];
+        const clusterWide = after === 'TransactionMode' && body.TransactionMode === 'ClusterWide';
+        const commands = body.Commands.map((x, i) => {
+            if (x === null || typeof x !== 'object' || Array.isArray(x)) {
+                throw new RavenError(500, 'System.IO.InvalidDataException', `Command #${i} is not a JSON object`);
+            }
+            return x;
+        });
+        return clusterWide ? this.clusterTransaction(ctx, db, commands) : this.singleNodeBatch(ctx, db, commands);
+    }
+
+    /*
+    ** A cluster-wide transaction: the checks before Raft (S-CTX ValidateCommands,
+    ** ClusterCommandValidation; the command constructors), one raft command, then 201 with the
+    ** results and TransactionIndex, or 409 ClusterTransactionConcurrencyException (S-CTXP).
+    */
+    async clusterTransaction(ctx, db, commands) {
+        const flag = ctx.query.get('disableAtomicDocumentWrites');
+        let disableAtomic = flag !== null && flag.toLowerCase() === 'true';
+        // CheckBackwardCompatibility: no Raven-Client-Version, or one before 5.2, turns the guards off
+        const version = /^(\d+)\.(\d+)/.exec(ctx.req.headers['raven-client-version'] || '');
+        if (!version || Number(version[1]) < 5 || (Number(version[1]) === 5 && Number(version[2]) < 2)) {
+            disableAtomic = true;
+        }
+        const now = Date.now();
+        for (const x of commands) {
+            if (!['PUT', 'DELETE', 'CompareExchangePUT', 'CompareExchangeDELETE'].includes(x.Type)) {
+                throw new RavenError(500, 'System.ArgumentOutOfRangeException',
+                    `The command type ${x.Type} is not supported in cluster transaction.`);
+            }
+            if (x.Type === 'PUT') {
+                if (x.Document === null || typeof x.Document !== 'object' || Array.isArray(x.Document)) {
+                    throw new RavenError(500, 'System.IO.InvalidDataException', `The PUT of ${x.Id} has no document`);
+                }
+                const metadata = x.Document['@metadata'] || {};
+                for (const [field, what] of [['@attachments', 'attachments'], ['@counters', 'counters'],
+                    ['@timeseries', 'time series']]) {
+                    if (metadata[field] !== undefined) {
+                        throw new RavenError(500, 'System.NotSupportedException',
+                            `The document ${x.Id} has ${what}, this is not supported in cluster wide transaction.`);
+                    }
+                }
+            }
+        }
+        for (const x of commands) {
+            if (typeof x.Id !== 'string' || isNullOrWhiteSpace(x.Id)) {
+                throw new RavenError(500, 'Raven.Server.Rachis.RachisApplyException',
+                    'In ClusterTransactionDataCommand document id cannot be null, empty or white spaces as part of '
+                    + `cluster transaction. Type:(${x.Type}), Index:(${x.Index || 0})`);
+            }
+            const last = x.Id[x.Id.length - 1];
+            if (last === '/' || last === '|') {
+                throw new RavenError(500, 'Raven.Server.Rachis.RachisApplyException',
+                    `Document id ${x.Id} cannot end with '|' or '/' as part of cluster transaction`);
+            }
+            if (x.Type === 'CompareExchangePUT' || x.Type === 'CompareExchangeDELETE') {
+                if (!disableAtomic && lowerInvariant(x.Id).startsWith(GUARD_PREFIX)) {
+                    throw new RavenError(500, 'Raven.Client.Exceptions.CompareExchangeInvalidKeyException',
+                        `You cannot manipulate the atomic guard '${x.Id}' via the cluster-wide session`);
+                }
+                if (!Number.isInteger(x.Index) || x.Index < 0) {
+                    throw new RavenError(500, 'System.IO.InvalidDataException', `Index of '${x.Id}' must be a non-negative number`);
+                }
+                if (x.Type === 'CompareExchangePUT') {
+                    checkKeySize(x.Id);
+                    if (x.Document === null || typeof x.Document !== 'object' || Array.isArray(x.Document)) {
+                        throw new RavenError(500, 'System.IO.InvalidDataException', `The value of '${x.Id}' is not a JSON object`);
+                    }
+                    expiresOf(x.Document, x.Id, db);
+                }
+            }
+        }
+        const outcome = await this.submit(ctx, raftRequestId(ctx.query), {
+            type: 'clusterTx', typeName: 'ClusterTransactionCommand', db, commands, disableAtomic, now,
+            lastModified: new Date(now).toISOString().replace(/Z$/, '0000Z'),
+        });
+        if (outcome === null) return null;
+        const { raftIndex, result } = outcome;
+        if (result.errors) {
+            throw new RavenError(409, 'Raven.Client.Exceptions.ClusterTransactionConcurrencyException',
+                'Failed to execute cluster transaction due to the following issues: '
+                + result.errors.map((e) => e.message).join('\n'));
+        }
+        return json(201, { Results: result.results, TransactionIndex: raftIndex });
+    }
+
+    /* the single-node batch: documents only here (PUT and DELETE) */
+    async singleNodeBatch(ctx, db, commands) {
+        for (const x of commands) {
+            if (x.Type !== 'PUT' && x.Type !== 'DELETE') throw this.unsupported(ctx, `batch command ${x.Type}`);
+            if (typeof x.Id !== 'string' || isNullOrWhiteSpace(x.Id)) throw ArgumentException('Document id is missing');
+            if (/[/|]$/.test(x.Id)) throw this.unsupported(ctx, 'server-generated document ids');
+            if (x.Type === 'PUT' && (x.Document === null || typeof x.Document !== 'object' || Array.isArray(x.Document))) {
+                throw new RavenError(500, 'System.IO.InvalidDataException', `The PUT of ${x.Id} has no document`);
+            }
+        }
+        const result = await this.documentCommand(ctx, db, commands.map((x) => ({
+            Type: x.Type, Id: x.Id, Document: x.Document, ChangeVector: x.ChangeVector === undefined ? null : x.ChangeVector,
+        })));
+        if (result === null) return null;
+        return json(201, { Results: result.results });
+    }
+
+    /* commits a `documents` command; throws its error */
+    async documentCommand(ctx, db, commands) {
+        const now = Date.now();
+        const outcome = await this.submit(ctx, raftRequestId(ctx.query), {
+            type: 'documents', typeName: 'BatchCommand', db, commands, tag: ctx.node.tag,
+            lastModified: new Date(now).toISOString().replace(/Z$/, '0000Z'),
+        });
+        if (outcome === null) return null;
+        const { error } = outcome.result;
+        if (error) throw new RavenError(error.status, error.type, error.message);
+        return outcome.result;
+    }
+
+    /* If-Match: "<change vector>" (GetStringFromHeaders strips one pair of quotes) */
+    static ifMatch(req) {
+        let raw = req.headers['if-match'];
+        if (raw === undefined) return null;
+        if (raw.length >= 2 && raw[0] === '"' && raw[raw.length - 1] === '"') raw = raw.slice(1, -1);
+        return raw;
+    }
+
+    static documentId(ctx) {
+        const ids = ctx.query.getAll('id');
+        if (ids.length !== 1 || isNullOrWhiteSpace(ids[0])) {
+            throw ArgumentException("Query string value 'id' must appear exactly once and have a non empty value");
+        }
+        return ids[0];
+    }
+
+    /* GET /databases/{db}/docs?id=..[&id=..] (§3.2): this node's documents */
+    getDocuments(ctx, db) {
+        const ids = ctx.query.getAll('id');
+        if (ids.length === 0) throw this.unsupported(ctx, 'listing documents (GET /docs without id)');
+        const state = ctx.cnode.state;
+        const results = ids.map((id) => state.document(db, id));
+        if (ids.length === 1 && results[0] === null) return { status: 404, headers: {}, body: null };
+        const etag = crypto.createHash('sha1').update(results.map((d) => (d ? d.changeVector : '-')).join('|'))
+            .digest('hex');
+        return json(200, { Results: results.map((d) => (d ? documentJson(d) : null)), Includes: {} },
+            { ETag: `"${etag}"` });
+    }
+
+    /* PUT /databases/{db}/docs?id= (§3.2): 201 {Id, ChangeVector} */
+    async putDocument(ctx, db) {
+        const id = Emulator.documentId(ctx);
+        if (/[/|]$/.test(id)) throw this.unsupported(ctx, 'server-generated document ids');
+        const document = this.bodyObject(ctx, 'the document');
+        const result = await this.documentCommand(ctx, db,
+            [{ Type: 'PUT', Id: id, Document: document, ChangeVector: Emulator.ifMatch(ctx.req) }]);
+        if (result === null) return null;
+        return json(201, { Id: result.results[0]['@id'], ChangeVector: result.results[0]['@change-vector'] });
+    }
+
+    /* DELETE /databases/{db}/docs?id= (§3.2): 204, a missing document too */
+    async deleteDocument(ctx, db) {
+        const id = Emulator.documentId(ctx);
+        const result = await this.documentCommand(ctx, db,
+            [{ Type: 'DELETE', Id: id, ChangeVector: Emulator.ifMatch(ctx.req) }]);
+        if (result === null) return null;
+        return { status: 204, headers: {}, body: null };
+    }
+
+    /*
+    ** POST /databases/{db}/queries (§3.2): the subset `from <Collection>` with an optional
+    ** `where id() == <value>`, the value a string literal, a $parameter or cmpxchg(<one of
+    ** those>). cmpxchg() is evaluated once, on this node's state (S-QB EvaluateMethod): the
+    ** item's Object as text; a missing item or Object is null, which matches nothing.
+    */
+    query(ctx, db) {
+        const body = this.bodyObject(ctx, 'the query');
+        const rql = typeof body.Query === 'string' ? body.Query : '';
+        const params = body.QueryParameters && typeof body.QueryParameters === 'object' ? body.QueryParameters : {};
+        const invalid = (message) => new RavenError(500, 'Raven.Client.Exceptions.InvalidQueryException',
+            `${message}${os.EOL}Query: ${rql}${os.EOL}Parameters: ${JSON.stringify(params)}`);
+        const name = String.raw`(?:[A-Za-z_@][\w@]*|'[^']*'|"[^"]*")`;
+        const value = String.raw`(?:\$\w+|'[^']*'|"[^"]*")`;
+        const m = new RegExp(String.raw`^\s*from\s+(${name})\s*(?:where\s+(.*?))?\s*$`, 'is').exec(rql);
+        if (!m) throw this.unsupported(ctx, `the query '${rql}' (only: from <Collection> [where id() == ...])`);
+        const collection = m[1].replace(/^['"]|['"]$/g, '');
+        let wanted;         // undefined: every document of the collection; null: none
+        if (m[2] !== undefined) {
+            const where = m[2].trim();
+            if (new RegExp(String.raw`^cmpxchg\(\s*${value}\s*\)$`, 'i').test(where)) {
+                throw invalid("A 'where' clause cannot contain just an 'cmpxchg' method");
+            }
+            const w = new RegExp(String.raw`^id\(\)\s*==\s*(?:(cmpxchg)\(\s*(${value})\s*\)|(${value}))$`, 'i').exec(where);
+            if (!w) throw this.unsupported(ctx, `the query '${rql}' (only: from <Collection> [where id() == ...])`);
+            const literal = (text) => {
+                if (text[0] !== '$') return text.slice(1, -1);
+                const p = text.slice(1);
+                if (!Object.prototype.hasOwnProperty.call(params, p)) throw invalid(`Value of parameter '${p}' was not provided`);
+                return params[p];
+            };
+            if (w[1]) {
+                const key = literal(w[2]);
+                if (typeof key !== 'string') throw invalid(`Expected value of type string, but got: ${JSON.stringify(key)}`);
+                const item = ctx.cnode.state.get(db, key);
+                const object = item ? JSON.parse(item.Value.text).Object : undefined;
+                if (object === undefined || object === null) wanted = null;
+                else wanted = typeof object === 'string' ? object : JSON.stringify(object);
+            } else {
+                const v = literal(w[3]);
+                wanted = v === null || v === undefined ? null : String(v);
+            }
+        }
+        const results = [];
+        const prefix = lowerInvariant(`${db}/`);
+        for (const [k, doc] of ctx.cnode.state.documents) {
+            if (!k.startsWith(prefix)) continue;
+            if (collection !== '@all_docs' && lowerInvariant(doc.collection) !== lowerInvariant(collection)) continue;
+            if (wanted === null) continue;
+            if (wanted !== undefined && lowerInvariant(doc.id) !== lowerInvariant(wanted)) continue;
+            results.push(documentJson(doc));
+        }
+        const stamp = new Date().toISOString().replace(/Z$/, '0000Z');
+        return json(200, {
+            TotalResults: results.length, SkippedResults: 0, DurationInMs: 0, IncludedPaths: null,
+            IndexName: `collection/${collection}`, Results: results, Includes: {}, IndexTimestamp: stamp,
+            LastQueryTime: stamp, IsStale: false, ResultEtag: ctx.cnode.state.applied, NodeTag: ctx.node.tag,
+        });
     }
 
     /* ---- topology and cluster ---------------------------------------------------------- */
@@ -1402,7 +1904,7 @@ class Emulator {
         const tagged = wanted.map((tag) => this.nodes.findIndex((n) => n.tag === tag)).filter((i) => i >= 0);
         if (tagged.length > 0) members = tagged;
         const outcome = await this.submit(ctx, raftRequestId(ctx.query),
-            { type: 'createDatabase', typeName: 'AddDatabaseCommand', name, members });
+            { type: 'createDatabase', typeName: 'AddDatabaseCommand', name, members, ids: databaseIds() });
         if (outcome === null) return null;
         const tags = members.map((i) => this.nodes[i].tag);
         return json(201, {
@@ -1624,10 +2126,15 @@ function controlState(emu, nodeIndex) {
         items[k] = { Index: item.Index, Value: JSON.parse(item.Value.text) };
         if (item.ExpiresAt !== null) items[k].ExpiresAt = new Date(item.ExpiresAt).toISOString();
     }
+    const documents = {};
+    for (const [k, doc] of state.documents) {
+        documents[k] = { Id: doc.id, Collection: doc.collection, ChangeVector: doc.changeVector, Document: documentJson(doc) };
+    }
     return {
         index: emu.cluster.raftIndex,
         applied: state.applied,
         items,
+        documents,
         requests: emu.requests,
         databases: [...state.databases.values()].map((r) => r.name),
         database_records: [...state.databases.values()].map(recordInfo),

@@ -20,6 +20,18 @@
 **   {"op":"delete", "key", "index"}                          DeleteCompareExchangeValueOperation
 **   {"op":"create_database", "name"} / {"op":"delete_database", "name"}   server operations
 **   {"op":"purge", "startsWith"}   lists the prefix and deletes each item at its index
+** Cluster-wide transactions and documents (issue 18), the client's session API:
+**   {"op":"cluster_session", "actions":[...]}   one session with TransactionMode ClusterWide,
+**       one saveChanges; actions, in order:
+**         {"create_cmpxchg":{"key","value"}}   clusterTransaction.createCompareExchangeValue
+**         {"update_cmpxchg":{"key","value"}}   getCompareExchangeValue, then a new value
+**         {"delete_cmpxchg":{"key"}}           getCompareExchangeValue, then deleteCompareExchangeValue
+**         {"store":{"id","doc","collection"?}} session.store of a new document
+**         {"load_update":{"id","set":{...}}}   session.load, then the fields of `set` changed
+**         {"delete_doc":{"id"}}                session.delete
+**       result: {"transaction_index"} (the store's last transaction index for the database)
+**   {"op":"load", "id", "cluster_wide"?}      session.load: {"doc", "change_vector"} or null
+**   {"op":"query", "rql", "params"?}          session.advanced.rawQuery(...).all(): the documents
 ** Helpers (not the client; to set up state or look at it):
 **   {"op":"control", "method", "path", "body"?}   the emulator control API (--control)
 **   {"op":"raw", "method", "path", "body"?, "headers"?}   plain fetch to the first URL
@@ -148,6 +160,61 @@ async function raw(opts, step) {
     return { status: res.status, headers, body };
 }
 
+/* one cluster-wide session: the actions, then saveChanges */
+async function clusterSession(store, step) {
+    const session = store.openSession({ transactionMode: 'ClusterWide' });
+    const cluster = session.advanced.clusterTransaction;
+    for (const action of step.actions) {
+        const [name] = Object.keys(action);
+        const a = action[name];
+        switch (name) {
+        case 'create_cmpxchg': cluster.createCompareExchangeValue(a.key, a.value); break;
+        case 'update_cmpxchg': {
+            const value = await cluster.getCompareExchangeValue(a.key);
+            if (!value) throw new Error(`no compare exchange value ${a.key}`);
+            value.value = a.value;
+            break;
+        }
+        case 'delete_cmpxchg': {
+            const value = await cluster.getCompareExchangeValue(a.key);
+            if (!value) throw new Error(`no compare exchange value ${a.key}`);
+            cluster.deleteCompareExchangeValue(value);
+            break;
+        }
+        case 'store': {
+            const doc = { ...a.doc };
+            await session.store(doc, a.id);
+            if (a.collection) session.advanced.getMetadataFor(doc)['@collection'] = a.collection;
+            break;
+        }
+        case 'load_update': {
+            const doc = await session.load(a.id);
+            if (!doc) throw new Error(`no document ${a.id}`);
+            Object.assign(doc, a.set);
+            break;
+        }
+        case 'delete_doc': session.delete(a.id); break;
+        default: throw new Error(`unknown cluster session action ${name}`);
+        }
+    }
+    await session.saveChanges();
+    return { transaction_index: store.getLastTransactionIndex(store.database) };
+}
+
+async function load(store, step) {
+    const session = step.cluster_wide ? store.openSession({ transactionMode: 'ClusterWide' }) : store.openSession();
+    const doc = await session.load(step.id);
+    if (!doc) return null;
+    return { doc: plain(doc), change_vector: session.advanced.getChangeVectorFor(doc) };
+}
+
+async function query(store, step) {
+    const session = store.openSession();
+    let q = session.advanced.rawQuery(step.rql);
+    for (const [k, v] of Object.entries(step.params || {})) q = q.addParameter(k, v);
+    return plain(await q.all());
+}
+
 async function runStep(store, opts, step) {
     const ops = store.operations;
     switch (step.op) {
@@ -171,6 +238,9 @@ async function runStep(store, opts, step) {
             databaseNames: [step.name], hardDelete: true,
         })));
     case 'purge': return purge(ops, step.startsWith);
+    case 'cluster_session': return clusterSession(store, step);
+    case 'load': return load(store, step);
+    case 'query': return query(store, step);
     case 'control': return control(opts, step);
     case 'raw': return raw(opts, step);
     case 'sleep': await new Promise((r) => setTimeout(r, step.ms)); return null;
