@@ -10,8 +10,9 @@
 -- whatever fails, with no counter to keep in step.
 --
 -- A waiter reads all N keys in one request (get_many: one snapshot), tries
--- the free or expired ones (in a random order, so that waiters spread over
--- them), and otherwise waits (backoff with full jitter, no later than just
+-- the permits whose lease is over (a dead holder's are reclaimed first), then
+-- the absent ones, each kind in a random order so that waiters spread over
+-- them, and otherwise waits (backoff with full jitter, no later than just
 -- after the first lease it saw ends) and reads again. With `fair = true` the
 -- waiters queue as fair locks do (queue.lua), under `<name>/waiters/`, and a
 -- waiter tries only while fewer live waiters are ahead of it than there are
@@ -89,24 +90,31 @@ local function shuffle(list)
     return list
 end
 
---- Reads every permit: the free ones (absent, or their lease over), the
--- earliest end of the others, the highest index seen; nil, err, code.
+--- Reads every permit: the free ones (in the order to try them: the
+-- expired first, then the absent, each in a random order), the earliest end
+-- of the others, the highest index seen; nil, err, code.
 local function look(self, backend, o)
     local results, err, code = backend:get_many(self.keys)
     if results == nil then return nil, err, code end
     local now = runtime.time()
-    local free, first_end, seen, holder = {}, nil, 0, nil
+    local expired, absent, first_end, seen, holder = {}, {}, nil, 0, nil
     for i = 1, self.n do
         local r = results[i]
         seen = math.max(seen, r.index)
         local ends = r.index > 0 and lease.ends(r.value, o.expires_field)
-        if r.index == 0 or (ends and now > ends + o.clock_skew) then
-            free[#free + 1] = i
+        if r.index == 0 then
+            absent[#absent + 1] = i
+        elseif ends and now > ends + o.clock_skew then
+            expired[#expired + 1] = i
         elseif ends then
             if first_end == nil or ends < first_end then first_end, holder = ends, r.value end
         end
         -- a value there that is no lease is nobody's permit to take: never free
     end
+    -- a dead holder's permit is taken over first: its lease stops showing as
+    -- held, and a holder that was only paused is fenced off the sooner
+    local free = shuffle(expired)
+    for _, i in ipairs(shuffle(absent)) do free[#free + 1] = i end
     return free, first_end, seen, holder
 end
 
@@ -187,7 +195,7 @@ function Semaphore:acquire(overrides)
         end
         first = false
         if go then
-            for _, i in ipairs(shuffle(free)) do
+            for _, i in ipairs(free) do
                 local l, err, code, s = lock.take(st, self.keys[i], try)
                 local got = l or s or {}
                 stats.attempts = stats.attempts + (got.attempts or 0)
