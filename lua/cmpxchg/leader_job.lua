@@ -35,7 +35,7 @@ local function log(level, fmt, ...)
     ngx.log(level, ("cmpxchg.leader_job: " .. fmt):format(...))
 end
 
-function Job:schedule(delay)
+local function schedule(self, delay)
     local ok, err = ngx.timer.at(math.max(delay, 0), tick, self)
     if not ok then
         -- only when the worker exits or timers are exhausted: nothing to retry with
@@ -45,7 +45,7 @@ function Job:schedule(delay)
 end
 
 --- The store, opened on first use when given as a function.
-function Job:store_ready()
+local function store_ready(self)
     if self.store then return self.store end
     local st, err = self.open()
     if not st then
@@ -57,8 +57,8 @@ function Job:store_ready()
 end
 
 --- One turn; returns the seconds until the next one.
-function Job:step()
-    local st = self:store_ready()
+local function step(self)
+    local st = store_ready(self)
     if not st then return self.retry end
     local e = self.election
     if e == nil then
@@ -93,7 +93,7 @@ function Job:step()
 end
 
 --- Resigns when leading (the worker exits, or stop()).
-function Job:step_down()
+local function step_down(self)
     local e = self.election
     if e and e.leading then
         local ok, err = pcall(e.resign, e)
@@ -105,20 +105,20 @@ tick = function(premature, self)
     if premature or self.stopped then
         if not self.resigned then
             self.resigned = true
-            self:step_down()
+            step_down(self)
         end
         return
     end
-    local ok, delay = pcall(self.step, self)
+    local ok, delay = pcall(step, self)
     if not ok then
         log(ngx.ERR, "'%s': %s", self.name, tostring(delay))
         delay = self.retry
     end
     if self.stopped then
         self.resigned = true
-        self:step_down()
+        step_down(self)
     else
-        self:schedule(delay)
+        schedule(self, delay)
     end
 end
 
@@ -157,7 +157,7 @@ function leader_job.start(name, opts, fn)
         retry = retry, check = checked.ttl / 3, next_run = 0, runs = 0,
         stopped = false, resigned = false,
     }, job_mt)
-    self:schedule(0)
+    schedule(self, 0)
     return self
 end
 
