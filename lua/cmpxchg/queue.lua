@@ -169,6 +169,23 @@ function Queue:leave()
     end
 end
 
+-- the place in the queue from which a waiter backs off as far as backoff_max
+local FAR = 8
+
+--- The longest pause of a waiter with q.ahead waiters ahead: a waiter n
+-- places from the head looks at least every n/8 of backoff_max, since each
+-- hand-off waits for the next in line to notice that its turn came (a
+-- waiter that backed off to backoff_max would stall every hand-off it is
+-- next for); from the 8th place on, backoff_max, so that what a queue costs
+-- the store grows with its length like plain waiting does (with full jitter,
+-- the waiter n places back looks about 16/n times per backoff_max, every
+-- waiter from the 8th on about twice).
+function queue.pause_cap(q, o)
+    local ahead = q.ahead
+    if ahead == nil or ahead >= FAR then return o.backoff_max end
+    return math.max(o.backoff_min, o.backoff_max * math.max(ahead, 1) / FAR)
+end
+
 --[[ The fair lock ]]
 
 --- A copy of the caller's options for one try of store:lock at once (timeout
@@ -268,18 +285,19 @@ function queue.lock(st, key, opts)
         if ends and q.ahead == 0 then
             pause = math.min(pause, math.max(ends + o.clock_skew - runtime.time(), 0) + 0.001)
         end
-        wait.change(st, { key, { prefix = q.prefix } }, seen, math.min(pause, q:due(), left))
+        pause = math.min(pause, queue.pause_cap(q, o), q:due(), left)
+        wait.change(st, { key, { prefix = q.prefix } }, seen, pause)
 
         failure, failure_code = nil, nil
         local was_first = q.ahead == 0
         local go
         go, err, code = q:turn(1)
         stats.attempts = stats.attempts + 1
+        if go and not was_first then step = o.backoff_min end     -- first now: look often
         if go == nil then
             if not AMBIGUOUS[code] then return done(nil, err, code) end
             failure, failure_code = err, code
         elseif go then
-            if not was_first then step = o.backoff_min end     -- first now: look often
             -- read first, write only when it can win (as store:lock does while waiting)
             local index, value, rcode = backend:get(key)
             stats.attempts = stats.attempts + 1

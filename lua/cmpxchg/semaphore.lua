@@ -225,7 +225,7 @@ function Semaphore:acquire(overrides)
         if first_end then
             pause = math.min(pause, math.max(first_end + o.clock_skew - runtime.time(), 0) + 0.001)
         end
-        if q then pause = math.min(pause, q:due()) end
+        if q then pause = math.min(pause, q:due(), queue.pause_cap(q, o)) end
         wait.change(st, { prefix = self.name .. "/" }, seen, math.min(pause, left))
     end
 end

@@ -107,7 +107,8 @@ describe("observers (unit)", function()
     it("an observer that raises is reported and changes nothing", function()
         local stderr = io.stderr
         local written = {}
-        io.stderr = { write = function(_, ...) written[#written + 1] = table.concat({ ... }) end }  -- luacheck: ignore 122
+        -- luacheck: ignore 122
+        io.stderr = { write = function(_, ...) written[#written + 1] = table.concat({ ... }) end }
         local remove_bad = cmpxchg.observe(function() error("oops") end)
         local ok, l = pcall(st.lock, st, "k")
         io.stderr = stderr      -- luacheck: ignore 122
