@@ -145,6 +145,7 @@ function Queue:turn(slots)
     local n
     n, err, code = self:count_ahead()
     if n == nil then return nil, err, code end
+    if self.ahead and n < self.ahead then self.moved_at = runtime.monotime() end
     self.ahead = n
     return n < slots
 end
@@ -172,17 +173,21 @@ end
 -- the place in the queue from which a waiter backs off as far as backoff_max
 local FAR = 8
 
---- The longest pause of a waiter with q.ahead waiters ahead: a waiter n
--- places from the head looks at least every n/8 of backoff_max, since each
--- hand-off waits for the next in line to notice that its turn came (a
--- waiter that backed off to backoff_max would stall every hand-off it is
--- next for); from the 8th place on, backoff_max, so that what a queue costs
--- the store grows with its length like plain waiting does (with full jitter,
--- the waiter n places back looks about 16/n times per backoff_max, every
--- waiter from the 8th on about twice).
+--- The longest pause of a waiter with q.ahead waiters ahead. While the queue
+-- moves (it moved within the last two backoff_max), a waiter n places from
+-- the head looks at least every n/8 of backoff_max: each hand-off waits for
+-- the next in line to notice that its turn came, and a waiter backed off to
+-- backoff_max would stall every hand-off it is next for. From the 8th place
+-- on, and while the queue stands still (a long hold), backoff_max, so that
+-- waiting in a queue costs the store what plain waiting costs, but for the
+-- few next in line while hand-offs come quickly (with full jitter, the
+-- waiter n places back then looks about 16/n times per backoff_max).
 function queue.pause_cap(q, o)
-    local ahead = q.ahead
-    if ahead == nil or ahead >= FAR then return o.backoff_max end
+    local ahead, moved = q.ahead, q.moved_at
+    if ahead == nil or ahead >= FAR or moved == nil
+            or runtime.monotime() - moved > 2 * o.backoff_max then
+        return o.backoff_max
+    end
     return math.max(o.backoff_min, o.backoff_max * math.max(ahead, 1) / FAR)
 end
 

@@ -111,19 +111,22 @@ describe("fair locks (unit, simulated clients)", function()
 
     it("renews its entry while it waits, so a long wait keeps its place", function()
         local got = {}
-        client("holder", 0, 20, got)
-        client("w1", 0.01, 0.05, got, { fair = true, timeout = 120, waiter_ttl = 2 })
-        client("w2", 0.02, 0.05, got, { fair = true, timeout = 120, waiter_ttl = 2 })
+        client("holder", 0, 8, got)
+        client("w1", 0.01, 0.05, got, { fair = true, timeout = 120, waiter_ttl = 1 })
+        client("w2", 0.02, 0.05, got, { fair = true, timeout = 120, waiter_ttl = 1 })
         assert.is_true(sim.run(60))
         assert.same({ "holder", "w1", "w2" }, { got[1].name, got[2].name, got[3].name })
-        -- the entries were written again about every waiter_ttl/3 for 20 s
+        -- the entries were written again about every waiter_ttl/3 for 8 s
         local renewals = 0
         for _, c in ipairs(backend.calls) do
             if c.method == "put" and c[1]:find("/waiters/", 1, true) and c[3] ~= 0 then
                 renewals = renewals + 1
             end
         end
-        assert.is_true(renewals >= 2 * 20 / (2 / 3) - 4, renewals .. " renewals")
+        assert.is_true(renewals >= 2 * 8 / (1 / 3) - 4, renewals .. " renewals")
+        -- and while the queue stood still, they looked no more often than
+        -- plain waiters do (backoff up to backoff_max: 0.1 s)
+        assert.is_true(backend:count("list") <= 2 * 8 / 0.05 * 1.3, backend:count("list") .. " lists")
     end)
 
     it("a queue entry whose write's answer was lost is taken as ours, never a ghost", function()

@@ -67,9 +67,9 @@ describe("semaphores (unit, simulated clients)", function()
         local n, sections = 3, {}
         local sem = st:semaphore("pool", n, { ttl = 1, timeout = 120 })
         local clients, holding, takeovers, kills = {}, {}, 0, 0
-        for c = 1, 10 do
+        for c = 1, 8 do
             clients[c] = sim.spawn("c" .. c, function()
-                for _ = 1, 15 do
+                for _ = 1, 12 do
                     local p = assert(sem:acquire())
                     takeovers = takeovers + p.takeovers
                     local s = { t0 = sim.now, t1 = p.valid_mono, slot = p.slot, token = p:token() }
@@ -114,7 +114,7 @@ describe("semaphores (unit, simulated clients)", function()
             inside = inside + e.d
             most = math.max(most, inside)
         end
-        assert.is_true(#sections > 100, #sections .. " sections")
+        assert.is_true(#sections > 60, #sections .. " sections")
         assert.equal(n, most)       -- reached, never passed
         -- per permit: one valid lease at a time, tokens rising
         local by_slot = {}
