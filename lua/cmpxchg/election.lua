@@ -20,8 +20,10 @@ local observe = require "cmpxchg.observe"
 local renewal = require "cmpxchg.renewal"
 local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
+local wait = require "cmpxchg.wait"
 
 local argerror = check.argerror
+local AMBIGUOUS = lease.AMBIGUOUS
 
 local Election = {}
 local election_mt = { __name = "cmpxchg.Election", __index = Election }
@@ -95,9 +97,25 @@ local function lost_hook(self)
     end
 end
 
+--- The campaign won with lock `l`.
+local function elected(self, l)
+    self.leading, self.term = l, l:token()
+    self.seen_until = nil
+    if observe.active then
+        lock.report("leader", self.name, false, l)
+        observe.emit("elected", { key = self.name, kind = "leader", token = self.term,
+                                  id = self.id })
+    end
+    if self.on_elected then self.on_elected(self, self.term) end
+    return true
+end
+
 --- ok, err, code = e:campaign([timeout]): true once this candidate leads
 -- (at once when it already does); nil, "timeout: ...", "timeout" when the
--- time ran out; nil, err, code on a store failure.
+-- time ran out; nil, err, code on a store failure. While someone leads, a
+-- candidate reads the key (backoff with full jitter up to backoff_max, and
+-- just after the lease it saw would end) and writes only when that lease is
+-- gone or over: followers that wait for ever cost reads, never writes.
 function Election:campaign(timeout)
     to_election(self, "campaign")
     local st = self.store
@@ -111,38 +129,67 @@ function Election:campaign(timeout)
     if timeout > 0 then runtime.check_yield("election:campaign with a timeout") end
     local opts = {}
     for k, v in pairs(self.lock) do opts[k] = v end
-    opts.timeout = timeout
+    opts.timeout = 0
     opts.on_lost = lost_hook(self)
-    if timeout == 0 then
-        -- a look that costs a read, not a write, while someone leads (the
-        -- nginx job's followers look every few seconds for ever)
-        local index, value, code = backend:get(self.name)
-        if index == nil then return nil, value, code end
-        local ends = index > 0 and lease.ends(value, o.expires_field)
-        self.seen_until = ends or nil
-        if ends and runtime.time() <= ends + o.clock_skew then
-            return nil, ("timeout: election '%s' is led by %s"):format(self.name,
-                lease.describe_holder(value, o.expires_field)), "timeout"
-        end
-    end
-    local l, err, code, stats = lock.take(st, self.name, opts)
-    if observe.active then lock.report("leader", self.name, false, l, err, code, stats) end
-    if not l then
-        if code == "timeout" then
-            local _, value = backend:get(self.name)
-            self.seen_until = lease.ends(value, o.expires_field)
-        end
+    local start = runtime.monotime()
+    local deadline = start + timeout
+    local step = o.backoff_min
+    local stats = { attempts = 0, writes = 0, takeovers = 0, waited = 0 }
+    local err, code, holder
+    local function failed()
+        stats.waited = runtime.monotime() - start
+        if observe.active then lock.report("leader", self.name, false, nil, err, code, stats) end
         return nil, err, code
     end
-    l.kind = "leader"
-    self.leading, self.term = l, l:token()
-    self.seen_until = nil
-    if observe.active then
-        observe.emit("elected", { key = self.name, kind = "leader", token = self.term,
-                                  id = self.id })
+    while true do
+        local index, value, rcode = backend:get(self.name)
+        stats.attempts = stats.attempts + 1
+        local ends
+        if index == nil then
+            err, code = value, rcode
+            if not AMBIGUOUS[code] then return failed() end
+        else
+            ends = index > 0 and lease.ends(value, o.expires_field) or nil
+            self.seen_until, holder = ends, value
+            err, code = nil, nil
+            if index == 0 or (ends and runtime.time() > ends + o.clock_skew) then
+                local l, s
+                l, err, code, s = lock.take(st, self.name, opts)
+                stats.attempts = stats.attempts + (l or s).attempts
+                stats.writes = stats.writes + (l or s).writes
+                stats.takeovers = stats.takeovers + (l or s).takeovers
+                if l then
+                    l.kind = "leader"
+                    l.attempts, l.writes, l.takeovers = stats.attempts, stats.writes,
+                        stats.takeovers
+                    l.waited = runtime.monotime() - start
+                    l.contended = index > 0 or stats.attempts > 2 or nil
+                    return elected(self, l)
+                elseif code ~= "timeout" and not AMBIGUOUS[code] then
+                    return failed()
+                end
+                local _, now_value = backend:get(self.name)  -- who won
+                holder = now_value
+                ends = lease.ends(now_value, o.expires_field)
+                self.seen_until = ends
+            end
+        end
+        local left = deadline - runtime.monotime()
+        if timeout == 0 or left <= 0 then
+            if err == nil or code == "timeout" then
+                err, code = ("timeout: election '%s' is led by %s"):format(self.name,
+                    holder and lease.describe_holder(holder, o.expires_field) or "nobody now"),
+                    "timeout"
+            end
+            return failed()
+        end
+        local pause
+        pause, step = store.backoff(step, o.backoff_min, o.backoff_max)
+        if ends then
+            pause = math.min(pause, math.max(ends + o.clock_skew - runtime.time(), 0) + 0.001)
+        end
+        wait.change(st, self.name, index or 0, math.min(pause, left))
     end
-    if self.on_elected then self.on_elected(self, self.term) end
-    return true
 end
 
 --- leading = e:is_leader(): whether this candidate leads now (its lease,

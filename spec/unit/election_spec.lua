@@ -84,11 +84,12 @@ describe("elections (unit, simulated candidates)", function()
         local a = candidate("a", 0)
         candidate("b", 0.1)
         candidate("c", 0.2)
-        local killed_at, last_renewal, reads_before_kill
+        local killed_at, last_renewal, reads_before_kill, puts_before_kill
         sim.spawn("killer", function()
             runtime.sleep(10)
             killed_at = sim.now
             reads_before_kill = backend:count("get")
+            puts_before_kill = backend:count("put")
             local _, index = st:get("leader")
             last_renewal = fake.renewers[a.election.leading].rec
             assert.equal(index, last_renewal.index)
@@ -108,8 +109,10 @@ describe("elections (unit, simulated candidates)", function()
             .. " s after the lease ended")
         assert.is_true(failover <= ttl + ttl / 3, "failover took " .. failover)
         -- while a led, its two followers looked every 0.5 s on average (full
-        -- jitter up to backoff_max = 1 s), not more
-        assert.is_true(reads_before_kill <= 2 * 10 * 2.5, reads_before_kill .. " reads")
+        -- jitter up to backoff_max = 1 s) after the backoff's first 8 steps:
+        -- about 2 * (10 / 0.5 + 8) reads, never a write
+        assert.is_true(reads_before_kill <= 70, reads_before_kill .. " reads")
+        assert.equal(1 + last_renewal.renewals, puts_before_kill)   -- a's own writes only
     end)
 
     it("tells on_lost when the renewals find the leadership taken", function()
