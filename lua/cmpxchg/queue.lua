@@ -181,7 +181,9 @@ local FAR = 8
 -- on, and while the queue stands still (a long hold), backoff_max, so that
 -- waiting in a queue costs the store what plain waiting costs, but for the
 -- few next in line while hand-offs come quickly (with full jitter, the
--- waiter n places back then looks about 16/n times per backoff_max).
+-- waiter n places back then looks about 16/n times per backoff_max). 8 fair
+-- contenders on the embedded store, back to back on one loaded machine: 3x
+-- the acquisitions of no cap, 1.75x those of a cap over 4 places.
 function queue.pause_cap(q, o)
     local ahead, moved = q.ahead, q.moved_at
     if ahead == nil or ahead >= FAR or moved == nil
