@@ -2,7 +2,7 @@
 -- servers this script starts on 127.0.0.1 in its own temporary directories
 -- (the RavenDB emulator, a 3-member etcd cluster, an nginx) and stops at the
 -- end. Prints one table, writes bench/results/bench.csv and bench.png.
---   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7] [--out DIR]
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,7,8] [--out DIR]
 -- --quick: a few operations of everything (the smoke run of make test); it
 -- checks that the benchmark works, its figures mean nothing.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
@@ -541,7 +541,7 @@ local function section_locks()
     end
 end
 
---[[ 6: fairness ]]
+--[[ 7: fairness ]]
 
 local FAIR_PROCS = Q and { 3 } or { 8, 32 }
 local RECIPE_BACKENDS = { "embedded", "ravendb", "etcd" }
@@ -590,7 +590,7 @@ local function section_fairness()
         for _, procs in ipairs(FAIR_PROCS) do
             for _, fair in ipairs({ true, false }) do
                 local f = fairness_run(backend, procs, fair)
-                local r = row({ section = "6 fairness", case = ("%s x%d"):format(backend, procs),
+                local r = row({ section = "7 fairness", case = ("%s x%d"):format(backend, procs),
                     impl = fair and "cmpxchg, fair = true" or "cmpxchg, default (jittered backoff)",
                     ops_s = f.acq_s, p50 = f.p50 and f.p50 * 1e3, p99 = f.p99 and f.p99 * 1e3,
                     group = "fairness", phase = backend, procs = procs })
@@ -608,7 +608,7 @@ local function section_fairness()
     end
 end
 
---[[ 7: leader election failover ]]
+--[[ 8: leader election failover ]]
 
 --- The "elected WALL TOKEN PID" lines of an election log.
 local function elected_lines(log)
@@ -676,7 +676,7 @@ local function section_election()
     for _, backend in ipairs(RECIPE_BACKENDS) do
         local failovers, ttl = election_run(backend)
         local worst = failovers[#failovers]
-        local r = row({ section = "7 election", case = ("failover, ttl %g s"):format(ttl),
+        local r = row({ section = "8 election", case = ("failover, ttl %g s"):format(ttl),
             impl = "cmpxchg " .. backend, p50 = percentile(failovers, 0.5) * 1e3,
             p99 = worst * 1e3, group = "election", phase = backend, procs = 3 })
         local list = {}
@@ -862,8 +862,8 @@ local function main()
     if wanted(3) then section_embedded() end
     if wanted(4) then section_locks() end
     if wanted(5) then section_memory() end
-    if wanted(6) then section_fairness() end
-    if wanted(7) then section_election() end
+    if wanted(7) then section_fairness() end
+    if wanted(8) then section_election() end
     local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
         "127.0.0.1 only", core.monotime() - started, before)
