@@ -5,6 +5,7 @@
 -- "requests N rounds R": N counts what went to the store (HTTP requests on the
 -- server backends, store calls, i.e. SQLite transactions, on the embedded one).
 --   lua5.4 bench/lock_worker.lua TARGET DATABASE KEY DURATION HOLD GAP [READY GO] [cpath]
+-- With BENCH_FAIR=1 the lock is taken with fair = true.
 --   BENCH_HOLD_BIN=build/bench/hold lua5.4 bench/lock_worker.lua etcdctl ENDPOINTS KEY DURATION
 --       HOLD GAP [READY GO]
 -- The second form is the reference: `etcdctl lock KEY $BENCH_HOLD_BIN ...` per round
@@ -78,6 +79,7 @@ if embedded then
     end
 end
 
+local fair = os.getenv("BENCH_FAIR") == "1" or nil
 local st = assert(cmpxchg.open(target, { database = database ~= "-" and database or nil }))
 st:get(key)             -- connected
 wait_go()
@@ -86,7 +88,7 @@ deadline = core.monotime() + duration
 local rounds = 0
 while core.monotime() < deadline do
     local requested = core.time()
-    local l = assert(st:lock(key, { ttl = 10, timeout = 60 }))
+    local l = assert(st:lock(key, { ttl = 10, timeout = 60, fair = fair }))
     local acquired = core.time()
     core.sleep(hold)
     local released = core.time()

@@ -1,8 +1,9 @@
---- `make bench`: every comparison of issues 8 and 18 (transactions), measured in one run, against
--- servers this script starts on 127.0.0.1 in its own temporary directories
--- (the RavenDB emulator, a 3-member etcd cluster, an nginx) and stops at the
--- end. Prints one table, writes bench/results/bench.csv and bench.png.
---   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6] [--out DIR]
+--- `make bench`: every comparison of issues 8, 18 (transactions) and 19
+-- (fairness, election), measured in one run, against servers this script
+-- starts on 127.0.0.1 in its own temporary directories (the RavenDB emulator,
+-- a 3-member etcd cluster, an nginx) and stops at the end. Prints one table,
+-- writes bench/results/bench.csv and bench.png.
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7,8] [--out DIR]
 -- --quick: a few operations of everything (the smoke run of make test); it
 -- checks that the benchmark works, its figures mean nothing.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
@@ -37,6 +38,7 @@ local SIZE = {
     lock_seconds = Q and 0.5 or 4, hold = 0.002, gap = 0.004,
     mem_embedded = Q and 2000 or 1000000, mem_http = Q and 200 or 100000,
     vg_embedded = Q and 200 or 3000, vg_http = Q and 20 or 300,
+    fair_seconds = Q and 1.5 or 6, election_ttl = Q and 1 or 3, election_kills = Q and 1 or 3,
 }
 local LOCK_PROCS = Q and { 2 } or { 2, 4, 8 }
 local ROUNDS = Q and 1 or 3     -- runs of each per-operation case, reported by their median
@@ -577,6 +579,151 @@ local function section_transactions()
     end
 end
 
+--[[ 7: fairness ]]
+
+local FAIR_PROCS = Q and { 3 } or { 8, 32 }
+local RECIPE_BACKENDS = { "embedded", "ravendb", "etcd" }
+
+--- The target and database argument of a worker on `backend`.
+local function bench_target(backend, file)
+    if backend == "embedded" then return ("%s/%s.db"):format(tmp, file), "-" end
+    if backend == "ravendb" then return ravendb().url, "bench" end
+    return (etcd().url:gsub("^http", "etcd")), "bench"
+end
+
+--- `procs` contenders take one lock in turn for SIZE.fair_seconds (hold 2 ms, pause
+-- 0-4 ms, as section 4), with or without fair = true: each wait (request to
+-- acquisition), every process's first one left out (they all start at once:
+-- the last of 32 to queue waits behind 31 hand-offs by any order, which is the
+-- queue filling, not unfairness).
+local function fairness_run(backend, procs, fair)
+    local key = ("bench-fair-%d-%d"):format(runs, procs)
+    local target, database = bench_target(backend, "fair" .. runs)
+    local cmds = {}
+    for p = 1, procs do
+        cmds[p] = ("%s%s bench/lock_worker.lua %s %s %s %s %s %s"):format(
+            fair and "env BENCH_FAIR=1 " or "", LUA, quote(target), database, key,
+            SIZE.fair_seconds, SIZE.hold, SIZE.gap)
+    end
+    local waits, acquisitions, first, last = {}, 0, math.huge, -math.huge
+    for p, out in ipairs(run_together(cmds, true, 600)) do
+        local sections = {}
+        parse_rounds(out, p, sections)
+        acquisitions = acquisitions + #sections
+        for i, sec in ipairs(sections) do
+            if i > 1 then waits[#waits + 1] = sec.acq - sec.req end
+            first, last = math.min(first, sec.acq), math.max(last, sec.rel)
+        end
+    end
+    table.sort(waits)
+    local sum = 0
+    for _, w in ipairs(waits) do sum = sum + w end
+    return { n = #waits, mean = #waits > 0 and sum / #waits or nil, max = waits[#waits],
+             p50 = percentile(waits, 0.5), p99 = percentile(waits, 0.99),
+             acq_s = last > first and acquisitions / (last - first) or 0 }
+end
+
+local function section_fairness()
+    for _, backend in ipairs(RECIPE_BACKENDS) do
+        for _, procs in ipairs(FAIR_PROCS) do
+            for _, fair in ipairs({ true, false }) do
+                local f = fairness_run(backend, procs, fair)
+                local r = row({ section = "7 fairness", case = ("%s x%d"):format(backend, procs),
+                    impl = fair and "cmpxchg, fair = true" or "cmpxchg, default (jittered backoff)",
+                    ops_s = f.acq_s, p50 = f.p50 and f.p50 * 1e3, p99 = f.p99 and f.p99 * 1e3,
+                    group = "fairness", phase = backend, procs = procs })
+                r.note = f.mean and ("%d waits: mean %.0f ms, longest %.0f ms"):format(f.n,
+                    f.mean * 1e3, f.max * 1e3) or "no wait measured"
+                if f.mean and f.mean > 0 then
+                    if fair then
+                        add_ratio(r, "longest/mean wait", f.max / f.mean, 2)
+                    else
+                        add_note(r, "longest/mean wait", f.max / f.mean)
+                    end
+                end
+            end
+        end
+    end
+end
+
+--[[ 8: leader election failover ]]
+
+--- The "elected WALL TOKEN PID" lines of an election log.
+local function elected_lines(log)
+    local out = {}
+    local f = io.open(log)
+    if not f then return out end
+    for line in f:lines() do
+        local wall, token, pid = line:match("^elected (%S+) (%d+) (%d+)$")
+        if wall then out[#out + 1] = { at = tonumber(wall), token = tonumber(token),
+                                      pid = tonumber(pid) } end
+    end
+    f:close()
+    return out
+end
+
+--- Three candidates (bench/election_worker.lua) campaign with a ttl of
+-- SIZE.election_ttl; the leader is SIGKILLed at a random point of its renewal
+-- cycle, SIZE.election_kills times (a new candidate joins after each kill):
+-- the time from each SIGKILL to the next leader's on_elected.
+local function election_run(backend)
+    local ttl = SIZE.election_ttl
+    local target, database = bench_target(backend, "election" .. runs)
+    runs = runs + 1
+    local name, log = ("bench-election-%d"):format(runs), ("%s/election%d.log"):format(tmp, runs)
+    local pids = {}
+    local function spawn()
+        local pid = sh(("%s bench/election_worker.lua %s %s %s %s %s >/dev/null 2>&1 & echo $!")
+            :format(LUA, quote(target), database, name, ttl, quote(log)))
+        pids[#pids + 1] = tonumber(pid)
+    end
+    local function wait_for(pred, what)
+        local deadline = core.monotime() + ttl * 4 + 30
+        while core.monotime() < deadline do
+            local lines = elected_lines(log)
+            local v = pred(lines)
+            if v then return v end
+            core.sleep(0.005)
+        end
+        error("election bench: no " .. what)
+    end
+    local failovers = {}
+    local ok, err = pcall(function()
+        for _ = 1, 3 do spawn() end
+        local leader = wait_for(function(l) return l[1] end, "first leader")
+        for _ = 1, SIZE.election_kills do
+            -- past a renewal or more, at a random point of the renewal cycle
+            core.sleep(ttl + math.random() * ttl / 3)
+            local killed_at = core.time()
+            os.execute(("kill -KILL %d"):format(leader.pid))
+            spawn()
+            leader = wait_for(function(l)
+                local last = l[#l]
+                return last and last.at > killed_at and last.pid ~= leader.pid and last
+            end, "leader after a kill")
+            failovers[#failovers + 1] = leader.at - killed_at
+        end
+    end)
+    for _, pid in ipairs(pids) do os.execute(("kill -KILL %d 2>/dev/null"):format(pid)) end
+    if not ok then error(err, 0) end
+    table.sort(failovers)
+    return failovers, ttl
+end
+
+local function section_election()
+    for _, backend in ipairs(RECIPE_BACKENDS) do
+        local failovers, ttl = election_run(backend)
+        local worst = failovers[#failovers]
+        local r = row({ section = "8 election", case = ("failover, ttl %g s"):format(ttl),
+            impl = "cmpxchg " .. backend, p50 = percentile(failovers, 0.5) * 1e3,
+            p99 = worst * 1e3, group = "election", phase = backend, procs = 3 })
+        local list = {}
+        for i, f in ipairs(failovers) do list[i] = ("%.2f"):format(f) end
+        r.note = ("SIGKILL -> next on_elected: %s s"):format(table.concat(list, ", "))
+        add_ratio(r, "worst / (ttl + ttl/3)", worst / (ttl + ttl / 3), 1)
+    end
+end
+
 --[[ 5: memory ]]
 
 local function section_memory()
@@ -754,6 +901,8 @@ local function main()
     if wanted(4) then section_locks() end
     if wanted(5) then section_memory() end
     if wanted(6) then section_transactions() end
+    if wanted(7) then section_fairness() end
+    if wanted(8) then section_election() end
     local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
         "127.0.0.1 only", core.monotime() - started, before)

@@ -2,6 +2,7 @@
 -- transport connection per node URL, the failover loop, and the `tls` open
 -- option. What each node's answer means stays in each backend.
 local check = require "cmpxchg.check"
+local observe = require "cmpxchg.observe"
 
 local cluster = {}
 
@@ -87,6 +88,10 @@ function cluster.try_in_turn(order, attempt, attempts)
             again = true
         else
             err, code = r[2], r[3]
+            if observe.active and k < attempts and n > 1 then
+                observe.emit("failover", { from = order[(k - 1) % n + 1],
+                    to = order[k % n + 1], attempt = k, err = err, code = code })
+            end
             k = k + 1
         end
     end

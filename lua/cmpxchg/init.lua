@@ -112,15 +112,33 @@ function cmpxchg.open(target, opts)
     return store.new(backend, { target = target, options = opts })
 end
 
---- cmpxchg.type(x) -> "store", "closed store", "lock", "released lock" or nil
+--- cmpxchg.type(x) -> "store", "closed store", "lock", "released lock",
+-- "semaphore", "election" or nil
 function cmpxchg.type(x)
     local mt = getmetatable(x)
     if mt == store.metatable then
         return x.backend and "store" or "closed store"
     elseif mt == lock.metatable then
         return x.released and "released lock" or "lock"
+    elseif mt ~= nil and mt == (package.loaded["cmpxchg.semaphore"] or {}).metatable then
+        return "semaphore"
+    elseif mt ~= nil and mt == (package.loaded["cmpxchg.election"] or {}).metatable then
+        return "election"
     end
     return nil
+end
+
+--- remove = cmpxchg.observe(fn): fn(event, info) is told what locks,
+-- permits and elections do (observe.lua); remove() unregisters it.
+function cmpxchg.observe(fn)
+    check.type(fn, "function", 1, "observe")
+    return require("cmpxchg.observe").add(fn)
+end
+
+--- job = cmpxchg.leader_job(name, opts, fn): inside nginx, fn runs every
+-- opts.every seconds on whichever worker of the cluster leads (leader_job.lua).
+function cmpxchg.leader_job(name, opts, fn)
+    return require("cmpxchg.leader_job").start(name, opts, fn)
 end
 
 --- monitor = cmpxchg.monitor(store [, opts]): the seed's RavenDbProcessMonitor

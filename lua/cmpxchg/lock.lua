@@ -8,9 +8,11 @@
 -- with the index we were shown, exactly as the seeds do.
 local check = require "cmpxchg.check"
 local lease = require "cmpxchg.lease"
+local observe = require "cmpxchg.observe"
 local renewal = require "cmpxchg.renewal"
 local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
+local wait = require "cmpxchg.wait"
 
 local argerror = check.argerror
 local AMBIGUOUS = lease.AMBIGUOUS
@@ -24,6 +26,7 @@ local DEFAULTS = {
     backoff_max = 0.1,          -- longest wait between attempts
     clock_skew = 0,             -- margin against clocks that disagree
     expires_grace = 60,         -- @expires is the lease end plus this
+    waiter_ttl = 5,             -- fair: seconds a waiter's queue entry outlives its last renewal
 }
 
 -- the longest lease (and grace): its end must stay a date C# can write
@@ -36,7 +39,8 @@ local lock_mt = { __name = "cmpxchg.Lock", __index = Lock }
 
 local lock = { metatable = lock_mt, DEFAULTS = DEFAULTS }
 
-local OPTIONS = { owner = "string", on_lost = "function", auto_renew = "boolean" }
+local OPTIONS = { owner = "string", on_lost = "function", auto_renew = "boolean",
+                  fair = "boolean" }
 
 local function options(opts, n, fname)
     if opts ~= nil then check.type(opts, "table", n, fname) end
@@ -75,7 +79,13 @@ local function options(opts, n, fname)
     if type(o.expires_field) ~= "string" or o.expires_field == "" then
         argerror(n, fname, "expires_field must be a non-empty string")
     end
+    check.seconds(o.waiter_ttl, "waiter_ttl", n, fname)
+    if o.waiter_ttl <= o.clock_skew or o.waiter_ttl > MAX_PAUSE then
+        argerror(n, fname, ("waiter_ttl must be more than clock_skew and at most %d seconds")
+            :format(MAX_PAUSE))
+    end
     o.owner, o.on_lost, o.auto_renew = opts.owner, opts.on_lost, opts.auto_renew
+    o.fair = opts.fair
     return o
 end
 lock.options = options
@@ -84,6 +94,9 @@ lock.options = options
 -- on_lost hook once, from Lua, never from a finalizer or another thread.
 local function finish(self, result, why)
     self.released = result
+    if why and observe.active then
+        observe.emit("lost", { key = self.key, kind = self.kind or "lock", reason = why })
+    end
     if why and self.on_lost then
         local hook = self.on_lost
         self.on_lost = nil
@@ -108,6 +121,7 @@ local function new_lock(st, key, o, owner, w, stats)
         attempts = stats.attempts, writes = stats.writes, waited = stats.waited,
         takeovers = stats.takeovers,
         on_lost = o.on_lost,
+        acquired_mono = runtime.monotime(),
     }, lock_mt)
 end
 
@@ -118,8 +132,11 @@ local function transient(code, o, deadline)
     return AMBIGUOUS[code] and o.timeout > 0 and runtime.monotime() < deadline
 end
 
---- lock, err, code = store:lock(key [, opts])
-function lock.acquire(st, key, opts)
+--- lock, err, code [, stats] = lock.take(st, key [, opts]): store:lock
+-- without fair waiting and without telling the observers: the recipes built
+-- on locks (fair waiting, semaphores, elections) take locks through it and
+-- report what they did themselves.
+local function take(st, key, opts)
     local backend = store.enter(st, "lock")
     check.key(key, 1, "lock")
     local o = options(opts, 2, "lock")
@@ -163,6 +180,7 @@ function lock.acquire(st, key, opts)
                 if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
                 stats.waited = w.mono - start
                 local l = new_lock(st, key, o, owner, w, stats)
+                l.contended = stats.contended
                 if o.auto_renew then renewal.start(l, apply_renewal) end
                 return l
             elseif w.ok == nil then
@@ -178,6 +196,7 @@ function lock.acquire(st, key, opts)
         -- gone, but never loop without waiting past the deadline.
         local ends = lease.ends(current, o.expires_field)
         local now = runtime.time()
+        if idx > 0 then stats.contended = true end     -- someone held it: a hand-off follows
         -- after an error, always back off: a store in trouble is not hammered
         local at_once = failure == nil and (runtime.monotime() < deadline or stats.attempts < 3)
         probe = false
@@ -204,10 +223,42 @@ function lock.acquire(st, key, opts)
             if ends then
                 pause = math.min(pause, math.max(ends + o.clock_skew - now, 0) + 0.001)
             end
-            runtime.sleep(math.min(pause, left))
+            wait.change(st, key, idx > 0 and idx or 0, math.min(pause, left))
             probe = failure == nil      -- after an error, write again rather than read
         end
     end
+end
+
+lock.take = take
+
+--- Tells the observers how an acquisition of `key` (a lock, a permit or a
+-- leadership: `kind`) ended: `l` the lock, or err, code and the statistics.
+function lock.report(kind, key, fair, l, err, code, stats)
+    if l then
+        l.kind = kind
+        local info = { key = key, kind = kind, token = l.index, waited = l.waited,
+                       attempts = l.attempts, writes = l.writes, takeover = l.takeovers > 0,
+                       fair = fair == true }
+        observe.emit("acquire", info)
+        if l.contended then observe.emit("handoff", info) end
+    elseif code then
+        stats = stats or {}
+        observe.emit("acquire_failed", { key = key, kind = kind, err = err, code = code,
+            waited = stats.waited, attempts = stats.attempts, fair = fair == true })
+    end
+end
+
+--- lock, err, code = store:lock(key [, opts])
+function lock.acquire(st, key, opts)
+    local l, err, code, stats
+    local fair = type(opts) == "table" and opts.fair ~= nil and opts.fair ~= false
+    if fair then        -- queue.lock checks that it is a boolean
+        l, err, code, stats = require("cmpxchg.queue").lock(st, key, opts)
+    else
+        l, err, code, stats = take(st, key, opts)
+    end
+    if observe.active then lock.report("lock", key, fair, l, err, code, stats) end
+    return l, err, code, stats
 end
 
 local function to_lock(self, fname)
@@ -259,6 +310,11 @@ function Lock:release()
             ("lost: lock '%s' was taken over before its release"):format(self.key) or nil)
     end
     result = self.released
+    if observe.active then
+        observe.emit("release", { key = self.key, kind = self.kind or "lock", token = self.index,
+            ok = result[1], code = result[3] or (result[1] == false and "lost" or nil),
+            held = runtime.monotime() - self.acquired_mono })
+    end
     return result[1], result[2], result[3]
 end
 

@@ -12,6 +12,7 @@
 --   stop()  -> the same, once no renewal is being written any more
 local core = require "cmpxchg.core"
 local json = require "cmpxchg.json"
+local observe = require "cmpxchg.observe"
 local runtime = require "cmpxchg.runtime"
 
 local renewal = {}
@@ -76,17 +77,33 @@ local function forget(l)
     l.renewer = nil
 end
 
+--- Counts the renewals renewer `r` made since the lock last heard (the
+-- lock's `renewals` field) and tells the observers.
+local function count_renewals(l, r, index, renewals)
+    if type(renewals) ~= "number" then return end
+    if l.renewals_of ~= r then l.renewals_of, l.renewals_seen = r, 0 end
+    local new = renewals - l.renewals_seen
+    if new <= 0 then return end
+    l.renewals_seen = renewals
+    l.renewals = (l.renewals or 0) + new
+    if observe.active then
+        observe.emit("renew", { key = l.key, kind = l.kind or "lock", token = index,
+                                renewals = l.renewals, new = new })
+    end
+end
+
 --- Hands lock `l` what its renewer learned; a lost lease ends the renewal.
 function renewal.sync(l)
     local r = l.renewer
     if r == nil then return end
-    local index, valid, lost, reason = r:state()
+    local index, valid, lost, reason, renewals = r:state()
     local s = l.store.renewal
     local apply = s and s.locks[l]
     if lost then
         r:stop()
         forget(l)
     end
+    count_renewals(l, r, index, renewals)
     if apply then apply(l, index, valid, lost, reason) end
 end
 
@@ -97,8 +114,9 @@ function renewal.stop(l)
     if r == nil then return end
     local s = l.store.renewal
     local apply = s and s.locks[l]
-    local index, valid, lost, reason = r:stop()
+    local index, valid, lost, reason, renewals = r:stop()
     forget(l)
+    count_renewals(l, r, index, renewals)
     if apply then apply(l, index, valid, lost, reason) end
 end
 

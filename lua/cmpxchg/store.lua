@@ -321,6 +321,19 @@ function Store:with_lock(key, opts, fn, ...)
     return require("cmpxchg.lock").with_lock(self, key, opts, fn, ...)
 end
 
+--[[ The recipes built on locks, one file each, required on first use:
+semaphore.lua, election.lua ]]
+
+--- sem = store:semaphore(name, n [, opts])
+function Store:semaphore(name, n, opts)
+    return require("cmpxchg.semaphore").new(self, name, n, opts)
+end
+
+--- e = store:election(name [, opts])
+function Store:election(name, opts)
+    return require("cmpxchg.election").new(self, name, opts)
+end
+
 store_mt.__close = function(self) self:close() end
 
 store_mt.__tostring = function(self)

@@ -1,7 +1,7 @@
 -- The README is the reference (resty style): every public function has a
 -- `**syntax:**` line there, as luv's docscov checks its bindings. A method
--- added to the store, the lock, the monitor or the module without one fails
--- here.
+-- added to the store, the lock, the monitor, a semaphore, an election, a
+-- leader job or the module without one fails here.
 local cmpxchg = require "cmpxchg"
 local lock = require "cmpxchg.lock"
 local store = require "cmpxchg.store"
@@ -25,10 +25,14 @@ local function public_names()
     for name, v in pairs(cmpxchg) do
         if type(v) == "function" then names[#names + 1] = "cmpxchg." .. name end
     end
+    local st = assert(cmpxchg.open(":memory:"))
     local objects = {
         store = store.metatable.__index,
         lock = lock.metatable.__index,
-        monitor = getmetatable(cmpxchg.monitor(assert(cmpxchg.open(":memory:")))).__index,
+        monitor = getmetatable(cmpxchg.monitor(st)).__index,
+        semaphore = getmetatable(st:semaphore("s", 1)).__index,
+        election = getmetatable(st:election("e")).__index,
+        job = require("cmpxchg.leader_job").metatable.__index,
     }
     for object, methods in pairs(objects) do
         for name, v in pairs(methods) do

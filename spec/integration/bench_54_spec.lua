@@ -18,7 +18,7 @@ describe("make bench, quick smoke run", function()
         local ok = p:close()
         assert.is_true(ok, output)
         for _, section in ipairs({ "1 RavenDB", "2 etcd", "3 embedded", "4 locks", "5 memory",
-                "6 transactions" }) do
+                "6 transactions", "7 fairness", "8 election" }) do
             assert.is_truthy(output:find("| " .. section, 1, true), section .. " missing:\n" .. output)
         end
         assert.is_falsy(output:find("overlaps!", 1, true), output)
@@ -29,6 +29,13 @@ describe("make bench, quick smoke run", function()
                 local rate = line:match("^|[^|]+|[^|]+|[^|]+|%s*(%d+)%s*|")
                 assert.is_truthy(rate and tonumber(rate) > 0, line)
             end
+        end
+        -- every fairness run measured waits, and every election failed over
+        for line in output:gmatch("| 7 fairness[^\n]+") do
+            assert.is_truthy(line:find("%d+ waits: mean"), line)
+        end
+        for line in output:gmatch("| 8 election[^\n]+") do
+            assert.is_truthy(line:find("SIGKILL %-> next on_elected: %d"), line)
         end
         local csv = assert(io.open(out_dir .. "/bench.csv")):read("*a")
         local lines = select(2, csv:gsub("\n", ""))

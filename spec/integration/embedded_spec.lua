@@ -11,6 +11,7 @@ local t = { describe = describe, it = it, before_each = before_each,
 require("spec.support.store_contract")(t, ctx)
 require("spec.support.transaction_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
+require("spec.support.recipes_contract")(t, ctx)
 
 describe("embedded store", function()
     local path

@@ -16,6 +16,7 @@ local t = { describe = describe, it = it, before_each = before_each,
 require("spec.support.store_contract")(t, ctx)
 require("spec.support.transaction_contract")(t, ctx)
 require("spec.support.lock_contract")(t, ctx)
+require("spec.support.recipes_contract")(t, ctx)
 
 --- Runs `procs` lock contenders for `rounds` each (holding `hold` seconds);
 -- once `at` sections are done, calls disturb() and notes when. Returns the

@@ -2,7 +2,9 @@
 -- processes, 320 critical sections with 1 s leases, holders SIGKILLed and SIGSTOPped
 -- past their lease mid-section, a fenced write in every section; on etcd the
 -- cluster's leader is killed mid-run as well. No two valid leases may overlap and
--- no stale write may be accepted.
+-- no stale write may be accepted. Then the same with a semaphore of 3 permits
+-- (240 sections): never more than 3 valid permits at once, no overlap on one
+-- permit, no stale write accepted on the resource a permit fences.
 local cmpxchg = require "cmpxchg"
 local helpers = require "spec.helpers"
 local torture = require "spec.support.torture"
@@ -27,6 +29,60 @@ local function check(name, fig)
     -- pause comes in the resource's order, which stale_accepted checks)
     assert.is_true(fig.stale_refused >= 1, "no late write of a paused holder was refused")
 end
+
+local function check_semaphore(name, fig, permits)
+    check(name, fig)
+    assert.equal(0, fig.too_many)
+    assert.equal(permits, fig.max_holders)     -- reached, never passed
+end
+
+local function etcd_leader_kill()
+    local job = assert(helpers.popen("env -u LD_PRELOAD sh -c "
+        .. "'leader=$(scripts/etcd-cluster kill-leader) && sleep 2 && "
+        .. "scripts/etcd-cluster restart \"$leader\" && echo \"m$leader restarted\"' 2>&1"))
+    return function()
+        local out = job:read("*a")
+        assert(helpers.pclose(job), "the leader kill failed: " .. out)
+        return "leader " .. out:gsub("%s+$", ""):match("[^\n]*$") .. " after a kill"
+    end
+end
+
+describe("semaphore torture (3 permits)", function()
+    local PERMITS, ROUNDS = 3, 30
+
+    it("embedded", function()
+        local path = helpers.tmpdb()
+        local fig = torture.run({ name = "embedded semaphore", target = path, permits = PERMITS,
+            rounds = ROUNDS, open = function() return cmpxchg.open(path) end })
+        helpers.cleanup()
+        check_semaphore("embedded semaphore", fig, PERMITS)
+    end)
+
+    it("ravendb emulator", function()
+        local harness = require "spec.support.ravendb_harness"
+        local server = harness.server()
+        local db = harness.create_database(server)
+        local fig = torture.run({ name = "ravendb semaphore", permits = PERMITS, rounds = ROUNDS,
+            target = server.urls[1] .. "#" .. db,
+            open = function() return cmpxchg.open(server.urls, { database = db }) end })
+        harness.delete_database(server, db)
+        check_semaphore("ravendb semaphore", fig, PERMITS)
+    end)
+
+    it("etcd cluster, its leader killed mid-run", function()
+        local harness = require "spec.support.etcd_harness"
+        local cluster = harness.cluster()
+        local prefix = harness.fresh_prefix()
+        local fig = torture.run({ name = "etcd semaphore", permits = PERMITS, rounds = ROUNDS,
+            target = table.concat(cluster.endpoints, ",") .. "#" .. prefix,
+            open = function()
+                return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
+            end,
+            disturb = etcd_leader_kill })
+        check_semaphore("etcd semaphore", fig, PERMITS)
+        assert.is_truthy(fig.disturbed_at)
+    end)
+end)
 
 describe("lock torture", function()
     it("embedded", function()

@@ -10,6 +10,9 @@
 --
 -- ctx: name; target (the string workers open: a file, or "URL[,URL...]#database");
 -- open() -> a store on the same target, for the final checks and the clean-up;
+-- optional permits: the workers take permits of a semaphore of that many instead
+-- of the lock (a permit's token fences a resource of that permit's own), and the
+-- valid leases may then overlap up to `permits` at once, never more;
 -- optional workers, rounds, ttl, kills, stops (mid-section kills and stops to
 -- make, 4 each), deadline (seconds, 150), keep_log (true: the shared log stays,
 -- its path in the figures' log); disturb(), called once when a third of
@@ -27,7 +30,10 @@
 -- them on the resource), bad_refusals (refusals no higher accepted token explains),
 -- write_failures, lock_failures, lost (releases that did not return true),
 -- failure_codes and lost_codes (how many of each code),
--- final_token, max_accepted, seconds, problems (what failed, in words).
+-- final_token, max_accepted, seconds, problems (what failed, in words); with
+-- permits, max_holders (the most valid permits at one instant) and too_many
+-- (instants with more than `permits`), and the per-permit checks above for
+-- every permit (final_token is then the lowest of their final tokens).
 --
 -- A section's lease is valid from its enter line to the earlier of its leave line
 -- and its lease end: a holder stopped past its lease no longer holds it, so its
@@ -105,7 +111,8 @@ local function run(ctx, workers)
         local id = "w" .. nextid
         workers[id] = { id = id, rounds = n, entered = 0,
             handle = helpers.start("spec/support/torture_worker.lua", { ctx.target, LOCK_KEY,
-                RESOURCE_KEY, logfile, tostring(n), tostring(ttl), id }) }
+                RESOURCE_KEY, logfile, tostring(n), tostring(ttl), id,
+                ctx.permits and tostring(ctx.permits) or nil }) }
     end
     for _ = 1, nworkers do spawn(rounds) end
 
@@ -126,7 +133,7 @@ local function run(ctx, workers)
             elseif kind == "enter" then
                 local token = tonumber(f[1])
                 local s = { token = token, pid = tonumber(f[2]), t0 = tonumber(f[3]),
-                    lease_end = tonumber(f[4]) }
+                    lease_end = tonumber(f[4]), slot = tonumber(f[6]) or 0 }
                 if sections[token] then problem("token %d entered twice", token) end
                 sections[token] = s
                 order[#order + 1] = s
@@ -138,10 +145,11 @@ local function run(ctx, workers)
                 s.write = f[2]
                 if f[2] == "accepted" then
                     fig.accepted = fig.accepted + 1
-                    accepted[#accepted + 1] = { token = s.token, index = tonumber(f[3]) }
+                    accepted[#accepted + 1] = { token = s.token, index = tonumber(f[3]),
+                                                slot = s.slot }
                 elseif f[2] == "refused" then
                     fig.refused = fig.refused + 1
-                    refused[#refused + 1] = s.token
+                    refused[#refused + 1] = { token = s.token, slot = s.slot }
                 else
                     fig.write_failures = fig.write_failures + 1
                 end
@@ -169,9 +177,14 @@ local function run(ctx, workers)
     for _ = 1, ctx.kills or 4 do plan[#plan + 1] = "kill" end
     for _ = 1, ctx.stops or 4 do plan[#plan + 1] = "stop" end
     shuffle(plan)
+    -- from a tenth of the run to 85% of it; with permits only to 60%: a stopped
+    -- holder's permit is taken over (and its late write refused) only when
+    -- work is left for others once its lease ended, and other permits do the
+    -- rest of the work meanwhile
+    local span = ctx.permits and 0.5 or 0.75
     local at = {}
     for j = 1, #plan do
-        at[j] = math.floor(total * (0.1 + 0.75 * (j - 1) / math.max(#plan - 1, 1)))
+        at[j] = math.floor(total * (0.1 + span * (j - 1) / math.max(#plan - 1, 1)))
     end
     local step, stopped, signals = 1, nil, 0
     fig.planned, fig.done_events = #plan, 0
@@ -188,9 +201,9 @@ local function run(ctx, workers)
         return s, w
     end
 
-    local function newer_write(token)
+    local function newer_write(token, slot)
         for i = #accepted, 1, -1 do
-            if accepted[i].token > token then return true end
+            if accepted[i].token > token and accepted[i].slot == slot then return true end
         end
         return false
     end
@@ -217,9 +230,10 @@ local function run(ctx, workers)
             -- let it go once its lease is over and a newer holder has written, or
             -- after a while in any case (a disturbed cluster may be slow)
             local now = core.time()
-            if (now > stopped.section.lease_end + 0.05 and newer_write(stopped.section.token))
-                    or now > stopped.section.lease_end + ttl + 10 then
-                if newer_write(stopped.section.token) then
+            local section = stopped.section
+            if (now > section.lease_end + 0.05 and newer_write(section.token, section.slot))
+                    or now > section.lease_end + ttl + 10 then
+                if newer_write(section.token, section.slot) then
                     victims[#victims + 1] = stopped.section
                 end
                 helpers.kill(stopped.pid, "CONT")
@@ -284,39 +298,69 @@ local function run(ctx, workers)
         end
     end
 
-    -- overlaps of valid leases, and tokens in time order
-    local valid = {}
+    -- overlaps of valid leases of one lock (one permit), and tokens in time
+    -- order; with permits, how many valid leases there are at once
+    local valid, slots = {}, {}
     for _, s in ipairs(order) do
         local t1 = s.lease_end
         if s.t1 and s.t1 < t1 then t1 = s.t1 end
-        if t1 > s.t0 then valid[#valid + 1] = { token = s.token, t0 = s.t0, t1 = t1 } end
+        if t1 > s.t0 then
+            valid[#valid + 1] = { token = s.token, t0 = s.t0, t1 = t1, slot = s.slot }
+        end
+        slots[s.slot] = true
     end
     table.sort(valid, function(a, b) return a.t0 < b.t0 end)
-    local reach, last_token = -math.huge, -math.huge
+    local reach, last_token = {}, {}
     for _, v in ipairs(valid) do
-        if v.t0 < reach then
+        if v.t0 < (reach[v.slot] or -math.huge) then
             fig.overlaps = fig.overlaps + 1
-            problem("section %d overlaps a valid lease by %.6f s", v.token, reach - v.t0)
+            problem("section %d overlaps a valid lease of %s by %.6f s", v.token,
+                ctx.permits and "permit " .. v.slot or "the lock", reach[v.slot] - v.t0)
         end
-        if v.token <= last_token then fig.order = fig.order + 1 end
-        reach, last_token = math.max(reach, v.t1), v.token
+        if v.token <= (last_token[v.slot] or -math.huge) then fig.order = fig.order + 1 end
+        reach[v.slot] = math.max(reach[v.slot] or -math.huge, v.t1)
+        last_token[v.slot] = v.token
+    end
+    if ctx.permits then
+        local events = {}
+        for _, v in ipairs(valid) do
+            events[#events + 1] = { t = v.t0, d = 1 }
+            events[#events + 1] = { t = v.t1, d = -1 }
+        end
+        table.sort(events, function(a, b)
+            if a.t ~= b.t then return a.t < b.t end
+            return a.d < b.d
+        end)
+        local inside = 0
+        fig.max_holders, fig.too_many = 0, 0
+        for _, e in ipairs(events) do
+            inside = inside + e.d
+            fig.max_holders = math.max(fig.max_holders, inside)
+            if inside > ctx.permits then fig.too_many = fig.too_many + 1 end
+        end
+        if fig.too_many > 0 then
+            problem("%d valid permits at once, of %d", fig.max_holders, ctx.permits)
+        end
     end
 
-    -- fencing: in the resource's own order (its indexes), accepted tokens never go down
+    -- fencing: in the resource's own order (its indexes), accepted tokens never
+    -- go down (one resource per permit)
     table.sort(accepted, function(a, b) return a.index < b.index end)
-    local highest = -math.huge
+    local highest = {}
+    fig.max_accepted = -math.huge
     for _, a in ipairs(accepted) do
-        if a.token < highest then
+        local h = highest[a.slot] or -math.huge
+        if a.token < h then
             fig.stale_accepted = fig.stale_accepted + 1
-            problem("write with token %d accepted after one with token %d", a.token, highest)
+            problem("write with token %d accepted after one with token %d", a.token, h)
         end
-        highest = math.max(highest, a.token)
+        highest[a.slot] = math.max(h, a.token)
+        fig.max_accepted = math.max(fig.max_accepted, a.token)
     end
-    fig.max_accepted = highest
-    for _, token in ipairs(refused) do
-        if token >= highest then
+    for _, r in ipairs(refused) do
+        if r.token >= (highest[r.slot] or -math.huge) then
             fig.bad_refusals = fig.bad_refusals + 1
-            problem("write with token %d refused though no higher token was accepted", token)
+            problem("write with token %d refused though no higher token was accepted", r.token)
         end
     end
     for _, s in ipairs(victims) do
@@ -324,17 +368,24 @@ local function run(ctx, workers)
         if s.write == "refused" then fig.stale_refused = fig.stale_refused + 1 end
     end
 
-    -- what the resource holds, then no stray keys
+    -- what each resource holds, then no stray keys
     local st = assert(ctx.open())
-    local value, index = st:get(RESOURCE_KEY)
-    fig.final_token = type(value) == "table" and value.Token or nil
-    if not fig.final_token or fig.final_token < fig.max_accepted then
-        problem("the resource holds token %s, below the highest accepted, %d",
-            tostring(fig.final_token), fig.max_accepted)
+    for slot in pairs(slots) do
+        local key = ctx.permits and RESOURCE_KEY .. "/" .. slot or RESOURCE_KEY
+        local value, index = st:get(key)
+        local final = type(value) == "table" and value.Token or nil
+        if not final or final < (highest[slot] or -math.huge) then
+            problem("resource %s holds token %s, below the highest accepted, %s", key,
+                tostring(final), tostring(highest[slot]))
+        end
+        if final and (fig.final_token == nil or final < fig.final_token) then
+            fig.final_token = final
+        end
+        if type(index) == "number" and index > 0 then st:delete(key, index) end
     end
-    if type(index) == "number" and index > 0 then st:delete(RESOURCE_KEY, index) end
     local _, lock_index = st:get(LOCK_KEY)
     if type(lock_index) == "number" and lock_index > 0 then st:delete(LOCK_KEY, lock_index) end
+    for _, item in ipairs(st:list(LOCK_KEY .. "/") or {}) do st:delete(item.key, item.index) end
     st:close()
     if ctx.keep_log then fig.log = logfile else os.execute("rm -rf " .. helpers.shell_quote(dir)) end
 
@@ -373,11 +424,13 @@ end
 function torture.report(name, fig)
     return ("\n[%s] torture: %d acquisitions (of %d) in %.1f s, %d takeovers, %d kills, %d stops, "
         .. "%d overlaps, %d writes accepted, %d refused (%d of %d paused holders' late writes), "
-        .. "%d stale accepted, %d lock attempts failed%s, %d releases lost%s%s\n")
+        .. "%d stale accepted, %d lock attempts failed%s, %d releases lost%s%s%s\n")
         :format(name, fig.acquisitions, fig.expected, fig.seconds, fig.takeovers, fig.kills,
             fig.stops, fig.overlaps, fig.accepted, fig.refused, fig.stale_refused,
             fig.stale_expected, fig.stale_accepted, fig.lock_failures, tally(fig.failure_codes),
             fig.lost, tally(fig.lost_codes),
+            fig.max_holders and (", at most %d valid permits at once"):format(fig.max_holders)
+                or "",
             fig.disturbed_at and (", disturbed after %d acquisitions%s"):format(fig.disturbed_at,
                 fig.disturbance and " (" .. fig.disturbance .. ")" or "") or "")
 end

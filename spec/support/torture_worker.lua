@@ -1,7 +1,10 @@
 --- Child process of the torture test (spec/support/torture.lua): takes LOCK_KEY
 -- until it has entered ROUNDS critical sections, and in each makes a fenced write
 -- (spec/support/fenced_writer.lua) to RESOURCE_KEY with its token.
---   lua torture_worker.lua TARGET LOCK_KEY RESOURCE_KEY LOGFILE ROUNDS TTL ID
+--   lua torture_worker.lua TARGET LOCK_KEY RESOURCE_KEY LOGFILE ROUNDS TTL ID [PERMITS]
+-- With PERMITS, LOCK_KEY is a semaphore of that many permits: each section holds
+-- one permit (SLOT, 1..PERMITS) and writes to RESOURCE_KEY/SLOT with its token,
+-- since a permit's token fences what that permit protects.
 -- TARGET: a store file, or "URL#database" where URL may list several endpoints
 -- separated by commas.
 --
@@ -9,7 +12,8 @@
 -- (the file is opened for appending, each line is flushed on its own), times on
 -- the wall clock, which the processes of one machine share:
 --   start ID PID
---   enter TOKEN PID WALLTIME LEASE_END TAKEOVERS   holding the lock from now
+--   enter TOKEN PID WALLTIME LEASE_END TAKEOVERS SLOT   holding the lock (SLOT 0)
+--                                                       or permit SLOT from now
 --   write TOKEN accepted INDEX | refused RECORDED | failed CODE
 --   leave TOKEN PID WALLTIME                       before the release is sent
 --   lost TOKEN PID CODE                            the release did not return true
@@ -21,8 +25,8 @@ local core = require "cmpxchg.core"
 local fenced = require "spec.support.fenced_writer"
 local helpers = require "spec.helpers"
 
-local target, lock_key, resource_key, logfile, rounds, ttl, id =
-    arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]), tonumber(arg[6]), arg[7]
+local target, lock_key, resource_key, logfile, rounds, ttl, id, permits =
+    arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]), tonumber(arg[6]), arg[7], tonumber(arg[8])
 local pid = core.pid()
 
 local log = assert(io.open(logfile, "a"))
@@ -55,8 +59,14 @@ note("start %s %d", id, pid)
 -- an error is logged, so that the test hears of it at once
 local ok, crash = xpcall(function()
     local entered, failures = 0, 0
+    local sem = permits and store:semaphore(lock_key, permits)
     while entered < rounds do
-        local lock, why, code = store:lock(lock_key, { ttl = ttl, timeout = 30 })
+        local lock, why, code
+        if sem then
+            lock, why, code = sem:acquire({ ttl = ttl, timeout = 30 })
+        else
+            lock, why, code = store:lock(lock_key, { ttl = ttl, timeout = 30 })
+        end
         if not lock then
             failures = failures + 1
             note("failed %d %s", pid, tostring(code))
@@ -65,10 +75,12 @@ local ok, crash = xpcall(function()
         else
             entered = entered + 1
             local token = lock:token()
-            note("enter %d %d %.7f %.7f %d", token, pid, core.time(), lock:valid_until(),
-                lock.takeovers)
+            local slot = lock.slot or 0
+            note("enter %d %d %.7f %.7f %d %d", token, pid, core.time(), lock:valid_until(),
+                lock.takeovers, slot)
             core.sleep(0.02 + 0.04 * math.random())       -- work before the write
-            local ok, x, wcode = fenced.write(store, resource_key, token, ("%s/%d"):format(id, entered))
+            local ok, x, wcode = fenced.write(store, sem and resource_key .. "/" .. slot
+                or resource_key, token, ("%s/%d"):format(id, entered))
             if ok then
                 note("write %d accepted %d", token, x)
             elseif ok == false then

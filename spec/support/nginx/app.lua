@@ -349,7 +349,53 @@ function app.init()
     init_results.init.uuid = require("cmpxchg.core").uuid()
 end
 
+--[[ The leader job (spec/integration/nginx_leader_spec.lua): /job/config puts
+a job's settings in the shared dict; every worker looks for them every 0.1 s
+(a timer started in init_worker, as a user starts cmpxchg.leader_job) and
+starts the job once per configuration. Each run appends "TAG PID TOKEN TIME"
+to the log file the configuration names. ]]
+
+local job, job_id
+
+local function append(path, line)
+    local f = assert(io.open(path, "a"))
+    f:setvbuf("full")
+    f:write(line, "\n")        -- one write(2) of a short line: appends do not interleave
+    f:close()
+end
+
+local function start_job()
+    local text = ngx.shared.test:get("job:config")
+    if not text then return end
+    local c = cjson.decode(text)
+    if c.id == job_id then return end
+    if job then job:stop() end
+    job_id = c.id
+    local target, opts = target_of(c)
+    job = cmpxchg.leader_job(c.name, {
+        store = function() return cmpxchg.open(target, opts) end,
+        every = c.every, ttl = c.ttl, retry = c.retry,
+        id = ("%s:%d"):format(c.tag, ngx.worker.pid()),
+    }, function(e)
+        append(c.log, ("%s %d %d %.6f"):format(c.tag, ngx.worker.pid(), e:token(), ngx.now()))
+    end)
+end
+
+function app.job_config()
+    local a = args()
+    ngx.shared.test:set("job:config", cjson.encode({ id = a.id, name = a.name, target = a.target,
+        db = a.db, every = tonumber(a.every), ttl = tonumber(a.ttl), retry = tonumber(a.retry),
+        tag = a.tag, log = a.log }))
+    reply({ ok = true, pid = ngx.worker.pid() })
+end
+
 function app.init_worker()
+    assert(ngx.timer.every(0.1, function(premature)
+        if not premature then
+            local ok, err = pcall(start_job)
+            if not ok then ngx.log(ngx.ERR, "the test's leader job: ", err) end
+        end
+    end))
     init_results.init_worker = probe_target(":memory:", nil, "init/lock")
     init_results.init_worker.server = attempt(function()
         return cmpxchg.open("etcd://127.0.0.1:1")

@@ -1,0 +1,213 @@
+-- cmpxchg.leader_job inside real nginx: two nginx instances (two "hosts" on
+-- this machine, 2 workers each, scripts/nginx-test-server with state
+-- directories of their own) run one job every 0.2 s through the handlers of
+-- spec/support/nginx/app.lua, on the embedded store and on the etcd cluster.
+-- Exactly one worker of the four runs it at a time; when its worker is
+-- SIGKILLed, and then when the whole host of the next leader is SIGKILLed,
+-- another worker takes over within ttl + retry (plus a margin for a loaded
+-- machine); a host that quits gracefully resigns, so the next run does not
+-- wait for the lease to end.
+local core = require "cmpxchg.core"
+local etcd_harness = require "spec.support.etcd_harness"
+local helpers = require "spec.helpers"
+
+if os.getenv("CMPXCHG_SKIP_NGINX") == "1" then
+    describe("nginx leader job", function()
+        pending("runs in the plain pass only (nginx loads the uninstrumented LuaJIT build)")
+    end)
+    return
+end
+
+local q = helpers.shell_quote
+local BASE = os.getenv("NGINX_TEST_DIR") or "/tmp/cmpxchg-nginx-test"
+local TTL, RETRY, EVERY = 4, 0.25, 0.2
+local MARGIN = 3            -- seconds a loaded machine may add to a failover
+
+local http = core.http_new()
+
+local function host(tag)
+    local dir = BASE .. "-leader-" .. tag
+    local env = "NGINX_TEST_DIR=" .. q(dir) .. " "
+    local h = { tag = tag, dir = dir }
+    function h.start()
+        helpers.sh(env .. "scripts/nginx-test-server start")
+        h.url = helpers.sh(env .. "scripts/nginx-test-server url")
+        h.master = tonumber(helpers.read_file(dir .. "/master.pid"))
+    end
+    function h.stop() helpers.sh(env .. "scripts/nginx-test-server stop") end
+    --- SIGKILL of the whole instance: the master and its workers (its own
+    -- session and process group: the script starts it with setsid)
+    function h.kill()
+        os.execute(("kill -KILL -%d 2>/dev/null"):format(h.master))     -- (dash: no "--")
+        helpers.wait_until(function()
+            local state = helpers.proc_state(h.master)
+            return state == nil or state == "Z"
+        end, 20,
+            "host " .. tag .. " to die")
+        os.remove(dir .. "/master.pid")
+    end
+    function h.configure(params)
+        local parts = {}
+        for k, v in pairs(params) do
+            parts[#parts + 1] = k .. "=" .. tostring(v):gsub("[^%w%-%._~]", function(c)
+                return ("%%%02X"):format(c:byte())
+            end)
+        end
+        parts[#parts + 1] = "tag=" .. tag
+        local status, body = http:request("GET", h.url .. "/job/config?" .. table.concat(parts, "&"),
+            nil, nil, 10)
+        assert(status == 200, "configure host " .. tag .. ": " .. tostring(body))
+    end
+    return h
+end
+
+--- The runs logged so far: {tag, pid, token, at}, in time order.
+local function runs(log)
+    local out = {}
+    local f = io.open(log)
+    if not f then return out end
+    for line in f:lines() do
+        local tag, pid, token, at = line:match("^(%S+) (%d+) (%d+) (%S+)$")
+        if tag then
+            out[#out + 1] = { tag = tag, pid = tonumber(pid), token = tonumber(token),
+                              at = tonumber(at), who = tag .. ":" .. pid }
+        end
+    end
+    f:close()
+    table.sort(out, function(a, b) return a.at < b.at end)
+    return out
+end
+
+--- Exactly one runner at a time: consecutive runs by one worker, and a
+-- worker that lost the job never runs it again; tokens rise at each change.
+local function check_one_at_a_time(list)
+    local gone = {}
+    for i = 2, #list do
+        local prev, cur = list[i - 1], list[i]
+        if cur.who ~= prev.who then
+            assert.is_nil(gone[cur.who], cur.who .. " ran again after losing the job")
+            gone[prev.who] = true
+            assert.is_true(cur.token > prev.token, "the new term's token is not higher")
+        else
+            assert.equal(prev.token, cur.token)
+        end
+    end
+end
+
+local function wait_runs(log, pred, timeout, what)
+    return helpers.wait_until(function()
+        local list = runs(log)
+        return pred(list) and list
+    end, timeout, what)
+end
+
+local backends = {
+    { name = "embedded", params = function(dir)
+        return { target = dir .. "/leader.db" }
+    end },
+    { name = "etcd cluster", params = function()
+        local cluster = etcd_harness.cluster()
+        return { target = table.concat(cluster.endpoints, ","), db = etcd_harness.fresh_prefix() }
+    end },
+}
+
+describe("nginx leader job", function()
+    local a, b = host("a"), host("b")
+
+    teardown(function()
+        for _, h in ipairs({ a, b }) do pcall(h.stop) end
+        os.execute("rm -rf " .. q(BASE .. "-leader-a") .. " " .. q(BASE .. "-leader-b"))
+    end)
+
+    for _, backend in ipairs(backends) do
+        it("runs one job on one of 4 workers of 2 hosts and moves it (" .. backend.name .. ")",
+                function()
+            a.start()
+            b.start()
+            local dir = helpers.sh("mktemp -d")
+            local log = dir .. "/runs"
+            local params = backend.params(dir)
+            params.id, params.name, params.log = tostring(core.time()), "jobs/tick", log
+            params.every, params.ttl, params.retry = EVERY, TTL, RETRY
+            a.configure(params)
+            b.configure(params)
+            local hosts = { a = a, b = b }
+
+            -- one leader, running every 0.2 s
+            local list = wait_runs(log, function(l) return #l >= 5 end, 30, "the first runs")
+            local first = list[1].who
+            for i = 2, #list do assert.equal(first, list[i].who) end
+            for i = 2, #list do
+                assert.is_true(list[i].at - list[i - 1].at < EVERY + 1, "runs too far apart")
+            end
+
+            -- its worker is SIGKILLed: another worker takes over
+            local killed_at = core.time()
+            helpers.kill(list[#list].pid, "KILL")
+            list = wait_runs(log, function(l) return l[#l].who ~= first end, TTL + RETRY + 20,
+                "a run by another worker")
+            local moved
+            for _, r in ipairs(list) do
+                if r.who ~= first and r.at > killed_at then moved = moved or r end
+            end
+            local failover = moved.at - killed_at
+            io.stderr:write(("\n[nginx leader job, %s] worker %s SIGKILLed: %s ran the job "
+                .. "%.2f s later"):format(backend.name, first, moved.who, failover))
+            assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
+
+            -- the whole host of the new leader is SIGKILLed: the other host takes over
+            local second = moved
+            local victim = hosts[second.tag]
+            local other = victim == a and b or a
+            killed_at = core.time()
+            victim.kill()
+            list = wait_runs(log, function(l) return l[#l].tag == other.tag and l[#l].at > killed_at end,
+                TTL + RETRY + 20, "a run on the other host")
+            for _, r in ipairs(list) do
+                if r.tag == other.tag and r.at > killed_at then moved = r break end
+            end
+            failover = moved.at - killed_at
+            io.stderr:write((", host %s SIGKILLed: %s ran it %.2f s later"):format(victim.tag,
+                moved.who, failover))
+            assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
+
+            -- the killed host comes back; then the leading host quits gracefully and
+            -- resigns: the job moves back without waiting for the lease to end
+            victim.start()
+            victim.configure(params)
+            core.sleep(1)           -- its workers are following by now
+            local third = moved
+            local quit_at = core.time()
+            other.stop()
+            list = wait_runs(log, function(l) return l[#l].tag == victim.tag and l[#l].at > quit_at end,
+                TTL + RETRY + 20, "a run back on the restarted host")
+            for _, r in ipairs(list) do
+                if r.tag == victim.tag and r.at > quit_at then moved = r break end
+            end
+            failover = moved.at - quit_at
+            io.stderr:write((", host %s quit: %s ran it %.2f s later\n"):format(other.tag,
+                moved.who, failover))
+            -- well within the ttl (the lease of the last renewal would still run for
+            -- 2/3 of it at least): the quitting worker resigned
+            assert.is_true(failover < TTL * 2 / 3, "no resign on quit: failover took " .. failover)
+            assert.is_true(moved.token > third.token)
+
+            check_one_at_a_time(runs(log))
+            victim.stop()
+            for _, h in ipairs({ a, b }) do
+                local errors = {}
+                local f = io.open(h.dir .. "/logs/error.log")
+                for line in (f and f:lines() or function() end) do
+                    -- (the master's alert about the worker killed is expected)
+                    if line:find("leader_job", 1, true) or line:find("leader job", 1, true)
+                            or line:find("%[emerg%]") then
+                        errors[#errors + 1] = line
+                    end
+                end
+                if f then f:close() end
+                assert.same({}, errors)
+            end
+            helpers.sh("rm -rf " .. q(dir))
+        end)
+    end
+end)
