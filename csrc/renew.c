@@ -55,6 +55,7 @@ typedef struct Slot {
     int lost;
     lua_Integer index;
     double valid;               /* lease end on the monotonic clock */
+    double due;                 /* its first renewal (monotonic), as the parent sees it */
     lua_Integer renewals;
     char reason[REASON_MAX];
 } Slot;
@@ -196,8 +197,9 @@ static lua_Integer first_news (Worker *w, size_t *len) {
 /*
 ** mailbox.wait(seconds) -> stop, news: waits until the parent stops the
 ** thread, hands over a lock, or `seconds` pass. news: an array of {id =,
-** settings =, index =, valid =} for the locks handed over since the last
-** call (index and valid: the held index and lease end then). Each one's
+** settings =, index =, valid =, due =} for the locks handed over since the
+** last call (index and valid: the held index and lease end then; due: when
+** the first renewal is due, on the monotonic clock). Each one's
 ** settings are copied into a buffer allocated with the mutex released, so a
 ** memory error leaves nothing locked (what is left comes at the next call).
 */
@@ -223,7 +225,7 @@ static int mailbox_wait (lua_State *L) {
     while (id != 0) {
         char *text = (char *)cx_newuserdata(L, len + 1);
         lua_Integer this_id = id, index = 0;
-        double valid = 0;
+        double valid = 0, due = 0;
         Slot *s;
         int found;
         pthread_mutex_lock(&w->mu);
@@ -233,18 +235,21 @@ static int mailbox_wait (lua_State *L) {
             memcpy(text, s->settings, len + 1);
             index = s->index;
             valid = s->valid;
+            due = s->due;
             s->taken = 1;
         }
         id = first_news(w, &len);
         pthread_mutex_unlock(&w->mu);
         if (found) {
-            lua_createtable(L, 0, 4);
+            lua_createtable(L, 0, 5);
             lua_pushinteger(L, this_id);
             lua_setfield(L, -2, "id");
             lua_pushinteger(L, index);
             lua_setfield(L, -2, "index");
             lua_pushnumber(L, (lua_Number)valid);
             lua_setfield(L, -2, "valid");
+            lua_pushnumber(L, (lua_Number)due);
+            lua_setfield(L, -2, "due");
             lua_pushlstring(L, text, strlen(text));
             lua_setfield(L, -2, "settings");
             lua_rawseti(L, -3, ++n);
@@ -345,12 +350,45 @@ static int worker_run (lua_State *L) {
     return 0;
 }
 
+/*
+** Waits until a lock's first renewal is near (or the thread is stopped): 1
+** then, 0 when stopped first. The thread builds its Lua state (a few ms of
+** CPU: the standard libraries, the library's modules, the store's open) only
+** then, not at once, so that taking an auto-renewed lock costs its caller no
+** more than a plain one, even when every core is busy.
+*/
+#define START_LEAD 0.05         /* seconds before the first renewal is due */
+
+static int wait_first_due (Worker *w) {
+    int run;
+    pthread_mutex_lock(&w->mu);
+    while (!w->stop) {
+        double first = 1e300, now = cx_mono_time(), until;
+        struct timespec ts;
+        Slot *s;
+        for (s = w->slots; s != NULL; s = s->next)
+            if (!s->taken && s->due < first) first = s->due;
+        if (first - START_LEAD <= now) break;
+        until = first - START_LEAD < now + 3600 ? first - START_LEAD : now + 3600;
+        ts.tv_sec = (time_t)until;
+        ts.tv_nsec = (long)((until - floor(until)) * 1e9);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    run = !w->stop;
+    pthread_mutex_unlock(&w->mu);
+    return run;
+}
+
 static void *worker_main (void *arg) {
     Worker *w = (Worker *)arg;
     char failure[REASON_MAX] = "";
-    lua_State *L = luaL_newstate();
+    int run = wait_first_due(w);
+    lua_State *L = run ? luaL_newstate() : NULL;
     Slot *s;
-    if (L == NULL)
+    if (!run) {
+        /* stopped before a renewal was due: nothing is lost */
+    }
+    else if (L == NULL)
         snprintf(failure, sizeof failure, "lost: the renewal thread has no memory");
     else {
         lua_pushcfunction(L, worker_run);
@@ -436,9 +474,10 @@ static int renewer_tostring (lua_State *L) {
 }
 
 /*
-** renewer:add(settings, index, valid) -> Renewal: renews one more lock;
-** settings is JSON text for the worker (key, owner, lease options), index
-** the held index and valid the lease end on the monotonic clock.
+** renewer:add(settings, index, valid [, first]) -> Renewal: renews one more
+** lock; settings is JSON text for the worker (key, owner, lease options),
+** index the held index, valid the lease end on the monotonic clock and first
+** the seconds to its first renewal (0 by default).
 */
 static int renewer_add (lua_State *L) {
     Worker *w = to_renewer(L);
@@ -446,6 +485,7 @@ static int renewer_add (lua_State *L) {
     const char *settings = luaL_checklstring(L, 2, &n);
     lua_Integer index = luaL_checkinteger(L, 3);
     lua_Number valid = luaL_checknumber(L, 4);
+    lua_Number first = luaL_optnumber(L, 5, 0);
     Renewal *r = (Renewal *)cx_newuserdata(L, sizeof(Renewal));
     Slot *s;
     memset(r, 0, sizeof *r);
@@ -457,6 +497,7 @@ static int renewer_add (lua_State *L) {
     }
     s->index = index;
     s->valid = (double)valid;
+    s->due = cx_mono_time() + (first > 0 ? (double)first : 0);
     pthread_mutex_lock(&w->mu);
     s->id = ++w->last_id;
     s->next = w->slots;

@@ -4,7 +4,7 @@
 -- turn the nginx timer runs too. It talks to the parent only through
 -- `mailbox`:
 --   mailbox.wait(seconds) -> stop, news (an array of {id =, settings =,
---                            index =, valid =}: a lock handed over)
+--                            index =, valid =, due =}: a lock handed over)
 --   mailbox.claim(id)     -> false when the lock no longer wants renewing
 --   mailbox.publish(id, index, valid, lost, reason, renewals)
 local json = require "cmpxchg.json"
@@ -52,7 +52,7 @@ return function(mailbox, setup_text)
         return st
     end
 
-    open()          -- at once: the first renewal is a third of a ttl away
+    open()          -- now: the thread starts just before the first renewal is due
     local function publish(id, r, lost)
         mailbox.publish(id, r.index, r.valid, lost, r.reason, r.renewals)
     end
@@ -67,8 +67,7 @@ return function(mailbox, setup_text)
             local settings = json.decode(item.settings)
             locks[item.id] = {
                 key = settings.key, owner = settings.owner, options = settings.options,
-                index = item.index, valid = item.valid, renewals = 0,
-                due = runtime.monotime() + settings.options.ttl / 3,
+                index = item.index, valid = item.valid, renewals = 0, due = item.due,
             }
         end
         for id, r in pairs(locks) do

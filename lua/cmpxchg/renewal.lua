@@ -53,7 +53,7 @@ local function thread_renewer(st, l)
     end
     local settings = assert(json.encode({ key = l.key, owner = l.owner,
         options = lease_options(l.options) }))
-    return s.thread:add(settings, l.index, l.valid_mono)
+    return s.thread:add(settings, l.index, l.valid_mono, l.options.ttl / 3)
 end
 
 local function timer_renewer(st, l)
