@@ -129,6 +129,35 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
         return child
     end
 
+    --- Seeds that connect, then wait for go(): a check they make then comes at once,
+    -- not a Node start-up later. Returns the children, once all are ready, and go.
+    local function ready_seeds(key, list)
+        local go, ready, started = tmpfile(".go"), {}, {}
+        for n, args in ipairs(list) do
+            ready[n] = tmpfile(("-%d.ready"):format(n))
+            local all = { "--ready", ready[n], "--go", go }
+            for _, a in ipairs(args) do all[#all + 1] = a end
+            started[n] = start_seed(key, all)
+        end
+        helpers.wait_until(function()
+            for _, file in ipairs(ready) do
+                if not helpers.file_exists(file) then return false end
+            end
+            return true
+        end, 60, "the seeds to connect")
+        return started, function() io.open(go, "w"):close() end
+    end
+
+    --- A started seed's JSON result and exit code (0, or 3: busy).
+    local function seed_result(child)
+        local out = child.handle:read("*a")
+        local _, _, code = helpers.pclose(child.handle)
+        child.handle = nil
+        assert(code == 0 or code == 3, ("%s failed (exit %s):\n%s"):format(child.what,
+            tostring(code), out))
+        return result_of(out, code, child.what), code
+    end
+
     local function start_lua(key, args)
         local child = { what = "seed_lua_contender.lua " .. table.concat(args, " "),
                         handle = helpers.start(CONTENDER, contender_args(db, key, args)) }
@@ -213,37 +242,74 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
         end)
     end
 
+    --- Runs `try(lease)` with leases of 3, 6, 12, 24 and 48 s until a run is conclusive.
+    -- Whether a side leaves a lease alone means something only when the lease still
+    -- ran at its check, which a loaded machine may make later than any fixed lease:
+    -- each run proves by the clocks which case it met, and returns true, or false and
+    -- why it proved nothing (a lease that ran out first, taken over as it should be);
+    -- the next run gets a lease twice as long. A wrong decision fails at once.
+    local function with_lease(try)
+        local lease, missed = 3, {}
+        while lease <= 48 do
+            local done, why = try(lease)
+            if done then return end
+            missed[#missed + 1] = ("%g s: %s"):format(lease, why)
+            io.stderr:write(("\n[seed interop] a %g s lease proved nothing (%s): again with %g s\n")
+                :format(lease, why, lease * 2))
+            lease = lease * 2
+        end
+        error("no run was conclusive: " .. table.concat(missed, "; "))
+    end
+
     for _, field in ipairs({ "ExpiresAt", "ReservedUntil" }) do
         local key = field == "ExpiresAt" and "processes/nightly" or "Printer/First-Floor"
 
         it(("takes over the expired lease of a seed holder that vanished (%s)"):format(field),
             function()
-            local r = seed(db, key, { "--field", field, "--lease", "3", "--vanish" })
-            local held = assert(r.sections[1], "the seed did not acquire")
-            assert.is_false(held.takeover)
-            -- what landed on the server is the C# object: the one field, C#'s 28-char date
-            local value, index = st:get(key)
-            assert.equal(held.token, index)
-            assert.same({ [field] = held.written }, value)
-            assert.matches(CSHARP_DATE, value[field])
-            assert.equal(28, #value[field])
-            local ends = assert(core.parse_time(value[field]))
+            local held, ends
+            with_lease(function(lease)
+                local r = seed(db, key, { "--field", field, "--lease", tostring(lease), "--vanish" })
+                held = assert(r.sections[1], "the seed did not acquire")
+                assert.is_false(held.takeover)
+                -- what landed on the server is the C# object: the one field, C#'s 28-char date
+                local value, index = st:get(key)
+                assert.equal(held.token, index)
+                assert.same({ [field] = held.written }, value)
+                assert.matches(CSHARP_DATE, value[field])
+                assert.equal(28, #value[field])
+                ends = assert(core.parse_time(value[field]))
 
-            -- while its lease runs we leave it alone
-            local none, err, code = st:lock(key, { expires_field = field, ttl = 5, timeout = 0 })
-            assert.is_nil(none)
-            assert.equal("timeout", code, err)
-            assert.is_true(core.time() < ends, "the check ran after the seed's lease ended")
-            assert.equal(held.token, select(2, st:get(key)))
+                -- while its lease runs we leave it alone
+                local before = core.time()
+                local l, err, code = st:lock(key, { expires_field = field, ttl = 5, timeout = 0 })
+                local after = core.time()
+                if l then
+                    assert.is_true(l:valid_until() - 5 >= ends,
+                        ("took a live lease at %.6f, the seed's lease ends at %.6f")
+                            :format(l:valid_until() - 5, ends))
+                    assert.same({ true }, { l:release() })
+                    return false, "the seed's lease ran out before our check"
+                end
+                assert.equal("timeout", code, err)
+                assert.is_true(before < ends, ("left alone a lease that ended at %.6f, "
+                    .. "checked from %.6f"):format(ends, before))
+                assert.equal(held.token, select(2, st:get(key)))
+                if after < ends then return true end
+                assert.is_true(st:delete(key, held.token))
+                return false, "our check ended after the seed's lease"
+            end)
 
             -- once it has run out, we take it over
-            local l = assert(st:lock(key, { expires_field = field, ttl = 5, timeout = 15 }))
+            local reader, go = ready_seeds(key, { { "--field", field, "--read" } })
+            local l = assert(st:lock(key, { expires_field = field, ttl = 30,
+                                            timeout = math.max(ends - core.time(), 0) + 30 }))
             assert.equal(1, l.takeovers)
             assert.is_true(l:token() > held.token)
-            assert.is_true(l:valid_until() - 5 >= ends,
-                ("took over at %.6f, the seed's lease ends at %.6f"):format(l:valid_until() - 5, ends))
+            assert.is_true(l:valid_until() - 30 >= ends,
+                ("took over at %.6f, the seed's lease ends at %.6f"):format(l:valid_until() - 30, ends))
             -- and the seed sees our lease now, live
-            local seen = seed(db, key, { "--field", field, "--read" })
+            go()
+            local seen = seed_result(reader[1])
             assert.same({ l:token(), false }, { seen.index, seen.expired })
             assert.same({ true }, { l:release() })
             assert.same({ nil, 0 }, { st:get(key) })
@@ -251,18 +317,36 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
 
         it(("the seed takes over the expired lease of a Lua holder that vanished (%s)"):format(field),
             function()
-            local holder = start_lua(key, { "--field", field, "--lease", "3", "--vanish" })
-            local held = finish(holder)
-            local value, index = st:get(key)
-            assert.equal(held.token, index)
-            assert.equal(held.written, value[field])
-            local ends = assert(core.parse_time(held.written))
+            local held, ends
+            with_lease(function(lease)
+                -- the seed starts and connects first: its check comes right after our
+                -- holder has gone
+                local checker, go = ready_seeds(key, { { "--field", field, "--lease", "5",
+                                                         "--attempts", "1" } })
+                held = finish(start_lua(key, { "--field", field, "--lease", tostring(lease),
+                                               "--vanish" }))
+                local value, index = st:get(key)
+                assert.equal(held.token, index)
+                assert.equal(held.written, value[field])
+                ends = assert(core.parse_time(held.written))
 
-            -- while our lease runs, the seed's loop does not take it
-            local busy, code = seed(db, key, { "--field", field, "--lease", "5", "--attempts", "1" })
-            assert.same({ 3, true, {} }, { code, busy.busy, busy.sections })
-            assert.is_true(core.time() < ends, "the check ran after our lease ended")
-            assert.equal(held.token, select(2, st:get(key)))
+                go()
+                local r, code = seed_result(checker[1])
+                if code == 0 then
+                    -- it took our lease: right only when it had run out by the seed's clock
+                    local s = r.sections[1]
+                    assert.is_true(s.takeover)
+                    assert.is_true(s.checked >= ends, ("the seed took our live lease: checked "
+                        .. "at %.6f, our lease ends at %.6f"):format(s.checked, ends))
+                    return false, "our lease ran out before the seed's check"
+                end
+                -- while our lease runs, the seed's loop does not take it
+                assert.same({ true, {} }, { r.busy, r.sections })
+                assert.is_true(r.checked < ends, ("the seed left alone a lease that ended at "
+                    .. "%.6f, checked at %.6f"):format(ends, r.checked))
+                assert.equal(held.token, select(2, st:get(key)))
+                return true
+            end)
 
             -- once it has run out, the seed takes it over
             local log = tmpfile(".log")
@@ -280,15 +364,20 @@ describe("ravendb: our locks and the seed's lock loops on one key", function()
 
         it(("the seed reads our lock's %s as a live C# date and leaves it alone"):format(field),
             function()
+            -- both seeds start and connect before the lock is taken: the lease need
+            -- only outlast a read and three attempts, not two Node start-ups
+            local seeds, go = ready_seeds(key, { { "--field", field, "--read" },
+                                                 { "--field", field, "--attempts", "3" } })
             local l = assert(st:lock(key, { expires_field = field, ttl = 30 }))
-            local seen = seed(db, key, { "--field", field, "--read" })
+            go()
+            local seen = seed_result(seeds[1])
+            local busy, code = seed_result(seeds[2])
             assert.equal(l:token(), seen.index)
             assert.matches(CSHARP_DATE, seen.raw)
             assert.is_false(seen.expired)
             assert.is_true(seen.expires > seen.now)
             assert.is_true(math.abs(seen.expires - l:valid_until()) < 0.001,
                 ("the seed reads %.7f, we hold until %.7f"):format(seen.expires, l:valid_until()))
-            local busy, code = seed(db, key, { "--field", field, "--attempts", "3" })
             assert.same({ 3, true, {} }, { code, busy.busy, busy.sections })
             assert.is_true(l:is_held())
             assert.same({ true }, { l:release() })

@@ -3,10 +3,14 @@
 -- Runs ctx.workers (8) worker processes (spec/support/torture_worker.lua) that
 -- take one lock ctx.rounds (40) times each with a short lease (ctx.ttl, 1 s) and
 -- make a fenced write to a protected resource in every critical section. Meanwhile
--- this process follows their shared log and, at points spread over the run, picks
--- the worker that holds the lock right then and either SIGKILLs it (a replacement
--- takes on the rounds it had left) or SIGSTOPs it until its lease has run out and
--- a newer holder has written, then SIGCONTs it, so that its late write comes.
+-- this process follows their shared log and, at points spread over the run,
+-- SIGSTOPs every worker at once, reads from the log which of them is inside its
+-- critical section (for a stop: before its write), and either SIGKILLs that one (a
+-- replacement takes on the rounds it had left) or keeps it stopped until its lease
+-- has run out and a newer holder has written, then SIGCONTs it, so that its late
+-- write comes; the others go on. Aimed by what the log shows, not by timing: a try
+-- that finds no holder inside changes nothing and is made again, until every
+-- planned event has hit (within a bound), however slow the machine.
 --
 -- ctx: name; target (the string workers open: a file, or "URL[,URL...]#database");
 -- open() -> a store on the same target, for the final checks and the clean-up;
@@ -21,8 +25,9 @@
 -- happened, for the report.
 --
 -- Returns the figures: acquisitions, expected (workers * rounds), takeovers, kills
--- and stops (signals sent), kills_mid and stops_mid (those that hit a holder before
--- its write), planned and done_events (of those), disturbed_at (acquisitions then)
+-- and stops (holders killed or kept stopped), kills_mid and stops_mid (those that
+-- hit a holder mid-section: all of them), planned and done_events (of those),
+-- probes (freezes made to find them), disturbed_at (acquisitions then)
 -- and disturbance (what disturb's function returned), overlaps (of valid leases),
 -- order (sections whose token does not exceed the one before in time), accepted,
 -- refused, stale_refused (late writes of stopped holders refused), stale_expected,
@@ -77,6 +82,11 @@ local function is_worker(pid)
     local cmdline = f:read("*a")
     f:close()
     return cmdline:find("torture_worker.lua", 1, true) ~= nil
+end
+
+--- Sends `sig` to every pid of the list at once (one kill(1)).
+local function signal(pids, sig)
+    return os.execute(("kill -%s %s 2>/dev/null"):format(sig, table.concat(pids, " ")))
 end
 
 local function shuffle(list)
@@ -139,7 +149,8 @@ local function run(ctx, workers)
                 order[#order + 1] = s
                 fig.acquisitions = fig.acquisitions + 1
                 fig.takeovers = fig.takeovers + tonumber(f[5])
-                by_pid[s.pid].entered = by_pid[s.pid].entered + 1
+                local w = by_pid[s.pid]
+                w.entered, w.section = w.entered + 1, s
             elseif kind == "write" then
                 local s = sections[tonumber(f[1])]
                 s.write = f[2]
@@ -186,20 +197,13 @@ local function run(ctx, workers)
     for j = 1, #plan do
         at[j] = math.floor(total * (0.1 + span * (j - 1) / math.max(#plan - 1, 1)))
     end
-    local step, stopped, signals = 1, nil, 0
-    fig.planned, fig.done_events = #plan, 0
+    local step, stopped = 1, nil
+    fig.planned, fig.done_events, fig.probes = #plan, 0, 0
+    -- a probe that finds no holder mid-section costs nothing but a pause of
+    -- every worker: try as often as it takes, within this bound (and the deadline)
+    local max_probes = 50 * #plan
     local disturbed, settle = false, nil
     local victims = {}       -- stopped sections whose late write is expected refused
-
-    --- The section held right now by a worker that runs: the last one entered,
-    -- when it has not left and has not written yet.
-    local function victim()
-        local s = order[#order]
-        if not s or s.t1 or s.write then return nil end
-        local w = by_pid[s.pid]
-        if w.killed or w.done or (stopped and stopped.pid == s.pid) then return nil end
-        return s, w
-    end
 
     local function newer_write(token, slot)
         for i = #accepted, 1, -1 do
@@ -213,6 +217,71 @@ local function run(ctx, workers)
             if not (w.done or w.killed) then return false end
         end
         return true
+    end
+
+    --- Stops every running worker with one kill(1) and waits until each is
+    -- stopped or gone. A stopped process has made all its write(2)s, so the log
+    -- then says exactly where each one is, however late the signal came (a
+    -- loaded machine, or the ASan runtime starting up in kill(1), takes longer
+    -- than a whole section). Returns the workers stopped.
+    local function freeze()
+        local frozen, pids = {}, {}
+        for _, w in pairs(workers) do
+            if w.pid and not (w.done or w.killed) then
+                frozen[#frozen + 1] = w
+                pids[#pids + 1] = w.pid
+            end
+        end
+        if #pids == 0 then return frozen end
+        signal(pids, "STOP")
+        helpers.wait_until(function()
+            for _, pid in ipairs(pids) do
+                local state = proc_state(pid)
+                if state and state ~= "T" and state ~= "t" and state ~= "Z" then return false end
+            end
+            return true
+        end, 30, "the workers to stop")
+        consume()
+        return frozen
+    end
+
+    --- One try at the next planned event: every worker is frozen, and one that the
+    -- log shows inside a section (and, for a stop, before its write) is the
+    -- victim; the others go on. Found none: nothing happened, and the next try
+    -- comes at once.
+    local function probe()
+        fig.probes = fig.probes + 1
+        local kind = plan[step]
+        local frozen = freeze()
+        local victim
+        for _, w in ipairs(frozen) do
+            local s = w.section
+            if not w.done and s and not s.t1 and (kind == "kill" or not s.write) then victim = w end
+        end
+        if victim and kind == "kill" then
+            helpers.kill(victim.pid, "KILL")
+            helpers.wait_until(function()
+                local state = proc_state(victim.pid)
+                return state == nil or state == "Z"
+            end, 30, "worker " .. victim.pid .. " to die")
+            fig.kills, fig.kills_mid = fig.kills + 1, fig.kills_mid + 1
+            victim.killed = true
+            victim.output = victim.handle:read("*a")
+            helpers.pclose(victim.handle)
+            if victim.rounds > victim.entered then spawn(victim.rounds - victim.entered) end
+        elseif victim then
+            fig.stops, fig.stops_mid = fig.stops + 1, fig.stops_mid + 1
+            stopped = { pid = victim.pid, section = victim.section }
+        end
+        local others = {}
+        for _, w in ipairs(frozen) do
+            if w ~= victim then others[#others + 1] = w.pid end
+        end
+        if #others > 0 then signal(others, "CONT") end
+        if victim then
+            step = step + 1
+            fig.done_events = step - 1
+        end
     end
 
     while not (finished() and not stopped) do
@@ -239,45 +308,10 @@ local function run(ctx, workers)
                 helpers.kill(stopped.pid, "CONT")
                 stopped = nil
             end
-        elseif step <= #plan and fig.acquisitions >= at[step] and signals < 4 * #plan then
-            local s, w = victim()
-            if s then
-                signals = signals + 1
-                local kind = plan[step]
-                helpers.kill(s.pid, kind == "kill" and "KILL" or "STOP")
-                local gone
-                helpers.wait_until(function()
-                    local state = proc_state(s.pid)
-                    gone = state == nil or state == "Z"
-                    return gone or (kind ~= "kill" and (state == "T" or state == "t"))
-                end, 10, "worker " .. s.pid .. " to be signalled")
-                consume()
-                local mid = not s.t1 and (kind == "kill" or not s.write)
-                if kind ~= "kill" and gone then
-                    -- it finished its last section and exited before the STOP
-                    -- came (slow exits, as under ASan, widen that window):
-                    -- nothing was stopped; another victim is picked later
-                    mid = false
-                elseif kind == "kill" then
-                    fig.kills = fig.kills + 1
-                    if mid then fig.kills_mid = fig.kills_mid + 1 end
-                    w.killed = true
-                    local output = w.handle:read("*a")
-                    helpers.pclose(w.handle)
-                    w.output = output
-                    if w.rounds > w.entered then spawn(w.rounds - w.entered) end
-                else
-                    fig.stops = fig.stops + 1
-                    if mid then
-                        fig.stops_mid = fig.stops_mid + 1
-                        stopped = { pid = s.pid, section = s }
-                    else
-                        helpers.kill(s.pid, "CONT")
-                    end
-                end
-                if mid then step = step + 1 end
-                fig.done_events = step - 1
-            end
+        elseif step <= #plan and fig.acquisitions >= at[step] and fig.probes < max_probes then
+            -- aimed: the log shows a section begun and not left
+            local last = order[#order]
+            if last and not last.t1 then probe() end
         end
         core.sleep(0.003)
     end
@@ -422,11 +456,12 @@ end
 
 --- One line of figures, for stderr.
 function torture.report(name, fig)
-    return ("\n[%s] torture: %d acquisitions (of %d) in %.1f s, %d takeovers, %d kills, %d stops, "
+    return ("\n[%s] torture: %d acquisitions (of %d) in %.1f s, %d takeovers, %d kills, %d stops "
+        .. "(%d tries), "
         .. "%d overlaps, %d writes accepted, %d refused (%d of %d paused holders' late writes), "
         .. "%d stale accepted, %d lock attempts failed%s, %d releases lost%s%s%s\n")
         :format(name, fig.acquisitions, fig.expected, fig.seconds, fig.takeovers, fig.kills,
-            fig.stops, fig.overlaps, fig.accepted, fig.refused, fig.stale_refused,
+            fig.stops, fig.probes, fig.overlaps, fig.accepted, fig.refused, fig.stale_refused,
             fig.stale_expected, fig.stale_accepted, fig.lock_failures, tally(fig.failure_codes),
             fig.lost, tally(fig.lost_codes),
             fig.max_holders and (", at most %d valid permits at once"):format(fig.max_holders)

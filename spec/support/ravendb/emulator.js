@@ -53,6 +53,9 @@ const HOST = '127.0.0.1';               // loopback only, nodes and control alik
 ** Options
 ** ---------------------------------------------------------------------------------------- */
 
+/* setInterval takes at most 2^31 - 1 ms (more runs it every millisecond) */
+const MAX_TIMER_S = 2147483;
+
 function usage(message) {
     if (message) process.stderr.write(`emulator: ${message}\n`);
     process.stderr.write('usage: emulator.js [--ports P1,P2,...] [--control-port P] [--tls-dir DIR]\n'
@@ -106,7 +109,7 @@ function parseArgs(argv) {
     }
     if (opts.ports.length === 0 || opts.ports.length > NODE_TAGS.length) usage('need 1..26 ports');
     if (opts.behavior !== 'new' && opts.behavior !== 'old') usage('--behavior is new or old');
-    if (!(opts.expiresInterval > 0)) usage('--expires-interval must be a positive number');
+    if (!(opts.expiresInterval >= 0 && opts.expiresInterval <= MAX_TIMER_S)) usage(`--expires-interval must be 0..${MAX_TIMER_S} seconds (0: no periodic cleanup)`);
     if (!(opts.electionMs >= 0)) usage('--election-ms must be a number of milliseconds');
     if (!(opts.operationTimeoutMs > 0)) usage('--operation-timeout must be a positive number of milliseconds');
     return opts;
@@ -2003,9 +2006,19 @@ class Emulator {
 
     /* ---- expiry ------------------------------------------------------------------------ */
 
-    startExpiryTimer() {
-        this.expiryTimer = setInterval(() => this.cluster.removeExpired(Date.now()),
-            this.opts.expiresInterval * 1000);
+    /*
+    ** The leader's periodic cleanup, every `seconds` (a real server's default is 60,
+    ** Cluster.CompareExchangeExpiredDeleteFrequencyInSec); 0 runs none, so that a test
+    ** that needs an expired item still there sweeps with POST /expire-now when it means to,
+    ** never when the timer happens to fire.
+    */
+    startExpiryTimer(seconds) {
+        clearInterval(this.expiryTimer);
+        this.expiryTimer = null;
+        this.expiresInterval = seconds;
+        if (seconds > 0) {
+            this.expiryTimer = setInterval(() => this.cluster.removeExpired(Date.now()), seconds * 1000);
+        }
     }
 }
 
@@ -2055,6 +2068,7 @@ function expiresOf(body, key, db) {
 **   POST /raft/noop {"count": n}               n raft commands that change nothing (other
 **                                              databases' traffic, for the request-id window)
 **   POST /expire-now                           {"removed": n}
+**   POST /expiry {"interval": S}; GET /expiry  the periodic cleanup's period (0: none)
 **   GET  /state[?node=i]                       index, items (node i's copy), requests, ...
 **   POST /requests/clear
 **   GET  /health                               {"ok": true, "urls": [...]}
@@ -2190,6 +2204,7 @@ async function handleControl(emu, req, body) {
         emu.requests = [];
         emu.unknownRoutes = [];
         emu.wire = { chunked: true };
+        emu.startExpiryTimer(emu.opts.expiresInterval);
         for (const node of emu.nodes) await emu.startNode(node);
         emu.cluster.installLeader(0);
         return { ok: true, index: 0, databases };
@@ -2244,6 +2259,15 @@ async function handleControl(emu, req, body) {
         return { index: emu.cluster.raftIndex };
     }
     case 'POST /expire-now': return { removed: emu.cluster.removeExpired(Date.now()) };
+    case 'POST /expiry': {
+        const seconds = body && body.interval;
+        if (!(typeof seconds === 'number' && seconds >= 0 && seconds <= MAX_TIMER_S)) {
+            throw new ControlError(`interval is 0..${MAX_TIMER_S} seconds (0: no periodic cleanup)`);
+        }
+        emu.startExpiryTimer(seconds);
+        return { interval: emu.expiresInterval };
+    }
+    case 'GET /expiry': return { interval: emu.expiresInterval };
     case 'GET /state': {
         const node = url.searchParams.get('node');
         if (node !== null && !(Number(node) >= 0 && Number(node) < n)) throw new ControlError(`no node ${node}`);
@@ -2295,7 +2319,7 @@ async function main() {
     for (const node of emu.nodes) await emu.startNode(node);
     emu.cluster.installLeader(0);
     const control = await startControlServer(emu);
-    emu.startExpiryTimer();
+    emu.startExpiryTimer(opts.expiresInterval);
 
     const controlUrl = `http://${HOST}:${control.address().port}`;
     const ready = { pid: process.pid, urls: emu.nodes.map((n) => emu.nodeUrl(n)), control_url: controlUrl };

@@ -8,6 +8,7 @@
 **                      [--gap S] [--attempts N] [--log FILE] [--counter FILE]
 **                      [--ready FILE --go FILE] [--vanish] [--duration S]
 **   node seed_locks.js --urls ... --database DB --key KEY [--field F] --read
+**                      [--ready FILE --go FILE]
 **   node seed_locks.js --check
 **
 ** Two algorithms, each line for line what its C# does (the comments quote it):
@@ -42,11 +43,15 @@
 ** logged with t_end = the lease end it wrote, and the process exits without releasing (a
 ** holder that crashed). `--attempts N` gives up after N puts at index 0 (C# loops forever):
 ** exit status 3, `"busy": true`. `--ready FILE`/`--go FILE`: after connecting, create
-** FILE (ready) and wait until the other exists, so that all contenders start together.
+** FILE (ready) and wait until the other exists, so that all contenders start together
+** (with --read too: a test then orders the read after its own steps, whatever Node's
+** start-up takes).
 ** `--duration S` (the benchmark, bench/run.lua): no new round starts S seconds after go.
 **
-** stdout: one JSON line, {"sections": [{"token", "requested", "start", "end", "takeover",
-** "attempts", "written"}], "busy"?, "field"}; "requested": when the round began to acquire. `--read` prints what the seed sees in the key: {"index",
+** stdout: one JSON line, {"sections": [{"token", "requested", "checked", "start", "end",
+** "takeover", "attempts", "written"}], "busy"?, "checked"?, "field"}; "requested": when the
+** round began to acquire; "checked": the `now` of its last attempt, the time the holder's
+** date was compared with (with "busy", of the attempt that gave up). `--read` prints what the seed sees in the key: {"index",
 ** "raw", "expires" (epoch seconds), "now", "expired"} or {"index": 0} when absent.
 ** `--check` prints {"ravendb": "<client version>"}: node and the client are there.
 */
@@ -226,6 +231,7 @@ async function acquire(ops, opts, stats) {
     for (;;) {
         // C#: var now = DateTime.UtcNow;
         const now = utcNow();
+        stats.checked = now;
         let value;
         if (opts.field === 'ExpiresAt') {
             // C#: var lockObject = new DistributedLockObject
@@ -294,25 +300,31 @@ function appendLog(opts, token, start, end) {
     if (opts.log) fs.appendFileSync(opts.log, `js ${token} ${logTime(start)} ${logTime(end)}\n`);
 }
 
-async function runRounds(store, opts) {
-    const ops = store.operations;
-    // connect (topology, first connection) before saying ready
-    await ops.send(new ravendb.GetCompareExchangeValueOperation(opts.key));
+/* connect (topology, first connection) before saying ready, then wait for go */
+async function getReady(store, opts) {
+    await store.operations.send(new ravendb.GetCompareExchangeValueOperation(opts.key));
     if (opts.ready) fs.writeFileSync(opts.ready, `${process.pid}\n`);
     if (opts.go) await waitFile(opts.go);
+}
+
+async function runRounds(store, opts) {
+    const ops = store.operations;
+    await getReady(store, opts);
     const out = { field: opts.field, sections: [] };
     const deadline = Date.now() + opts.duration * 1000;
     for (let round = 0; round < opts.rounds && Date.now() < deadline; round += 1) {
         const requested = utcNow();
-        const stats = { attempts: 0, takeover: false, written: null };
+        const stats = { attempts: 0, takeover: false, written: null, checked: null };
         const index = await acquire(ops, opts, stats);
         if (index === null) {
             out.busy = true;
             out.attempts = stats.attempts;
+            out.checked = seconds(stats.checked);
             return out;
         }
         const start = utcNow();
-        const section = { token: index, requested: seconds(requested), start: seconds(start),
+        const section = { token: index, requested: seconds(requested),
+                          checked: seconds(stats.checked), start: seconds(start),
                           takeover: stats.takeover,
                           attempts: stats.attempts, written: stats.written };
         out.sections.push(section);
@@ -356,6 +368,7 @@ async function main() {
     store.conventions.requestTimeout = 15000;
     store.initialize();
     if (opts.read) {
+        if (opts.ready || opts.go) await getReady(store, opts);
         const out = await readKey(store, opts);
         store.dispose();
         return { out, code: 0 };
