@@ -291,6 +291,23 @@ local function decode_object(text, path)
     return reply
 end
 
+--- A txn's reply: true and the new revision when it succeeded (read by picking
+-- two fields: the common case decodes nothing), false and the decoded reply
+-- (its responses say what the compares found) when it did not; nil, err, code
+-- when it is neither.
+local function txn_reply(body)
+    local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
+    if not valid then return not_json(body, "txn") end
+    if succeeded == true then
+        revision = int(revision)
+        if not revision then return malformed("header") end
+        return true, revision
+    end
+    local reply, err, code = decode_object(body, "txn")
+    if not reply then return nil, err, code end
+    return false, reply
+end
+
 --- As exchange, with the reply decoded: reply, unknown | nil, err, code.
 function Etcd:post(path, body, unauthenticated)
     local text, unknown, code = self:exchange(path, body, READ, unauthenticated)
@@ -516,15 +533,8 @@ function Etcd:put(key, text, index, expires)
             put_txn(k64, index, value64, lease), index == 0 and ONCE or GUARDED)
         local err = not body and unknown
         if body then
-            local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
-            if not valid then return not_json(body, "txn") end
-            if succeeded == true then
-                revision = int(revision)
-                if not revision then return malformed("header") end
-                return true, revision
-            end
-            local reply, derr, dcode = decode_object(body, "txn")
-            if not reply then return nil, derr, dcode end
+            local succeeded, reply, rcode = txn_reply(body)
+            if succeeded ~= false then return succeeded, reply, rcode end
             local cur, value, cur_write = current_of(reply)
             if cur == nil then return nil, value, cur_write end
             if cur_write == write_id then
@@ -839,15 +849,8 @@ function Etcd:transaction(ops)
         local body, unknown, code, maybe, used = self:exchange("/v3/kv/txn",
             self:txn_body(ops, write_id, leases), guarded and GUARDED or ONCE)
         if body then
-            local valid, succeeded, revision = json_fields(body, "succeeded", "header.revision")
-            if not valid then return not_json(body, "txn") end
-            if succeeded == true then
-                revision = int(revision)
-                if not revision then return malformed("header") end
-                return true, revision
-            end
-            local reply, derr, dcode = decode_object(body, "txn")
-            if not reply then return nil, derr, dcode end
+            local succeeded, reply, rcode = txn_reply(body)
+            if succeeded ~= false then return succeeded, reply, rcode end
             local currents, cerr, ccode = currents_of(reply, #ops)
             if not currents then return nil, cerr, ccode end
             if unknown then
