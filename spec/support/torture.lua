@@ -26,7 +26,8 @@
 --
 -- Returns the figures: acquisitions, expected (workers * rounds), takeovers, kills
 -- and stops (holders killed or kept stopped), kills_mid and stops_mid (those that
--- hit a holder mid-section: all of them), planned and done_events (of those),
+-- hit a holder mid-section: all of them), kills_reentered (kills whose lock or
+-- permit was entered again later), planned and done_events (of those),
 -- probes (freezes made to find them), disturbed_at (acquisitions then)
 -- and disturbance (what disturb's function returned), overlaps (of valid leases),
 -- order (sections whose token does not exceed the one before in time), accepted,
@@ -204,6 +205,7 @@ local function run(ctx, workers)
     local max_probes = 50 * #plan
     local disturbed, settle = false, nil
     local victims = {}       -- stopped sections whose late write is expected refused
+    local killed = {}        -- sections whose holder was killed
 
     local function newer_write(token, slot)
         for i = #accepted, 1, -1 do
@@ -265,6 +267,7 @@ local function run(ctx, workers)
                 return state == nil or state == "Z"
             end, 30, "worker " .. victim.pid .. " to die")
             fig.kills, fig.kills_mid = fig.kills + 1, fig.kills_mid + 1
+            killed[#killed + 1] = victim.section
             victim.killed = true
             victim.output = victim.handle:read("*a")
             helpers.pclose(victim.handle)
@@ -395,6 +398,18 @@ local function run(ctx, workers)
         if r.token >= (highest[r.slot] or -math.huge) then
             fig.bad_refusals = fig.bad_refusals + 1
             problem("write with token %d refused though no higher token was accepted", r.token)
+        end
+    end
+    -- a killed holder's lease is taken over when its lock (or permit) is entered
+    -- again; with permits, the others may have done the rest of the work by the
+    -- time it ends, however soon the kill came (a busy machine's timing)
+    fig.kills_reentered = 0
+    for _, k in ipairs(killed) do
+        for _, s in pairs(sections) do
+            if s.slot == k.slot and s.token > k.token then
+                fig.kills_reentered = fig.kills_reentered + 1
+                break
+            end
         end
     end
     for _, s in ipairs(victims) do
