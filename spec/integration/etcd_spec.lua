@@ -163,11 +163,19 @@ describe("etcd backend", function()
             local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
             local first = l:token()
             faults({ path_contains = "/v3/kv/txn", count = 1 })
-            core.sleep(4.2)                 -- more than a ttl: at least two renewals
+            -- a renewal's reply is dropped after it applied; then one more renewal
+            -- must succeed on the lease that one left
+            helpers.wait_until(function() return faults().dropped == 1 end, 30,
+                "a renewal's reply to be dropped")
+            local at_drop = l:token()
+            helpers.wait_until(function() return l:token() > at_drop end, 30,
+                "a renewal after the dropped one")
             assert.equal(1, faults().dropped)
             assert.is_true(l:is_held())
             assert.is_true(l:token() > first)
-            assert.equal(l:token(), select(2, st:get("k")))
+            -- (a renewal may be in flight between the two reads: they agree once it is in)
+            helpers.wait_until(function() return l:token() == select(2, st:get("k")) end, 30,
+                "the lock's token to be the stored index")
             assert.equal(l.owner, st:get("k").Owner)
             assert.is_nil((st:lock("k", { timeout = 0 })))
             assert.is_true(l:release())
