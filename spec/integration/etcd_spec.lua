@@ -22,15 +22,21 @@ require("spec.support.recipes_contract")(t, ctx)
 -- once `at` sections are done, calls disturb() and notes when. Returns the
 -- figures: attempted, acquired, failed cleanly, overlaps, acquired after the
 -- disturbance began.
-local function contend_while(prefix, procs, rounds, hold, at, disturb)
+--- `procs` processes take the lock `rounds` times each; each waits at a gate
+-- after its first `before` rounds, and disturb(go) disturbs the cluster and
+-- calls go() to let them all go on into the disturbance (a gate, not a
+-- count of sections seen in time: under ASan the contenders had all finished
+-- before a slow parent saw 30 sections done).
+local function contend_while(prefix, procs, rounds, hold, before, disturb)
     local dir = os.tmpname()
     os.remove(dir)
     assert(os.execute("mkdir -p " .. helpers.shell_quote(dir)))
+    local gate = dir .. "/go"
     local children = {}
     for i = 1, procs do
         children[i] = helpers.start("spec/support/etcd_contender.lua", {
             table.concat(cluster.endpoints, ","), prefix, tostring(rounds), dir .. "/log." .. i,
-            tostring(hold) })
+            tostring(hold), gate, tostring(before) })
     end
     local function progress()
         local n = 0
@@ -43,9 +49,14 @@ local function contend_while(prefix, procs, rounds, hold, at, disturb)
         end
         return n
     end
-    helpers.wait_until(function() return progress() >= at end, 60, at .. " sections")
-    local disturbed_at = core.monotime()
-    disturb()
+    helpers.wait_until(function() return progress() >= procs * before end, 120,
+        "every contender at the gate")
+    local disturbed_at
+    disturb(function()
+        disturbed_at = core.monotime()
+        helpers.write_file(gate, "")
+    end)
+    assert(disturbed_at, "the disturbance never opened the gate")
     local sections, attempted, failed, after = {}, 0, 0, 0
     for i = 1, procs do
         local out = children[i]:read("*a")
@@ -210,9 +221,10 @@ describe("etcd backend", function()
     end)
 
     it("locks stay exclusive while the leader is killed mid-run", function()
-        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 30,
-            function()
+        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 8,
+            function(go)
                 local leader = cluster.run("kill-leader")
+                go()
                 core.sleep(1.5)     -- acquisitions go on through the other members meanwhile
                 cluster.run("restart " .. leader)
             end)
@@ -223,9 +235,10 @@ describe("etcd backend", function()
     end)
 
     it("locks stay exclusive while a member is paused mid-run", function()
-        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 30,
-            function()
+        local attempted, acquired, failed, overlaps, after = contend_while(prefix, 4, 40, 0.01, 8,
+            function(go)
                 cluster.run("pause 0")
+                go()
                 core.sleep(2.5)     -- longer than a request's timeout
                 cluster.run("resume 0")
             end)

@@ -1,7 +1,10 @@
 -- Child process: takes a lock on an etcd cluster ROUNDS times (some attempts
 -- may fail while the cluster loses its leader: each is logged either as
--- "held TOKEN T0 T1" or "failed CODE"), on the shared monotonic clock.
---   lua etcd_contender.lua ENDPOINTS PREFIX ROUNDS LOGFILE HOLD_SECONDS
+-- "held TOKEN T0 T1" or "failed CODE"), on the shared monotonic clock. With
+-- GATE and BEFORE, it waits after its first BEFORE rounds until the file GATE
+-- exists: the spec disturbs the cluster and then opens the gate, so that the
+-- rest of the rounds meet the disturbance however fast or slow the machine.
+--   lua etcd_contender.lua ENDPOINTS PREFIX ROUNDS LOGFILE HOLD_SECONDS [GATE BEFORE]
 local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 
@@ -16,7 +19,19 @@ for _ = 1, 50 do     -- the cluster may be electing a leader right now
 end
 assert(store, "cannot open the store")
 
-for _ = 1, rounds do
+local gate, before = arg[6], tonumber(arg[7])
+
+local function wait_for_gate()
+    for _ = 1, 12000 do            -- 120 s at the most
+        local f = io.open(gate)
+        if f then f:close() return end
+        core.sleep(0.01)
+    end
+    error("the gate " .. gate .. " never opened")
+end
+
+for round = 1, rounds do
+    if gate and round == before + 1 then wait_for_gate() end
     local lock, err, code = store:lock("contended", { ttl = 10, timeout = 15 })
     if lock then
         local t0 = core.monotime()
