@@ -574,6 +574,21 @@ static int renewal_tostring (lua_State *L) {
 }
 
 /*
+** The thread runs this library's code to its very last instruction, after
+** the Lua states that loaded it may have closed and dlclose'd it (its own
+** state's close is one of them): the library is pinned once, so that it is
+** never unmapped under a thread (a crash at exit, 1 run of renew_spec in 16).
+*/
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static int pinned;
+
+static void pin_library (void) {
+    Dl_info info;
+    if (dladdr((void *)pin_library, &info) != 0 && info.dli_fname != NULL)
+        pinned = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != NULL;
+}
+
+/*
 ** core.renewer_start(setup) -> Renewer: starts the renewal thread of a
 ** store; setup is JSON text naming the store (target and options) for
 ** renew_worker.lua. The thread gets this state's package.path and cpath.
@@ -594,6 +609,8 @@ static int renewer_start (lua_State *L) {
     if (path == NULL || cpath == NULL) return luaL_error(L, "package.path/cpath are not strings");
     if (dladdr((void *)renewer_start, &info) == 0 || info.dli_fname == NULL)
         return luaL_error(L, "cannot find the core's own file");
+    pthread_once(&pin_once, pin_library);
+    if (!pinned) return luaL_error(L, "cannot pin the core's own file");
     wp = (Worker **)cx_newuserdata(L, sizeof(Worker *));
     *wp = NULL;
     luaL_setmetatable(L, RENEWER_MT);
