@@ -36,7 +36,7 @@ BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
 .PHONY: all deps test demo bench bench-bin lint asan valgrind matrix install uninstall clean rock \
-        dist
+        dist mutate
 
 all: $(CORE)
 
@@ -88,6 +88,12 @@ asan: deps
 
 valgrind: deps all
 	@scripts/run-tests --only valgrind
+
+# the mutation campaign (spec/mutants/): each mutant of the catalogue in a
+# scratch copy, its specs, the plain pass for a survivor; a table and a score.
+# MUTATE_ARGS passes options (scripts/mutate --help), e.g. --only 'keys%..*'
+mutate: deps all
+	@scripts/mutate $(MUTATE_ARGS)
 
 # the suite on every Lua: build/NAME/cmpxchg/core.so for NAME in MATRIX, each
 # tested under its own interpreter (make BUILD=build/luajit LUA_PC=luajit all
