@@ -222,6 +222,7 @@ function runner.campaign(opts)
     }, Campaign)
     if not self.work then
         self.work = capture("mktemp -d /tmp/cmpxchg-mutate.XXXXXX"):gsub("%s+$", "")
+        sh("chmod 755 " .. q(self.work))    -- nginx's workers (nobody) read the tree's code
         self.own_work = true
     end
     self.root = capture("cd " .. q(self.root) .. " && pwd"):gsub("%s+$", "")
