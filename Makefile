@@ -91,7 +91,7 @@ valgrind: deps all
 
 # the mutation campaign (spec/mutants/): each mutant of the catalogue in a
 # scratch copy, its specs, the plain pass for a survivor; a table and a score.
-# MUTATE_ARGS passes options (scripts/mutate --help), e.g. --only 'keys%..*'
+# MUTATE_ARGS passes options (scripts/mutate --help), e.g. --only 'keys.*'
 mutate: deps all
 	@scripts/mutate $(MUTATE_ARGS)
 

@@ -363,6 +363,8 @@ describe("nginx", function()
         assert.matches("^timeout: GET http://127.0.0.1:%d+/slow%?s=2: read timed out", r.timeout.err)
         assert.equal("connect", r.refused.code)
         assert.matches("^connect: GET http://127.0.0.1:1/: connect failed", r.refused.err)
+        assert.equal("http", r.huge.code, r.huge.err)      -- refused before reading 300 MB
+        assert.matches("^http: GET http://127.0.0.1:%d+/huge: reply is too large", r.huge.err)
         assert.is_false(r.bad_header[1])
         assert.matches("bad header 'X%-A'", r.bad_header[2])
     end)

@@ -20,6 +20,8 @@ local UNIT_LOCK = "spec/unit/lock_spec.lua"
 local UNIT_UPDATE = "spec/unit/update_spec.lua"
 local UNIT_RAVENDB = "spec/unit/ravendb_spec.lua"
 local UNIT_ETCD = "spec/unit/etcd_spec.lua"
+local UNIT_LEASE = "spec/unit/lease_spec.lua"
+local UNIT_TIMER = "spec/unit/timer_renewer_spec.lua"
 local CORE = "spec/core/core_spec.lua"
 local HTTP = "spec/core/http_spec.lua"
 local RENEW = "spec/core/renew_spec.lua"
@@ -52,6 +54,7 @@ local cost = {
     ["spec/unit/etcd_spec.lua"] = 1, ["spec/unit/lock_spec.lua"] = 1,
     ["spec/unit/ravendb_spec.lua"] = 1, ["spec/unit/runtime_ngx_spec.lua"] = 1,
     ["spec/unit/update_spec.lua"] = 1, ["spec/unit/lease_spec.lua"] = 1,
+    ["spec/unit/timer_renewer_spec.lua"] = 1,
     ["spec/core/core_54_spec.lua"] = 1, ["spec/core/core_spec.lua"] = 1,
     ["spec/core/docs_spec.lua"] = 1, ["spec/core/http_spec.lua"] = 2,
     ["spec/core/renew_spec.lua"] = 2, ["spec/core/rock_spec.lua"] = 20,
@@ -355,7 +358,7 @@ local mutants = {
       guarantee = "a write of unknown outcome is ours only if the key holds our owner and expiry",
       from = "now_value.Owner == owner and\n                    now_value[o.expires_field] == value[o.expires_field]",
       to = "now_value.Owner == owner",
-      specs = { UNIT_LOCK } },
+      specs = { UNIT_LOCK, UNIT_LEASE } },
     { id = "lease.readback.owner", layer = "lock", file = "lua/cmpxchg/lease.lua",
       guarantee = "a write of unknown outcome is never settled as ours on another owner's lease",
       from = [[now_value.Owner == owner and]], to = [[now_value.Owner ~= nil and]],
@@ -369,17 +372,17 @@ local mutants = {
       guarantee = "a renewal found not applied leaves the lease ours: the turn failed, not lost",
       from = [[elseif w.ok == false and not (w.unapplied and w.index == r.index) then]],
       to = [[elseif w.ok == false then]],
-      specs = { UNIT_LOCK, EMBEDDED_LOCKS } },
+      specs = { UNIT_LEASE, UNIT_LOCK, EMBEDDED_LOCKS } },
     { id = "lease.renew.margin", layer = "lock", file = "lua/cmpxchg/lease.lua",
       guarantee = "a renewal that fails with under half a second left ends the lease as lost",
       from = [[if runtime.monotime() + 0.5 >= r.valid then return "lost" end]],
       to = [[if runtime.monotime() >= r.valid then return "lost" end]],
-      specs = { UNIT_LOCK } },
+      specs = { UNIT_LEASE, UNIT_LOCK } },
     { id = "lease.renew.turn", layer = "lock", file = "lua/cmpxchg/lease.lua",
       guarantee = "auto-renew renews a third of a ttl after each renewal",
       from = [[if outcome == "renewed" then return ttl / 3 end]],
       to = [[if outcome == "renewed" then return ttl end]],
-      specs = { UNIT_LOCK, EMBEDDED_LOCKS } },
+      specs = { UNIT_LEASE, UNIT_LOCK, EMBEDDED_LOCKS } },
     { id = "lease.write.clock-after", layer = "lock", file = "lua/cmpxchg/lease.lua",
       guarantee = "a lease is counted from before its request was sent",
       from = [[return { ok = ok, index = idx, current = current, mono = mono, wall = wall }]],
@@ -649,11 +652,11 @@ local mutants = {
     { id = "renew.timer.first-turn", layer = "renew", file = "lua/cmpxchg/timer_renewer.lua",
       guarantee = "inside nginx the first renewal comes a third of a ttl after the lock",
       from = [[self:schedule(r.options.ttl / 3)]], to = [[self:schedule(r.options.ttl)]],
-      specs = { { NGINX, filter = "ngx%.timer" } } },
+      specs = { UNIT_TIMER, { NGINX, filter = "ngx%.timer" } } },
     { id = "renew.timer.abandoned", layer = "renew", file = "lua/cmpxchg/timer_renewer.lua",
       guarantee = "inside nginx a lock dropped without release stops renewing (it lapses)",
       from = [[if premature or next(self.anchor) == nil then]], to = [[if premature then]],
-      specs = { "spec/unit/runtime_ngx_spec.lua", { NGINX, filter = "ngx%.timer" } } },
+      specs = { UNIT_TIMER, { NGINX, filter = "ngx%.timer" } } },
 
     --[[ transport: libcurl and cosockets ]]
     { id = "transport.curl.rewind", layer = "transport", file = "csrc/http.c",

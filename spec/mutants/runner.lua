@@ -540,7 +540,7 @@ usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
                       [--timeout-scale X] [--list] [--sample N [--seed S]]
   --jobs N          mutants run N at a time, each job with its own scratch
                     tree and servers (default 1: the machine is shared)
-  --only ID,...     these mutants only (Lua patterns, matched whole)
+  --only ID,...     these mutants only (* matches anything: 'keys.*')
   --layer NAME      the mutants of one layer only
   --no-fallback     survivors of their own specs are not run through the
                     whole plain pass
@@ -587,7 +587,8 @@ local function select_mutants(cat, o)
         local keep = (o.layer == nil or m.layer == o.layer)
         if keep and o.only then
             keep = false
-            for pat in o.only:gmatch("[^,]+") do
+            for glob in o.only:gmatch("[^,]+") do
+                local pat = glob:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"):gsub("%*", ".*")
                 if m.id:match("^" .. pat .. "$") then keep = true end
             end
         end

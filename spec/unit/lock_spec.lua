@@ -184,6 +184,18 @@ describe("lock (unit, fake clock)", function()
         assert.is_true(l:release())
     end)
 
+    it("a release whose outcome is unknown and that was not applied keeps the lock", function()
+        -- the read-back finds our own lease still there: nothing happened, and
+        -- the release may be tried again (it is not "lost")
+        local l = assert(st:lock("k"))
+        backend:fail_next("delete", "connect: reset", "connect")
+        assert.same({ nil, "connect: reset", "connect" }, { l:release() })
+        assert.equal("lock", cmpxchg.type(l))
+        assert.is_true(l:is_held())
+        assert.is_true(l:release())
+        assert.is_nil(backend:item("k"))
+    end)
+
     it("extend renews by a put on the held index and moves the token", function()
         local l = assert(st:lock("k", { ttl = 5 }))
         local first = l:token()
@@ -319,6 +331,35 @@ describe("lock (unit, fake clock)", function()
         assert.equal(l:token(), select(2, backend:item("k")))
     end)
 
+    it("an extend whose outcome is unknown and that was not applied keeps the lock on its lease", function()
+        -- the read-back finds our owner id under the old expiry: that is our
+        -- old lease, not the new one, and the lock stays as it was
+        local l = assert(st:lock("k", { ttl = 10 }))
+        local token, ends = l:token(), l:valid_until()
+        clock.now = clock.now + 1
+        backend:fail_next("put", "timeout: no reply", "timeout")
+        assert.same({ nil, "timeout: no reply", "timeout" }, { l:extend(60) })
+        assert.equal(token, l:token())
+        assert.equal(ends, l:valid_until())
+        assert.is_true(l:is_held())
+        clock.now = clock.now + 9.5
+        assert.is_false(l:is_held())                -- on the old lease's time
+        assert.is_true(l:extend(60))                -- tried again while it lasts
+        assert.is_true(l:token() > token)
+    end)
+
+    it("never settles an acquire of unknown outcome on another owner's lease", function()
+        -- a rival's lease that ends at the very instant ours would: only the
+        -- owner id tells them apart
+        local ends = core.format_time(WALL0 + clock.now + 10)
+        assert(st:put("k", { ExpiresAt = ends, Owner = "rival" }, 0))
+        backend:fail_next("put", "timeout: no reply", "timeout")
+        local l, err, code = st:lock("k", { ttl = 10, timeout = 0 })
+        assert.is_nil(l)
+        assert.same({ "timeout: no reply", "timeout" }, { err, code })
+        assert.equal("rival", backend:item("k").Owner)
+    end)
+
     it("waits with reads, and writes only to take a lease that is gone or expired", function()
         foreign_lease("k", 1)                           -- 1 put
         local l = assert(st:lock("k", { timeout = 5, backoff_min = 0.01, backoff_max = 0.2 }))
@@ -424,7 +465,8 @@ describe("lock (unit, fake clock)", function()
         local bad = {
             { ttl = 0 }, { ttl = -1 }, { ttl = 0 / 0 }, { ttl = "10" }, { timeout = -1 },
             { backoff_min = 1, backoff_max = 0.5 }, { expires_field = "" },
-            { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { owner = 7 },
+            { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { clock_skew = 30, ttl = 30 },
+            { owner = 7 },
             { on_lost = true }, { auto_renew = "yes" },
         }
         for _, opts in ipairs(bad) do
