@@ -11,13 +11,13 @@
 --
 -- A campaign works in a scratch copy of the checkout (tracked and untracked
 -- files, never build/ nor .git), so the checkout is never touched: for each
--- mutant it applies the change, builds the core when the file is C (the
--- LuaJIT core too, which nginx loads), runs the specs the catalogue lists
--- for it, and, for a survivor, every spec file of the plain pass, each
--- bounded in time, stopping at the first kill. A kill is confirmed by
--- running the failing test again without the mutant: a test that fails
--- there too proves nothing (it is reported, and left out). Then the file is
--- restored.
+-- mutant it applies the change, builds the core when the file is C (and the
+-- LuaJIT core, which nginx loads, before any spec that runs nginx), runs the
+-- specs the catalogue lists for it, and, for a survivor, every spec file of
+-- the plain pass, each bounded in time, stopping at the first kill. A kill
+-- is confirmed by running the failing test again without the mutant: a test
+-- that fails there too proves nothing (it is reported, and left out). Then
+-- the file is restored.
 --
 -- Results: killed (by a spec file and test), survived, stale, broken (the
 -- mutant does not build or parse: never counted as a kill unless the
@@ -261,8 +261,8 @@ function Campaign:copy_tree()
     end
 end
 
---- Builds the core in the scratch tree (and the LuaJIT one with `luajit`):
--- true, or false and the compiler's complaint.
+--- Builds the core in the scratch tree (and the LuaJIT one, which nginx
+-- loads, with `luajit`): true, or false and the compiler's complaint.
 function Campaign:build(luajit)
     local log = self.work .. "/build.log"
     local make = ("make -C %s --no-print-directory EXTRA_CFLAGS=-Werror"):format(q(self.tree))
@@ -273,6 +273,12 @@ function Campaign:build(luajit)
     end
     if sh(cmd) ~= 0 then return false, (read(log) or ""):sub(-600) end
     return true
+end
+
+--- Spec files that run nginx (it loads the LuaJIT core): the LuaJIT core
+-- is built before them, and only then (make does nothing when it is fresh).
+local function needs_luajit(file)
+    return file:find("nginx", 1, true) or file:find("bench", 1, true)
 end
 
 local function env_prefix(self)
@@ -298,6 +304,10 @@ end
 -- names), a detail (timeout, exit status) when no test was named.
 function Campaign:busted(entry, opts)
     opts = opts or {}
+    if needs_luajit(entry.file) then
+        local built, err = self:build(true)
+        if not built then error({ broken = "does not build for LuaJIT: " .. err }) end
+    end
     local log = self.work .. "/busted.log"
     local seconds = math.floor(math.max(opts.min_timeout or 120,
         4 * (self.cat.cost[entry.file] or 60)) * self.scale)
@@ -336,7 +346,7 @@ function Campaign:restore()
     if a then
         write(self.tree .. "/" .. a.file, a.text)
         self.applied = nil
-        if a.c then assert(self:build(true), "the unmutated tree does not build") end
+        if a.c then assert(self:build(), "the unmutated tree does not build") end
     end
 end
 
@@ -350,15 +360,15 @@ function Campaign:apply(m, file, text, at)
     write(self.tree .. "/" .. file, mutated)
     self.applied = { file = file, text = text, c = c }
     if c then
-        local ok, err = self:build(true)
+        local ok, err = self:build()
         if not ok then return false, "does not build: " .. err end
     end
     return true
 end
 
 --- Runs `entry` against the applied mutant; a failure counts when the same
--- test passes without the mutant. Returns the killing test (or detail), or
--- nil.
+-- test passes without the mutant (then the tree is left restored). Returns
+-- the killing test (or detail: a timeout, a crash), or nil.
 function Campaign:try(m, entry, opts)
     local skip = {}
     for _ = 1, 3 do
@@ -370,14 +380,14 @@ function Campaign:try(m, entry, opts)
         self:restore()
         local clean = self:busted(entry, { only = { failed[1] }, keep_going = true,
                                            min_timeout = opts.min_timeout })
-        local file, text, at = runner.locate(self.tree, m)
-        assert(file and applied.file == file, "the mutant no longer applies after restoring")
-        assert(self:apply(m, file, text, at))
         if clean then return failed[1] end
         self.unconfirmed[entry.file .. ": " .. failed[1]] = true
         self.log(("   (%s: '%s' fails without the mutant too: not counted)")
             :format(entry.file, failed[1]))
         skip[#skip + 1] = failed[1]
+        local file, text, at = runner.locate(self.tree, m)
+        assert(file and applied.file == file, "the mutant no longer applies after restoring")
+        assert(self:apply(m, file, text, at))
     end
     return nil
 end
@@ -417,11 +427,12 @@ function Campaign:run(m, opts)
     if not file then return done("stale", nil, text) end
     result.file = file
     local ok, err = self:apply(m, file, text, at)
-    if not ok then
+    local function broken(why)
         self:restore()
-        if m.build_kills then return done("killed", "the build: " .. m.build_kills, err) end
-        return done("broken", nil, err)
+        if m.build_kills then return done("killed", "the build: " .. m.build_kills, why) end
+        return done("broken", nil, why)
     end
+    if not ok then return broken(err) end
     local finished, failure = pcall(function()
         for _, entry in ipairs(entries(m)) do
             local by = self:try(m, entry, {})
@@ -441,6 +452,9 @@ function Campaign:run(m, opts)
             end
         end
     end)
+    if not finished and type(failure) == "table" and failure.broken then
+        return broken(failure.broken)
+    end
     self:restore()
     if not finished then error(failure, 0) end
     if result.by then return done("killed", result.by, moved) end
@@ -604,7 +618,7 @@ local function run_job(o, mutants, k, n)
     local c = runner.campaign({ root = ".", work = o.work .. "/job" .. k,
         servers = o.work .. "/servers/" .. k, timeout_scale = o.timeout_scale })
     local ok, err = pcall(function()
-        assert(c:build(true), "the unmutated tree does not build")
+        assert(c:build(), "the unmutated tree does not build")
         for i = k, #mutants, n do
             local m = mutants[i]
             c.log(("-- %s (%s)"):format(m.id, m.file))
