@@ -238,20 +238,26 @@ function runner.campaign(opts)
     }
     self.own_servers = not (opts.inherit_servers and env("RAVENDB_EMULATOR_DIR"))
     self.cat = self.cat or runner.load_catalogue(self.root)
-    self:copy_tree()
+    self:copy_tree(opts.rev)
     return self
 end
 
 --- The tree at root, as git sees it (tracked and untracked files, not the
--- ignored ones), into the scratch directory; the referee's node_modules
--- (ignored, and big) is linked.
-function Campaign:copy_tree()
+-- ignored ones), into the scratch directory; or, with `rev`, the tree of
+-- that commit (the catalogue stays this checkout's: a score before and
+-- after new tests). The referee's node_modules (ignored, and big) is linked.
+function Campaign:copy_tree(rev)
     sh("rm -rf " .. q(self.tree) .. " && mkdir -p " .. q(self.tree))
-    local list = self.work .. "/files"
-    assert(sh(("git -C %s ls-files -z --cached --others --exclude-standard > %s")
-        :format(q(self.root), q(list))) == 0, "git ls-files failed in " .. self.root)
-    assert(sh(("tar -C %s --null --ignore-failed-read -T %s -cf - 2>/dev/null | tar -C %s -xf -")
-        :format(q(self.root), q(list), q(self.tree))) == 0, "copying the tree failed")
+    if rev then
+        assert(sh(("git -C %s archive --format=tar %s | tar -C %s -xf -"):format(q(self.root),
+            q(rev), q(self.tree))) == 0, "git archive " .. rev .. " failed")
+    else
+        local list = self.work .. "/files"
+        assert(sh(("git -C %s ls-files -z --cached --others --exclude-standard > %s")
+            :format(q(self.root), q(list))) == 0, "git ls-files failed in " .. self.root)
+        assert(sh(("tar -C %s --null --ignore-failed-read -T %s -cf - 2>/dev/null | tar -C %s -xf -")
+            :format(q(self.root), q(list), q(self.tree))) == 0, "copying the tree failed")
+    end
     local modules = "spec/support/ravendb/node_modules"
     local real = capture("readlink -f " .. q(self.root .. "/" .. modules) .. " 2>/dev/null")
         :gsub("%s+$", "")
@@ -435,7 +441,8 @@ function Campaign:run(m, opts)
     if not ok then return broken(err) end
     local finished, failure = pcall(function()
         for _, entry in ipairs(entries(m)) do
-            local by = self:try(m, entry, {})
+            -- a spec the tree does not have (an older commit's, with --rev)
+            local by = read(self.tree .. "/" .. entry.file) and self:try(m, entry, {})
             if by then
                 result.by = entry.file .. ": " .. by
                 return
@@ -551,7 +558,7 @@ runner.encode_line, runner.decode_line = encode_line, decode_line
 
 local USAGE = [==[
 usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
-                      [--timeout-scale X] [--list] [--sample N [--seed S]]
+                      [--timeout-scale X] [--list] [--sample N [--seed S]] [--rev REV]
   --jobs N          mutants run N at a time, each job with its own scratch
                     tree and servers (default 1: the machine is shared)
   --only ID,...     these mutants only (* matches anything: 'keys.*')
@@ -561,7 +568,10 @@ usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
   --timeout-scale X multiplies every time bound (a slow machine)
   --list            where each mutant applies (or why it is stale); runs nothing
   --sample N        N mutants drawn across the layers, as make test does
-  --seed S          the sample's seed (default: the time)]==]
+  --seed S          the sample's seed (default: the time)
+  --rev REV         run against the tree of commit REV (git archive) instead
+                    of the checkout's files: the catalogue is this checkout's,
+                    so a score before new tests can be taken after them]==]
 
 local function parse_args(argv)
     local o = { jobs = 1, fallback = true, timeout_scale = 1 }
@@ -582,6 +592,7 @@ local function parse_args(argv)
         elseif a == "--sample" then o.sample = assert(tonumber(value()), "--sample N")
         elseif a == "--seed" then o.seed = assert(tonumber(value()), "--seed S")
         elseif a == "--work" then o.work = value()
+        elseif a == "--rev" then o.rev = value()
         elseif a == "--worker" then o.worker = value()
         elseif a == "--help" or a == "-h" then io.stdout:write(USAGE, "\n") os.exit(0)
         else error("scripts/mutate: unknown argument " .. a .. "\n" .. USAGE, 0) end
@@ -615,7 +626,7 @@ end
 -- result appended to work/results.k as it comes.
 local function run_job(o, mutants, k, n)
     local results_file = ("%s/results.%d"):format(o.work, k)
-    local c = runner.campaign({ root = ".", work = o.work .. "/job" .. k,
+    local c = runner.campaign({ root = ".", work = o.work .. "/job" .. k, rev = o.rev,
         servers = o.work .. "/servers/" .. k, timeout_scale = o.timeout_scale })
     local ok, err = pcall(function()
         assert(c:build(), "the unmutated tree does not build")
@@ -659,9 +670,9 @@ function runner.main(argv)
     end
     assert(o.work, "scripts/mutate sets --work")
     local started = now()
-    io.stdout:write(("mutation campaign: %d mutants, %d job(s), fallback to the plain pass: %s%s\n")
+    io.stdout:write(("mutation campaign: %d mutants, %d job(s), fallback to the plain pass: %s%s%s\n")
         :format(#mutants, o.jobs, o.fallback and "yes" or "no",
-            o.seed and (", sample seed " .. o.seed) or ""))
+            o.seed and (", sample seed " .. o.seed) or "", o.rev and (", tree of " .. o.rev) or ""))
     local jobs = math.max(1, math.min(o.jobs, #mutants))
     if jobs == 1 then
         run_job(o, mutants, 1, 1)
@@ -724,8 +735,9 @@ function runner.main(argv)
         report[#report + 1] = "tests that failed without a mutant too (not counted as kills):"
         for _, line in ipairs(unconfirmed) do report[#report + 1] = "  " .. line end
     end
-    report[#report + 1] = ("run time: %.0f s; commit %s"):format(now() - started,
-        capture("git rev-parse --short HEAD 2>/dev/null"):gsub("%s+$", ""))
+    report[#report + 1] = ("run time: %.0f s; commit %s%s"):format(now() - started,
+        capture("git rev-parse --short " .. q(o.rev or "HEAD") .. " 2>/dev/null"):gsub("%s+$", ""),
+        o.rev and "" or (sh("git diff --quiet HEAD 2>/dev/null") ~= 0 and " (with changes)" or ""))
     local text = table.concat(report, "\n") .. "\n"
     io.stdout:write(text)
     sh("mkdir -p build/mutate")
