@@ -145,6 +145,7 @@ describe("cmpxchg.core", function()
         it("refuses invalid UTF-8 and keys over 512 bytes", function()
             local invalid = { "\255", "a\195", "\192\175", "\237\160\128", "\244\144\128\128",
                 "\224\128\175", "\240\128\128\175",     -- overlong 3- and 4-byte forms of "/"
+                "\224\159\191", "\240\143\191\191",     -- of U+07FF and U+FFFF, the longest ones
                 "\237\191\191" }                          -- U+DFFF, the last surrogate
             for _, bad in ipairs(invalid) do
                 local folded, why = core.fold_key(bad)

@@ -341,6 +341,20 @@ describe("etcd protocol", function()
         end)
     end)
 
+    it("refuses a value under its prefix that is not one of its envelopes", function()
+        -- the Object member is the user's value (null too): without it there is none
+        for _, value in ipairs({ '{"Key":"k","Write":"w"}', '{"Object":1}', '{"Key":7,"Object":1}', '"text"', "not json" }) do
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(9) .. ',"kvs":[{"key":"' .. b64("app/k")
+                .. '","mod_revision":"9","value":"' .. b64(value) .. '"}]}')
+            local v, err, code = st:get("k")
+            assert.is_nil(v, value)
+            assert.equal("decode", code, value)
+            assert.matches("^decode: a value under the store's prefix is not one of ours", err)
+        end
+    end)
+
     it("never crashes on malformed replies", function()
         for _, bad in ipairs({ "", "[]", "null", "{", '{"kvs":5}', '{"kvs":[5]}', '{"header":5}',
                 '{"kvs":[{"mod_revision":"x","value":"@@"}]}', '{"responses":[{"response_range":{"kvs":[{}]}}]}',
