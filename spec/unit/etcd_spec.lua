@@ -343,7 +343,8 @@ describe("etcd protocol", function()
 
     it("refuses a value under its prefix that is not one of its envelopes", function()
         -- the Object member is the user's value (null too): without it there is none
-        for _, value in ipairs({ '{"Key":"k","Write":"w"}', '{"Object":1}', '{"Key":7,"Object":1}', '"text"', "not json" }) do
+        for _, value in ipairs({ '{"Key":"k","Write":"w"}',
+                '{"Object":1}', '{"Key":7,"Object":1}', '"text"', "not json" }) do
             local t = Scripted.new()
             local st = open(t)
             t:reply(200, "{" .. H(9) .. ',"kvs":[{"key":"' .. b64("app/k")
