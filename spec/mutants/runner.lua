@@ -15,9 +15,9 @@
 -- LuaJIT core, which nginx loads, before any spec that runs nginx), runs the
 -- specs the catalogue lists for it, and, for a survivor, every spec file of
 -- the plain pass, each bounded in time, stopping at the first kill. A kill
--- is confirmed by running the failing test again without the mutant: a test
--- that fails there too proves nothing (it is reported, and left out). Then
--- the file is restored.
+-- is confirmed by running the failing test alone again, with the mutant (it
+-- must fail again) and without it (it must pass): a flaky test proves
+-- nothing (it is reported, and left out). Then the file is restored.
 --
 -- Results: killed (by a spec file and test), survived, stale, broken (the
 -- mutant does not build or parse: never counted as a kill unless the
@@ -372,25 +372,28 @@ function Campaign:apply(m, file, text, at)
     return true
 end
 
---- Runs `entry` against the applied mutant; a failure counts when the same
--- test passes without the mutant (then the tree is left restored). Returns
--- the killing test (or detail: a timeout, a crash), or nil.
+--- Runs `entry` against the applied mutant. A failing test counts when it
+-- fails again, alone, with the mutant, and passes without it (then the tree
+-- is left restored): a flaky test is not a kill. Returns the killing test
+-- (or detail: a timeout, a crash), or nil.
 function Campaign:try(m, entry, opts)
     local skip = {}
     for _ = 1, 3 do
         local ok, failed, detail = self:busted(entry, { skip = skip, min_timeout = opts.min_timeout })
         if ok then return nil end
         if #failed == 0 then return detail end  -- a timeout or a crash: no test to check
-        -- confirm: the same test, without the mutant
+        local test = failed[1]
+        local again = not self:busted(entry, { only = { test }, keep_going = true,
+                                               min_timeout = opts.min_timeout })
         local applied = self.applied
         self:restore()
-        local clean = self:busted(entry, { only = { failed[1] }, keep_going = true,
-                                           min_timeout = opts.min_timeout })
-        if clean then return failed[1] end
-        self.unconfirmed[entry.file .. ": " .. failed[1]] = true
-        self.log(("   (%s: '%s' fails without the mutant too: not counted)")
-            :format(entry.file, failed[1]))
-        skip[#skip + 1] = failed[1]
+        local clean = again and self:busted(entry, { only = { test }, keep_going = true,
+                                                     min_timeout = opts.min_timeout })
+        if clean then return test end
+        self.unconfirmed[entry.file .. ": " .. test] = true
+        self.log(("   (%s: '%s' %s: not counted)"):format(entry.file, test, again
+            and "fails without the mutant too" or "passed when run again with the mutant"))
+        skip[#skip + 1] = test
         local file, text, at = runner.locate(self.tree, m)
         assert(file and applied.file == file, "the mutant no longer applies after restoring")
         assert(self:apply(m, file, text, at))
@@ -732,7 +735,7 @@ function runner.main(argv)
         end
     end
     if #unconfirmed > 0 then
-        report[#report + 1] = "tests that failed without a mutant too (not counted as kills):"
+        report[#report + 1] = "tests whose failure was not confirmed (not counted as kills):"
         for _, line in ipairs(unconfirmed) do report[#report + 1] = "  " .. line end
     end
     report[#report + 1] = ("run time: %.0f s; commit %s%s"):format(now() - started,
