@@ -41,6 +41,10 @@ describe("cmpxchg.core", function()
 
         it("rounds to 100 ns and carries into the next second", function()
             assert.equal("2024-01-02T03:04:06.0000000Z", core.format_time(1704164645.99999999))
+            -- that one is 1704164646.0 already as a double: a carry needs a time
+            -- small enough to hold 0.99999999 (the carry runs through the date)
+            assert.equal("1970-01-01T00:00:02.0000000Z", core.format_time(1.99999999))
+            assert.equal("1970-01-02T00:00:00.0000000Z", core.format_time(86399.99999999))
             assert.matches("%.12345%d%dZ$", core.format_time(1704164645.12345))
         end)
 
