@@ -562,6 +562,7 @@ runner.encode_line, runner.decode_line = encode_line, decode_line
 local USAGE = [==[
 usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
                       [--timeout-scale X] [--list] [--sample N [--seed S]] [--rev REV]
+                      [--results FILE]
   --jobs N          mutants run N at a time, each job with its own scratch
                     tree and servers (default 1: the machine is shared)
   --only ID,...     these mutants only (* matches anything: 'keys.*')
@@ -574,7 +575,10 @@ usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
   --seed S          the sample's seed (default: the time)
   --rev REV         run against the tree of commit REV (git archive) instead
                     of the checkout's files: the catalogue is this checkout's,
-                    so a score before new tests can be taken after them]==]
+                    so a score before new tests can be taken after them
+  --results FILE    keep the results in FILE (one line per mutant), and run
+                    only the mutants it has no line for: a campaign that was
+                    stopped goes on where it was]==]
 
 local function parse_args(argv)
     local o = { jobs = 1, fallback = true, timeout_scale = 1 }
@@ -596,6 +600,7 @@ local function parse_args(argv)
         elseif a == "--seed" then o.seed = assert(tonumber(value()), "--seed S")
         elseif a == "--work" then o.work = value()
         elseif a == "--rev" then o.rev = value()
+        elseif a == "--results" then o.results = value()
         elseif a == "--worker" then o.worker = value()
         elseif a == "--help" or a == "-h" then io.stdout:write(USAGE, "\n") os.exit(0)
         else error("scripts/mutate: unknown argument " .. a .. "\n" .. USAGE, 0) end
@@ -626,9 +631,10 @@ local function select_mutants(cat, o)
 end
 
 --- One job of a campaign: the mutants k, k + n, ... of `mutants`, each
--- result appended to work/results.k as it comes.
+-- result appended to the results file as it comes (lines this short are
+-- appended whole, whichever job writes).
 local function run_job(o, mutants, k, n)
-    local results_file = ("%s/results.%d"):format(o.work, k)
+    local results_file = o.results
     local c = runner.campaign({ root = ".", work = o.work .. "/job" .. k, rev = o.rev,
         servers = o.work .. "/servers/" .. k, timeout_scale = o.timeout_scale })
     local ok, err = pcall(function()
@@ -666,20 +672,47 @@ function runner.main(argv)
         end
         return 0
     end
+    assert(o.work, "scripts/mutate sets --work")
+    o.results = o.results or (o.work .. "/results")
+    local function results_by_id()
+        local by_id = {}
+        for line in (read(o.results) or ""):gmatch("[^\n]+") do
+            local r = decode_line(line)
+            by_id[r.id] = r
+        end
+        return by_id
+    end
     if o.worker then                         -- one job of a campaign with --jobs
         local k, n = o.worker:match("^(%d+)/(%d+)$")
-        run_job(o, mutants, tonumber(k), tonumber(n))
+        local todo, wanted = {}, {}
+        for id in (read(o.work .. "/todo") or ""):gmatch("[^\n]+") do wanted[id] = true end
+        for _, m in ipairs(mutants) do
+            if wanted[m.id] then todo[#todo + 1] = m end
+        end
+        run_job(o, todo, tonumber(k), tonumber(n))
         return 0
     end
-    assert(o.work, "scripts/mutate sets --work")
     local started = now()
+    local done, todo = results_by_id(), {}
+    for _, m in ipairs(mutants) do
+        if not done[m.id] then todo[#todo + 1] = m end
+    end
     io.stdout:write(("mutation campaign: %d mutants, %d job(s), fallback to the plain pass: %s%s%s\n")
-        :format(#mutants, o.jobs, o.fallback and "yes" or "no",
+        :format(#todo, o.jobs, o.fallback and "yes" or "no",
             o.seed and (", sample seed " .. o.seed) or "", o.rev and (", tree of " .. o.rev) or ""))
-    local jobs = math.max(1, math.min(o.jobs, #mutants))
-    if jobs == 1 then
-        run_job(o, mutants, 1, 1)
+    if #todo < #mutants then
+        io.stdout:write(("(%d more have their result in %s already)\n"):format(#mutants - #todo,
+            o.results))
+    end
+    local jobs = math.max(1, math.min(o.jobs, #todo))
+    if #todo == 0 then
+        jobs = 0
+    elseif jobs == 1 then
+        run_job(o, todo, 1, 1)
     else
+        local ids = {}
+        for i, m in ipairs(todo) do ids[i] = m.id end
+        write(o.work .. "/todo", table.concat(ids, "\n") .. "\n")
         local forwarded = {}
         for _, a in ipairs(argv) do forwarded[#forwarded + 1] = q(a) end
         if o.sample then            -- the workers must draw the same sample
@@ -692,16 +725,16 @@ function runner.main(argv)
         end
         io.stdout:write(("(each job logs to %s/jobN.log)\n"):format(o.work))
         local printed = {}
+        for id in pairs(done) do printed[id] = true end
         while true do
             local finished = 0
             for k = 1, jobs do
                 if read(("%s/done.%d"):format(o.work, k)) then finished = finished + 1 end
-                for line in (read(("%s/results.%d"):format(o.work, k)) or ""):gmatch("[^\n]+") do
-                    if not printed[line] then
-                        printed[line] = true
-                        local r = decode_line(line)
-                        io.stdout:write(("%s: %s\n"):format(r.id, verdict_text(r)))
-                    end
+            end
+            for id, r in pairs(results_by_id()) do
+                if not printed[id] then
+                    printed[id] = true
+                    io.stdout:write(("%s: %s\n"):format(r.id, verdict_text(r)))
                 end
             end
             if finished == jobs then break end
@@ -709,13 +742,7 @@ function runner.main(argv)
         end
     end
     -- the table, in catalogue order
-    local by_id = {}
-    for k = 1, jobs do
-        for line in (read(("%s/results.%d"):format(o.work, k)) or ""):gmatch("[^\n]+") do
-            local r = decode_line(line)
-            by_id[r.id] = r
-        end
-    end
+    local by_id = results_by_id()
     local results = {}
     for _, m in ipairs(mutants) do results[#results + 1] = by_id[m.id] end
     local report = {}

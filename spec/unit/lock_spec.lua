@@ -476,6 +476,9 @@ describe("lock (unit, fake clock)", function()
         -- that was never renewed
         assert.has_error(function() st:lock("k", { autorenew = true }) end,
             "bad argument #2 to 'lock' (unknown option 'autorenew')")
+        -- each says what is wrong with it
+        assert.has_error(function() st:lock("k", { ttl = 0 }) end,
+            "bad argument #2 to 'lock' (ttl must be positive)")
         -- valid but huge values are refused here, never raised from inside
         assert.has_error(function() st:lock("k", { ttl = 1e12 }) end,
             "bad argument #2 to 'lock' (ttl and expires_grace must be at most 10000000000 seconds)")
