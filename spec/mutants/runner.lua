@@ -704,6 +704,7 @@ function runner.main(argv)
         io.stdout:write(("(%d more have their result in %s already)\n"):format(#mutants - #todo,
             o.results))
     end
+    io.stdout:flush()
     local jobs = math.max(1, math.min(o.jobs, #todo))
     if #todo == 0 then
         jobs = 0
@@ -724,6 +725,7 @@ function runner.main(argv)
                 q(o.work), k, q(o.work), k))
         end
         io.stdout:write(("(each job logs to %s/jobN.log)\n"):format(o.work))
+        io.stdout:flush()
         local printed = {}
         for id in pairs(done) do printed[id] = true end
         while true do
@@ -735,6 +737,7 @@ function runner.main(argv)
                 if not printed[id] then
                     printed[id] = true
                     io.stdout:write(("%s: %s\n"):format(r.id, verdict_text(r)))
+                    io.stdout:flush()
                 end
             end
             if finished == jobs then break end
