@@ -16,8 +16,9 @@
 -- specs the catalogue lists for it, and, for a survivor, every spec file of
 -- the plain pass, each bounded in time, stopping at the first kill. A kill
 -- is confirmed by running the failing test alone again, with the mutant (it
--- must fail again) and without it (it must pass): a flaky test proves
--- nothing (it is reported, and left out). Then the file is restored.
+-- must fail again) and without it (it must pass); a crash or a timeout, by
+-- running the whole file again. A flaky test proves nothing (it is
+-- reported, and left out). Then the file is restored.
 --
 -- Results: killed (by a spec file and test), survived, stale, broken (the
 -- mutant does not build or parse: never counted as a kill unless the
@@ -381,7 +382,7 @@ function Campaign:try(m, entry, opts)
     for _ = 1, 3 do
         local ok, failed, detail = self:busted(entry, { skip = skip, min_timeout = opts.min_timeout })
         if ok then return nil end
-        if #failed == 0 then return detail end  -- a timeout or a crash: no test to check
+        if #failed == 0 then return self:confirm_whole(m, entry, opts, detail) end
         local test = failed[1]
         local again = not self:busted(entry, { only = { test }, keep_going = true,
                                                min_timeout = opts.min_timeout })
@@ -398,6 +399,27 @@ function Campaign:try(m, entry, opts)
         assert(file and applied.file == file, "the mutant no longer applies after restoring")
         assert(self:apply(m, file, text, at))
     end
+    return nil
+end
+
+--- A run that failed with no test to name (a crash, a timeout) counts when
+-- the whole entry passes without the mutant, and, for a crash, fails again
+-- with it (a timeout is not waited out twice): the detail, or nil.
+function Campaign:confirm_whole(m, entry, opts, detail)
+    local again = detail:match("^timed out") ~= nil or
+        not self:busted(entry, { min_timeout = opts.min_timeout })
+    local applied = self.applied
+    self:restore()
+    if again and self:busted(entry, { keep_going = true, min_timeout = opts.min_timeout }) then
+        return detail
+    end
+    local what = detail:match("^[^:]*")
+    self.unconfirmed[entry.file .. ": " .. what] = true
+    self.log(("   (%s: %s, %s: not counted)"):format(entry.file, what, again
+        and "and so it does without the mutant" or "but not when run again with the mutant"))
+    local file, text, at = runner.locate(self.tree, m)
+    assert(file and applied.file == file, "the mutant no longer applies after restoring")
+    assert(self:apply(m, file, text, at))
     return nil
 end
 
