@@ -467,10 +467,14 @@ describe("lock (unit, fake clock)", function()
             { backoff_min = 1, backoff_max = 0.5 }, { expires_field = "" },
             { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { clock_skew = 30, ttl = 30 },
             { owner = 7 },
-            { on_lost = true }, { auto_renew = "yes" },
+            { on_lost = true }, { auto_renew = "yes" }, { timeout = 0 / 0 },
+            { backoff_min = 0 / 0 }, { clock_skew = 0 / 0 }, { expires_grace = 0 / 0 },
         }
-        for _, opts in ipairs(bad) do
-            assert.has_error(function() st:lock("k", opts) end)
+        for i, opts in ipairs(bad) do
+            -- refused here, as the caller's misuse: never raised from deeper in
+            local ok, err = pcall(st.lock, st, "k", opts)
+            assert.is_false(ok, "bad options #" .. i)
+            assert.matches("bad argument #2 to 'lock'", tostring(err), 1, true)
         end
         -- a misspelt option would quietly do nothing: autorenew gave a lock
         -- that was never renewed
