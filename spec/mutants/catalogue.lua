@@ -477,7 +477,7 @@ local mutants = {
     { id = "lock.admin.expired-early", layer = "lock", file = "lua/cmpxchg/admin.lua",
       guarantee = "the operator sees a lease as expired only once it ended (as a takeover decides)",
       from = [[expired = now > ends,]], to = [[expired = now + 1 > ends,]],
-      specs = { "spec/integration/admin_spec.lua" } },
+      specs = { UNIT_LOCK, "spec/integration/admin_spec.lua" } },
     { id = "lock.admin.break-current", layer = "lock", file = "lua/cmpxchg/admin.lua",
       guarantee = "break_lock removes a lock only at the index the operator saw",
       from = [[local ok, current, code = st:delete(key, index)]],

@@ -450,6 +450,18 @@ describe("lock (unit, fake clock)", function()
         assert.is_true(l:release())
     end)
 
+    it("the operator sees a lease as expired only once it ended, as a takeover decides", function()
+        local admin = require "cmpxchg.admin"
+        local item = { key = "k", index = 7, value = { ExpiresAt = core.format_time(WALL0 + 10),
+                                                        Owner = "o" } }
+        for _, case in ipairs({ { 9.5, false }, { 10, false }, { 10.5, true } }) do
+            clock.now = case[1]
+            local d = admin.describe(item)
+            assert.equal(case[2], d.expired, "at " .. case[1])
+            assert.equal(10 - case[1], d.remaining)
+        end
+    end)
+
     it("an unreleased, unreferenced lock is collected without any I/O", function()
         local weak = setmetatable({}, { __mode = "v" })
         weak[1] = assert(st:lock("k"))
