@@ -219,6 +219,7 @@ function runner.campaign(opts)
         log = opts.log or function(line) io.stdout:write(line, "\n") io.stdout:flush() end,
         scale = opts.timeout_scale or 1,
         cat = opts.catalogue,
+        applied = {},           -- the mutants in the tree now: {m, file, text, c}
         unconfirmed = {},       -- tests that failed without the mutant too
     }, Campaign)
     if not self.work then
@@ -347,17 +348,21 @@ function Campaign:busted(entry, opts)
     return code == 0 and #failed == 0, failed, nil
 end
 
---- The file of the current mutant back to its original text.
+--- Every applied mutant's file back to its original text.
 function Campaign:restore()
-    local a = self.applied
-    if a then
+    local c = false
+    for i = #self.applied, 1, -1 do
+        local a = self.applied[i]
         write(self.tree .. "/" .. a.file, a.text)
-        self.applied = nil
-        if a.c then assert(self:build(), "the unmutated tree does not build") end
+        c = c or a.c
     end
+    self.applied = {}
+    if c then assert(self:build(), "the unmutated tree does not build") end
 end
 
-function Campaign:apply(m, file, text, at)
+--- Applies mutant `m` at `at` of `file` (whose text is `text`), building
+-- the core when it is C unless `nobuild`: true, or false and why not.
+function Campaign:apply(m, file, text, at, nobuild)
     local mutated = text:sub(1, at - 1) .. m.to .. text:sub(at + #m.from)
     local c = file:match("%.[ch]$") ~= nil
     if not c and file:match("%.lua$") then
@@ -365,24 +370,36 @@ function Campaign:apply(m, file, text, at)
         if not chunk then return false, "does not parse: " .. tostring(err) end
     end
     write(self.tree .. "/" .. file, mutated)
-    self.applied = { file = file, text = text, c = c }
-    if c then
+    self.applied[#self.applied + 1] = { m = m, file = file, text = text, c = c }
+    if c and not nobuild then
         local ok, err = self:build()
         if not ok then return false, "does not build: " .. err end
     end
     return true
 end
 
---- Runs `entry` against the applied mutant. A failing test counts when it
--- fails again, alone, with the mutant, and passes without it (then the tree
--- is left restored): a flaky test is not a kill. Returns the killing test
--- (or detail: a timeout, a crash), or nil.
-function Campaign:try(m, entry, opts)
+--- The mutants of `applied` (a list restore() emptied) applied again.
+function Campaign:reapply(applied)
+    local c = false
+    for _, a in ipairs(applied) do
+        local file, text, at = runner.locate(self.tree, a.m)
+        assert(file == a.file, "a mutant no longer applies after restoring")
+        assert(self:apply(a.m, file, text, at, true))
+        c = c or a.c
+    end
+    if c then assert(self:build(), "the mutated tree built before and does not now") end
+end
+
+--- Runs `entry` against the applied mutants. A failing test counts when it
+-- fails again, alone, with them, and passes without them (then the tree is
+-- left restored): a flaky test is not a kill. Returns the killing test (or
+-- detail: a timeout, a crash), or nil.
+function Campaign:try(entry, opts)
     local skip = {}
     for _ = 1, 3 do
         local ok, failed, detail = self:busted(entry, { skip = skip, min_timeout = opts.min_timeout })
         if ok then return nil end
-        if #failed == 0 then return self:confirm_whole(m, entry, opts, detail) end
+        if #failed == 0 then return self:confirm_whole(entry, opts, detail) end
         local test = failed[1]
         local again = not self:busted(entry, { only = { test }, keep_going = true,
                                                min_timeout = opts.min_timeout })
@@ -395,17 +412,15 @@ function Campaign:try(m, entry, opts)
         self.log(("   (%s: '%s' %s: not counted)"):format(entry.file, test, again
             and "fails without the mutant too" or "passed when run again with the mutant"))
         skip[#skip + 1] = test
-        local file, text, at = runner.locate(self.tree, m)
-        assert(file and applied.file == file, "the mutant no longer applies after restoring")
-        assert(self:apply(m, file, text, at))
+        self:reapply(applied)
     end
     return nil
 end
 
 --- A run that failed with no test to name (a crash, a timeout) counts when
--- the whole entry passes without the mutant, and, for a crash, fails again
--- with it (a timeout is not waited out twice): the detail, or nil.
-function Campaign:confirm_whole(m, entry, opts, detail)
+-- the whole entry passes without the mutants, and, for a crash, fails again
+-- with them (a timeout is not waited out twice): the detail, or nil.
+function Campaign:confirm_whole(entry, opts, detail)
     local again = detail:match("^timed out") ~= nil or
         not self:busted(entry, { min_timeout = opts.min_timeout })
     local applied = self.applied
@@ -417,9 +432,7 @@ function Campaign:confirm_whole(m, entry, opts, detail)
     self.unconfirmed[entry.file .. ": " .. what] = true
     self.log(("   (%s: %s, %s: not counted)"):format(entry.file, what, again
         and "and so it does without the mutant" or "but not when run again with the mutant"))
-    local file, text, at = runner.locate(self.tree, m)
-    assert(file and applied.file == file, "the mutant no longer applies after restoring")
-    assert(self:apply(m, file, text, at))
+    self:reapply(applied)
     return nil
 end
 
@@ -467,7 +480,7 @@ function Campaign:run(m, opts)
     local finished, failure = pcall(function()
         for _, entry in ipairs(entries(m)) do
             -- a spec the tree does not have (an older commit's, with --rev)
-            local by = read(self.tree .. "/" .. entry.file) and self:try(m, entry, {})
+            local by = read(self.tree .. "/" .. entry.file) and self:try(entry, {})
             if by then
                 result.by = entry.file .. ": " .. by
                 return
@@ -475,7 +488,7 @@ function Campaign:run(m, opts)
         end
         if opts.fallback then
             for _, path in ipairs(self:plain_pass()) do
-                local by = self:try(m, { file = path }, { min_timeout = 300 })
+                local by = self:try({ file = path }, { min_timeout = 300 })
                 if by then
                     result.by = path .. ": " .. by
                     result.fallback = true
@@ -491,6 +504,38 @@ function Campaign:run(m, opts)
     if not finished then error(failure, 0) end
     if result.by then return done("killed", result.by, moved) end
     return done("survived", nil, m.survives or moved)
+end
+
+--- The whole plain pass once, with every mutant of `ms` applied (each in a
+-- file of its own): true when nothing kills them, so that each of them
+-- survives it (a mutant could hide another's effect in the same code: a
+-- batch never holds two mutants of one file). A failure is confirmed as a
+-- kill is; then false, and the batch's mutants are to be run one by one.
+function Campaign:batch_survives(ms)
+    local c = false
+    for _, m in ipairs(ms) do
+        local file, text, at = runner.locate(self.tree, m)
+        local ok = file and self:apply(m, file, text, at, true)
+        if not ok then
+            self:restore()
+            return false
+        end
+        c = c or file:match("%.[ch]$") ~= nil
+    end
+    if c and not self:build() then
+        self:restore()
+        return false
+    end
+    for _, path in ipairs(self:plain_pass()) do
+        local ok, by = pcall(self.try, self, { file = path }, { min_timeout = 300 })
+        if not ok or by then
+            self.log(("   the batch is killed by %s: %s"):format(path, tostring(by)))
+            self:restore()
+            return false
+        end
+    end
+    self:restore()
+    return true
 end
 
 --- Stops the campaign's servers and removes its scratch tree.
@@ -584,7 +629,7 @@ runner.encode_line, runner.decode_line = encode_line, decode_line
 local USAGE = [==[
 usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
                       [--timeout-scale X] [--list] [--sample N [--seed S]] [--rev REV]
-                      [--results FILE]
+                      [--results FILE] [--batch N]
   --jobs N          mutants run N at a time, each job with its own scratch
                     tree and servers (default 1: the machine is shared)
   --only ID,...     these mutants only (* matches anything: 'keys.*')
@@ -600,7 +645,11 @@ usage: scripts/mutate [--jobs N] [--only ID,...] [--layer NAME] [--no-fallback]
                     so a score before new tests can be taken after them
   --results FILE    keep the results in FILE (one line per mutant), and run
                     only the mutants it has no line for: a campaign that was
-                    stopped goes on where it was]==]
+                    stopped goes on where it was
+  --batch N         the survivors of their own specs go through the plain
+                    pass N at a time (never two of one file); a batch that
+                    fails is run again one mutant at a time: quicker when
+                    most survive (a score before new tests, say)]==]
 
 local function parse_args(argv)
     local o = { jobs = 1, fallback = true, timeout_scale = 1 }
@@ -623,6 +672,7 @@ local function parse_args(argv)
         elseif a == "--work" then o.work = value()
         elseif a == "--rev" then o.rev = value()
         elseif a == "--results" then o.results = value()
+        elseif a == "--batch" then o.batch = assert(tonumber(value()), "--batch N")
         elseif a == "--worker" then o.worker = value()
         elseif a == "--help" or a == "-h" then io.stdout:write(USAGE, "\n") os.exit(0)
         else error("scripts/mutate: unknown argument " .. a .. "\n" .. USAGE, 0) end
@@ -659,16 +709,52 @@ local function run_job(o, mutants, k, n)
     local results_file = o.results
     local c = runner.campaign({ root = ".", work = o.work .. "/job" .. k, rev = o.rev,
         servers = o.work .. "/servers/" .. k, timeout_scale = o.timeout_scale })
+    local function record(r)
+        local f = assert(io.open(results_file, "a"))
+        f:write(encode_line(r), "\n")
+        f:close()
+        c.log(("   %s: %s"):format(r.id, verdict_text(r)))
+    end
     local ok, err = pcall(function()
         assert(c:build(), "the unmutated tree does not build")
+        local survivors = {}
         for i = k, #mutants, n do
             local m = mutants[i]
             c.log(("-- %s (%s)"):format(m.id, m.file))
-            local r = c:run(m, { fallback = o.fallback })
-            local f = assert(io.open(results_file, "a"))
-            f:write(encode_line(r), "\n")
-            f:close()
-            c.log(("   %s"):format(verdict_text(r)))
+            local r = c:run(m, { fallback = o.fallback and not o.batch })
+            if o.batch and o.fallback and r.status == "survived" then
+                survivors[#survivors + 1] = { m = m, r = r }
+                c.log("   survived its specs: the plain pass comes later, in a batch")
+            else
+                record(r)
+            end
+        end
+        -- --batch: the survivors of their specs through the plain pass
+        -- together, a batch never holding two mutants of one file
+        while #survivors > 0 do
+            local batch, files, rest = {}, {}, {}
+            for _, s in ipairs(survivors) do
+                if #batch < o.batch and not files[s.r.file] then
+                    batch[#batch + 1], files[s.r.file] = s, true
+                else
+                    rest[#rest + 1] = s
+                end
+            end
+            survivors = rest
+            local ms, ids = {}, {}
+            for i, s in ipairs(batch) do ms[i], ids[i] = s.m, s.m.id end
+            c.log(("-- the plain pass for %d survivors at once: %s"):format(#ms,
+                table.concat(ids, ", ")))
+            if c:batch_survives(ms) then
+                for _, s in ipairs(batch) do
+                    s.r.note = ("the plain pass too, in a batch of %d%s"):format(#batch,
+                        s.r.note and ("; " .. s.r.note) or "")
+                    record(s.r)
+                end
+            else
+                c.log("   the batch failed: each of them alone")
+                for _, s in ipairs(batch) do record(c:run(s.m, { fallback = true })) end
+            end
         end
     end)
     for test in pairs(c.unconfirmed) do
