@@ -369,6 +369,8 @@ describe("nginx", function()
         assert.equal("connect", r.refused.code)
         assert.matches("^connect: GET http://127.0.0.1:1/: connect failed", r.refused.err)
         assert.is_true(r.refused.unsent)            -- nothing reached the server
+        assert.equal("http", r.huge.code, r.huge.err)      -- refused before reading 300 MB
+        assert.matches("^http: GET http://127.0.0.1:%d+/huge: reply is too large", r.huge.err)
         assert.is_false(r.bad_header[1])
         assert.matches("bad header 'X%-A'", r.bad_header[2])
     end)

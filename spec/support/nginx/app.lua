@@ -226,7 +226,7 @@ function app.tls()
 end
 
 --- The cosocket transport itself, against this nginx: chunked and sized
--- replies, a read timeout, a refused connection.
+-- replies, one too large to read, a read timeout, a refused connection.
 function app.transport()
     guarded(function()
         local http = require("cmpxchg.transport.ngx").new({ connect_timeout = 2 })
@@ -251,6 +251,8 @@ function app.transport()
         r.timeout = { status = status, err = body, code = headers, unsent = unsent }
         status, body, headers, unsent = http:request("GET", "http://127.0.0.1:1/", nil, nil, 2)
         r.refused = { status = status, err = body, code = headers, unsent = unsent }
+        status, body, headers = http:request("GET", base .. "/huge", nil, nil, 2)
+        r.huge = { status = status, err = body, code = headers }
         r.bad_header = { pcall(http.request, http, "GET", base .. "/ping", nil,
             { ["X-A"] = "1\r\nX-B: 2" }, 2) }
         r.bad_header[2] = tostring(r.bad_header[2])
@@ -269,6 +271,14 @@ end
 function app.slow()
     ngx.sleep(tonumber(args().s) or 1)
     ngx.say("{}")
+end
+
+--- A reply that says it is 300 MB long (and is not): refused before any read.
+function app.huge()
+    ngx.header["Content-Length"] = 300000000
+    ngx.send_headers()
+    ngx.print("{}")
+    ngx.flush(true)
 end
 
 function app.chunked()
