@@ -771,14 +771,21 @@ function runner.main(argv)
     local cat = runner.load_catalogue(".")
     local mutants = select_mutants(cat, o)
     if o.list then
+        -- equivalent mutants are located too: their reason is about code
+        -- that must still be there
+        local stale, moved_n, equivalent = 0, 0, 0
         for _, m in ipairs(mutants) do
             local file, why, _, moved = runner.locate(".", m)
+            if not file then stale = stale + 1 elseif moved then moved_n = moved_n + 1 end
+            if m.equivalent then equivalent = equivalent + 1 end
             io.stdout:write(("%-34s %-9s %s\n"):format(m.id, m.layer,
-                m.equivalent and ("equivalent: " .. m.equivalent)
-                or file and (file .. (moved and (" (" .. moved .. ")") or ""))
-                or ("STALE: " .. why)))
+                not file and ("STALE: " .. why)
+                or m.equivalent and ("equivalent: " .. m.equivalent)
+                or (file .. (moved and (" (" .. moved .. ")") or ""))))
         end
-        return 0
+        io.stdout:write(("%d mutants (%d equivalent): %d stale, %d moved (their `file` wants "
+            .. "updating)\n"):format(#mutants, equivalent, stale, moved_n))
+        return (stale > 0 or moved_n > 0) and 1 or 0
     end
     assert(o.work, "scripts/mutate sets --work")
     o.results = o.results or (o.work .. "/results")
