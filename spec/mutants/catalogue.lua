@@ -71,6 +71,23 @@ local cost = {
     ["spec/integration/ravendb_referee_spec.lua"] = 130,
     ["spec/integration/ravendb_seed_interop_spec.lua"] = 55,
     ["spec/integration/ravendb_spec.lua"] = 30, ["spec/integration/torture_spec.lua"] = 85,
+    -- house's later specs (issues 15-19): estimates, quick unit ones first
+    ["spec/unit/election_spec.lua"] = 1, ["spec/unit/embedded_spec.lua"] = 2,
+    ["spec/unit/fair_spec.lua"] = 1, ["spec/unit/semaphore_spec.lua"] = 1,
+    ["spec/unit/transaction_protocol_spec.lua"] = 1, ["spec/unit/leader_job_spec.lua"] = 1,
+    ["spec/unit/observe_spec.lua"] = 1, ["spec/unit/recipes_54_spec.lua"] = 2,
+    ["spec/unit/hostile_replies_spec.lua"] = 2, ["spec/unit/history_checker_spec.lua"] = 3,
+    ["spec/unit/history_multikey_spec.lua"] = 3,
+    ["spec/core/embedded_finalizer_spec.lua"] = 2,
+    ["spec/integration/embedded_files_spec.lua"] = 5, ["spec/integration/nul_bytes_spec.lua"] = 10,
+    ["spec/integration/ravendb_cluster_spec.lua"] = 60,
+    ["spec/integration/nginx_leader_spec.lua"] = 40, ["spec/integration/nginx_hostile_spec.lua"] = 60,
+    ["spec/integration/hostile_spec.lua"] = 150, ["spec/integration/hostile_renewal_spec.lua"] = 60,
+    ["spec/integration/history_embedded_spec.lua"] = 60,
+    ["spec/integration/history_transactions_spec.lua"] = 90,
+    ["spec/integration/history_etcd_spec.lua"] = 120,
+    ["spec/integration/history_ravendb_spec.lua"] = 120,
+    ["spec/integration/ravendb_chaos_spec.lua"] = 150,
 }
 
 local mutants = {

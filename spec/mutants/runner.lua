@@ -437,13 +437,17 @@ function Campaign:confirm_whole(entry, opts, detail)
 end
 
 --- Every spec file of the plain pass, quickest first (the catalogue's cost
--- table), the sample's own spec excepted.
+-- table), the sample's own spec excepted, and the allocation-failure checker
+-- (scripts/run-tests runs it once, in the asan pass, with its own host).
 function Campaign:plain_pass()
     local files = {}
     for _, dir in ipairs({ "spec/unit", "spec/core", "spec/integration" }) do
         for name in capture("ls -1 " .. q(self.tree .. "/" .. dir)):gmatch("[^\n]+") do
             local path = dir .. "/" .. name
-            if name:match("_spec%.lua$") and path ~= SAMPLE_SPEC then files[#files + 1] = path end
+            if name:match("_spec%.lua$") and path ~= SAMPLE_SPEC and
+                    not name:match("^alloc_failure_") then
+                files[#files + 1] = path
+            end
         end
     end
     local cost = self.cat.cost

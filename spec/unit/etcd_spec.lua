@@ -517,7 +517,7 @@ describe("etcd protocol", function()
                 '{"Object":1}', '{"Key":7,"Object":1}', '"text"', "not json" }) do
             local t = Scripted.new()
             local st = open(t)
-            t:reply(200, "{" .. H(9) .. ',"kvs":[{"key":"' .. b64("app/k")
+            t:reply(200, "{" .. H(9) .. ',"kvs":[{"key":"' .. b64("app:k")
                 .. '","mod_revision":"9","value":"' .. b64(value) .. '"}]}')
             local v, err, code = st:get("k")
             assert.is_nil(v, value)
