@@ -33,6 +33,13 @@ local NGINX = "spec/integration/nginx_spec.lua"
 local RAVENDB_CONTRACT = { RAVENDB, filter = "compare%-exchange contract" }
 local ETCD_CONTRACT = { ETCD, filter = "compare%-exchange contract" }
 local EMBEDDED_LOCKS = { EMBEDDED, filter = "^locks " }
+local UNIT_TXN = "spec/unit/transaction_protocol_spec.lua"
+local UNIT_SEMAPHORE = "spec/unit/semaphore_spec.lua"
+local UNIT_ELECTION = "spec/unit/election_spec.lua"
+local UNIT_FAIR = "spec/unit/fair_spec.lua"
+local EMBEDDED_TXN = { EMBEDDED, filter = "^transaction contract" }
+local EMBEDDED_RECIPES = { EMBEDDED, filter = "^recipes " }
+local ETCD_TXN = { ETCD, filter = "^transaction contract" }
 
 local layers = {
     keys = "key checks and case folding (csrc/keys.c: fold_key, key_problem)",
@@ -45,6 +52,8 @@ local layers = {
     etcd = "the etcd backend (etcd.lua, its failover through cluster.lua)",
     renew = "auto-renew (csrc/renew.c, renewal.lua, renew_worker.lua, timer_renewer.lua)",
     transport = "HTTP transports (csrc/http.c, transport/ngx.lua)",
+    txn = "transactions (transaction.lua, each backend's transaction)",
+    recipes = "fair waiting, semaphores, elections (queue.lua, semaphore.lua, election.lua)",
 }
 
 -- seconds each spec file takes in the plain pass on the project's 2-core
@@ -729,6 +738,125 @@ local mutants = {
       from = [[return math.max(1, math.floor((deadline - runtime.monotime()) * 1000))]],
       to = [[return 30000]],
       specs = { { NGINX, filter = "cosockets" } } },
+    --[[ transactions (issue 17): all or none, one index, compares first,
+    unknown outcomes settled, misuse raises ]]
+    { id = "txn.embedded.compare-index", layer = "txn", file = "csrc/embedded.c",
+      guarantee = "a transaction's operation at index N requires the key's current index to be N",
+      from = [[if (op.index == 0 ? !present : (present && current == op.index)) {]],
+      to = [[if (op.index == 0 ? !present : present) {]],
+      specs = { EMBEDDED_TXN } },
+    { id = "txn.embedded.all-or-none", layer = "txn", file = "csrc/embedded.c",
+      guarantee = "when any compare fails nothing is written (all or none)",
+      from = [[    if (failed > 0) {
+        if ((rc = run(h, S_COMMIT)) != SQLITE_OK)   /* keeps a sweep that ran */]],
+      to = [[    if (failed == n) {
+        if ((rc = run(h, S_COMMIT)) != SQLITE_OK)   /* keeps a sweep that ran */]],
+      specs = { EMBEDDED_TXN } },
+    { id = "txn.embedded.global-index", layer = "txn", file = "csrc/embedded.c",
+      guarantee = "a transaction's one new index is greater than any before (the global index moves on)",
+      from = [[if ((rc = meta_set_int(h, "last_index", index)) != SQLITE_OK ||]],
+      to = [[if ((rc = meta_set_int(h, "last_index", last)) != SQLITE_OK ||]],
+      specs = { EMBEDDED_TXN } },
+    { id = "txn.same-key", layer = "txn", file = "lua/cmpxchg/transaction.lua",
+      guarantee = "the same key twice in one transaction is misuse, and nothing is written",
+      from = "if seen[folded] then\n                bad(i, (\"key '%s' is written twice",
+      to = "if false then\n                bad(i, (\"key '%s' is written twice",
+      specs = { EMBEDDED_TXN } },
+    { id = "txn.resend.same-id", layer = "txn", file = "lua/cmpxchg/transaction.lua",
+      guarantee = "a RavenDB transaction of unknown outcome is sent once more with its own raft-request-id (applied at most once)",
+      from = [[local ok2, a2, b2 = store.enter(st, "transaction"):transaction(prepared, id)]],
+      to = [[local ok2, a2, b2 = store.enter(st, "transaction"):transaction(prepared, runtime.uuid())]],
+      specs = { UNIT_TXN } },
+    { id = "txn.etcd.guarded", layer = "txn", file = "lua/cmpxchg/etcd.lua",
+      guarantee = "on etcd a transaction that compares a key at N > 0 is re-sent as it was after an unknown outcome",
+      from = [[if op.index > 0 then guarded = true end]],
+      to = [[if op.index < 0 then guarded = true end]],
+      specs = { UNIT_TXN } },
+    { id = "txn.etcd.settle-ours", layer = "txn", file = "lua/cmpxchg/etcd.lua",
+      guarantee = "an etcd transaction of unknown outcome whose write id is found is applied, at that revision",
+      from = [[if op.kind == "put" and cur.index > 0 and cur.write == write_id then]],
+      to = [[if false then]],
+      specs = { UNIT_TXN } },
+    { id = "txn.etcd.conflicts", layer = "txn", file = "lua/cmpxchg/etcd.lua",
+      guarantee = "a refused transaction reports exactly the operations whose compare failed",
+      from = "if not holds(op, cur) then\n            out[#out + 1]",
+      to = "if true then\n            out[#out + 1]",
+      specs = { UNIT_TXN, ETCD_TXN } },
+
+    --[[ semaphores, elections, fair waiting (issues 18, 19) ]]
+    { id = "recipes.semaphore.writes-held", layer = "recipes", file = "lua/cmpxchg/semaphore.lua",
+      guarantee = "a semaphore's waiter writes only to a permit whose lease is over or that is absent",
+      from = [[elseif ends and now > ends + o.clock_skew then
+            expired[#expired + 1] = i]],
+      to = [[elseif ends then
+            expired[#expired + 1] = i]],
+      specs = { UNIT_SEMAPHORE, EMBEDDED_RECIPES } },
+    { id = "recipes.semaphore.dead-first", layer = "recipes", file = "lua/cmpxchg/semaphore.lua",
+      guarantee = "a dead holder's permit is taken over before a free one",
+      from = "local free = shuffle(expired)\n    for _, i in ipairs(shuffle(absent)) do",
+      to = "local free = shuffle(absent)\n    for _, i in ipairs(shuffle(expired)) do",
+      specs = { UNIT_SEMAPHORE, EMBEDDED_RECIPES } },
+    { id = "recipes.semaphore.holders-valid", layer = "recipes", file = "lua/cmpxchg/semaphore.lua",
+      guarantee = "holders() lists the valid permits only",
+      from = [[if ends and now <= ends + o.clock_skew then
+            local v = r.value]],
+      to = [[if ends then
+            local v = r.value]],
+      specs = { UNIT_SEMAPHORE, EMBEDDED_RECIPES } },
+    { id = "recipes.semaphore.with-permit-lost", layer = "recipes", file = "lua/cmpxchg/semaphore.lua",
+      guarantee = "with_permit fails with 'lost' when the permit was found lost at the release",
+      from = "if ok == false then\n        return nil, (\"lost: permit",
+      to = "if false then\n        return nil, (\"lost: permit",
+      specs = { UNIT_SEMAPHORE, EMBEDDED_RECIPES } },
+    { id = "recipes.election.auto-renew", layer = "recipes", file = "lua/cmpxchg/election.lua",
+      guarantee = "the leadership lease is auto-renewed while leading",
+      from = [[lock_opts.auto_renew = true]], to = [[lock_opts.auto_renew = false]],
+      specs = { UNIT_ELECTION, EMBEDDED_RECIPES } },
+    { id = "recipes.election.leader-expired", layer = "recipes", file = "lua/cmpxchg/election.lua",
+      guarantee = "leader() is false when the leader's lease is over",
+      from = [[if not ends or runtime.time() > ends + o.clock_skew then return false end]],
+      to = [[if not ends then return false end]],
+      specs = { UNIT_ELECTION, EMBEDDED_RECIPES } },
+    { id = "recipes.election.token-stale", layer = "recipes", file = "lua/cmpxchg/election.lua",
+      guarantee = "token() is nil once the leadership is over (a deposed leader has no token)",
+      from = [[if self:is_leader() then return self.term end]],
+      to = [[if self.term then return self.term end]],
+      specs = { UNIT_ELECTION, EMBEDDED_RECIPES } },
+    { id = "recipes.election.follower-writes", layer = "recipes", file = "lua/cmpxchg/election.lua",
+      guarantee = "while someone leads, a follower writes nothing",
+      from = "if index == 0 or (ends and runtime.time() > ends + o.clock_skew) then\n                local l, s",
+      to = "if true then\n                local l, s",
+      specs = { UNIT_ELECTION, EMBEDDED_RECIPES } },
+    { id = "recipes.election.resign-lost", layer = "recipes", file = "lua/cmpxchg/election.lua",
+      guarantee = "resign() says false, 'lost' when the leadership had been lost meanwhile",
+      from = "    if ok then return true end\n    return false, \"lost\"",
+      to = "    return true",
+      specs = { UNIT_ELECTION, EMBEDDED_RECIPES } },
+    { id = "recipes.fair.order", layer = "recipes", file = "lua/cmpxchg/queue.lua",
+      guarantee = "fair waiters are served first come, first served (by their first write's index)",
+      from = [[if ticket == nil or t < ticket or (t == ticket and item.key:lower() < mine) then]],
+      to = [[if ticket == nil or t > ticket or (t == ticket and item.key:lower() < mine) then]],
+      specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
+    { id = "recipes.fair.dead-waiter", layer = "recipes", file = "lua/cmpxchg/queue.lua",
+      guarantee = "a dead waiter holds the queue up for at most waiter_ttl",
+      from = "elseif now > ends + skew then\n            if swept < SWEEP then",
+      to = "elseif false then\n            if swept < SWEEP then",
+      specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
+    { id = "recipes.fair.renew-entry", layer = "recipes", file = "lua/cmpxchg/queue.lua",
+      guarantee = "a waiter writes its entry again every waiter_ttl/3 while it waits (a live waiter keeps its place)",
+      from = [[if self.index == nil or runtime.monotime() >= self.renew_at then]],
+      to = [[if self.index == nil then]],
+      specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
+    { id = "recipes.fair.no-jump", layer = "recipes", file = "lua/cmpxchg/queue.lua",
+      guarantee = "a newcomer never takes the lock while fair waiters are queued",
+      from = "elseif n == 0 then\n        local l, final = try_lock()",
+      to = "elseif true then\n        local l, final = try_lock()",
+      specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
+    { id = "recipes.fair.leave", layer = "recipes", file = "lua/cmpxchg/queue.lua",
+      guarantee = "a waiter that gave up (or got the lock) leaves no entry behind",
+      from = "        q:leave()\n        stats.writes = stats.writes + (q.writes or 0)",
+      to = "        stats.writes = stats.writes + (q.writes or 0)",
+      specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
 }
 
 return { layers = layers, cost = cost, mutants = mutants }
