@@ -602,6 +602,10 @@ describe("lock (unit, fake clock)", function()
         -- each says what is wrong with it
         assert.has_error(function() st:lock("k", { ttl = 0 }) end,
             "bad argument #2 to 'lock' (ttl must be positive)")
+        -- a skew as long as the lease leaves no lease at all: refused for
+        -- that, not for waiter_ttl (which it happens to break as well)
+        assert.has_error(function() st:lock("k", { clock_skew = 30, ttl = 30 }) end,
+            "bad argument #2 to 'lock' (clock_skew must be less than ttl)")
         -- valid but huge values are refused here, never raised from inside
         assert.has_error(function() st:lock("k", { ttl = 1e12 }) end,
             "bad argument #2 to 'lock' (ttl and expires_grace must be at most 10000000000 seconds)")
