@@ -687,7 +687,7 @@ local mutants = {
       guarantee = "the first renewal comes a third of a ttl after the lock is taken",
       from = [[l.valid_mono, l.options.ttl / 3)]],
       to = [[l.valid_mono, l.options.ttl)]],
-      specs = { EMBEDDED_LOCKS } },
+      specs = { UNIT_LEASE, EMBEDDED_LOCKS } },
     { id = "renew.worker.request-bound", layer = "renew", file = "lua/cmpxchg/renew_worker.lua",
       guarantee = "a renewal's request never outlasts the lease (another node is tried in time)",
       from = [[backend.timeout = math.max(0.2, math.min(default, left / 2))]],

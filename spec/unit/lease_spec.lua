@@ -75,3 +75,25 @@ describe("lease.renew (unit, fake clock)", function()
         assert.equal("lost: the lease was taken over", r.reason)
     end)
 end)
+
+describe("the renewal thread's first turn (unit)", function()
+    it("is due a third of a ttl after the lock is taken", function()
+        -- the thread (csrc/renew.c) renews when it is told to: renew_spec
+        -- proves it keeps to that; this is what it is told
+        local core = require "cmpxchg.core"
+        local renewal = require "cmpxchg.renewal"
+        local saved, added = core.renewer_start, nil
+        core.renewer_start = function()
+            return { add = function(_, ...) added = { ... } return {} end }
+        end
+        local ok, err = pcall(function()
+            local st = { origin = { target = "t.db", options = {} }, backend = {} }
+            renewal.start({ store = st, key = "k", owner = "me", index = 7, valid_mono = 130,
+                            options = { ttl = 30, clock_skew = 1, expires_field = "ExpiresAt",
+                                        expires_grace = 60 } }, function() end)
+        end)
+        core.renewer_start = saved
+        assert(ok, err)
+        assert.same({ 7, 130, 10 }, { added[2], added[3], added[4] })
+    end)
+end)
