@@ -348,12 +348,12 @@ local mutants = {
       guarantee = "nothing blocks an nginx worker: no SQLite busy wait there",
       from = [[busy_timeout = runtime.nginx and 0 or math.floor(wait * 1000),]],
       to = [[busy_timeout = math.floor(wait * 1000),]],
-      specs = { { NGINX, filter = "embedded" } } },
+      specs = { { NGINX, filter = "file another process holds" } } },
     { id = "embedded.lua.nginx-no-retry", layer = "embedded", file = "lua/cmpxchg/embedded.lua",
       guarantee = "inside nginx a busy file is waited out with ngx.sleep, within the timeout",
       from = [[if a ~= nil or c ~= "timeout" or not runtime.nginx then return a, b, c end]],
       to = [[if true then return a, b, c end]],
-      specs = { { NGINX, filter = "embedded" } } },
+      specs = { { NGINX, filter = "file another process holds" } } },
 
     --[[ store: argument checks and update ]]
     { id = "store.get_many.absent", layer = "store", file = "lua/cmpxchg/store.lua",

@@ -52,6 +52,43 @@ local function guarded(fn)
     if not ok then fail(err) end
 end
 
+--- A write to an embedded store (opened here with timeout = 30) whose file
+-- another process holds (its write lock) until the file a.release exists.
+-- A light thread ticks meanwhile and, at its fifth tick, creates that file:
+-- the write is waited out with ngx.sleep, so the worker runs the ticker and
+-- the holder lets go. A worker blocked in SQLite's busy handler (a sleep in
+-- C) would never tick, and the request would hang for the whole 30 s.
+function app.busy_write()
+    guarded(function(a)
+        local ticks, done = 0, false
+        local function release()
+            local f = io.open(a.release, "w")
+            if f then f:close() end
+        end
+        local ticker = ngx.thread.spawn(function()
+            for _ = 1, 6000 do              -- bounded: a minute at most
+                ngx.sleep(0.01)
+                if done then return end
+                ticks = ticks + 1
+                if ticks == 5 then release() end
+            end
+        end)
+        local st, err, code = cmpxchg.open(a.target, { timeout = 30 })
+        local ok
+        if st then
+            local index
+            ok, index, code = st:put(a.key, "v", 0)
+            if ok then code = nil else err = index end
+            st:close()
+        end
+        local seen = ticks
+        done = true
+        release()                           -- whatever happened, the holder ends
+        ngx.thread.wait(ticker)
+        reply({ ok = ok, err = err, code = code, ticks = seen })
+    end)
+end
+
 function app.ping()
     local dict = ngx.shared.test
     reply({ pong = true, pid = ngx.worker.pid(), waiting = dict:get("waiting") or 0 })
