@@ -82,16 +82,15 @@ describe("semaphores (unit, simulated clients)", function()
     end)
 
     it("with_permit fails with lost when the permit was taken over while the body ran", function()
-        local sem = st:semaphore("w", 1, { ttl = 2 })
-        local result
-        sim.spawn("holder", function()
-            result = { sem:with_permit({ timeout = 0 }, function()
-                runtime.sleep(3)                -- past the lease: a rival takes it over
-                assert(st:lock(sem.keys[1], { timeout = 0 }))
-                return "done"
-            end) }
-        end)
-        assert.is_true(sim.run(60))
+        local sem = st:semaphore("w", 1)
+        local result = { sem:with_permit({ timeout = 0 }, function()
+            -- an operator breaks the permit and a rival takes it (no waiting:
+            -- a body that yields cannot run under Lua 5.1's pcall)
+            local _, index = st:get(sem.keys[1])
+            assert.is_true((st:delete(sem.keys[1], index)))
+            assert(st:lock(sem.keys[1], { timeout = 0 }))
+            return "done"
+        end) }
         assert.same({ nil, "lost: permit 1 of semaphore 'w' was taken over while held", "lost" },
             result)
     end)
