@@ -722,9 +722,15 @@ local mutants = {
             return "connect";]],
       specs = { HTTP } },
     { id = "transport.curl.header-limit", layer = "transport", file = "csrc/http.c",
-      guarantee = "reply headers are bounded (64 KB)",
-      from = [[h->headers.limit = MAX_HEADERS;]], to = [[h->headers.limit = MAX_BODY;]],
+      guarantee = "reply headers are bounded (64 KB, every response of a reply counted)",
+      from = [[if (h->header_bytes > MAX_HEADERS) {]], to = [[if (h->header_bytes > MAX_BODY) {]],
       specs = { HTTP } },
+    { id = "transport.curl.header-buffer", layer = "transport", file = "csrc/http.c",
+      guarantee = "reply headers are bounded (64 KB): the header buffer's own bound",
+      from = [[h->headers.limit = MAX_HEADERS;]], to = [[h->headers.limit = MAX_BODY;]],
+      equivalent = "on_header counts every header byte of the reply before it buffers them "
+          .. "and stops past MAX_HEADERS, and the buffer never holds more than was counted: "
+          .. "its own bound is never the one reached" },
     { id = "transport.curl.header-cr", layer = "transport", file = "csrc/http.c",
       guarantee = "a header value holding a line break (CR) is refused",
       from = [[memchr(value, '\r', vlen) ||]], to = [[]],
