@@ -692,7 +692,7 @@ local mutants = {
       guarantee = "a renewal's request never outlasts the lease (another node is tried in time)",
       from = [[backend.timeout = math.max(0.2, math.min(default, left / 2))]],
       to = [[backend.timeout = default]],
-      specs = { { ETCD, filter = "auto%-renew" } } },
+      specs = { { ETCD, filter = "member that hangs" } } },
     { id = "renew.deliver", layer = "renew", file = "lua/cmpxchg/store.lua",
       guarantee = "a loss found by a renewer becomes on_lost at the next call into the store",
       from = [[if self.renewal then renewal.deliver(self) end]], to = [[-- (mutant)]],
