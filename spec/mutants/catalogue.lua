@@ -555,10 +555,6 @@ local mutants = {
       guarantee = "after a node failed, the next call starts past it",
       from = [[self.preferred = self.members > 0 and i % self.members + 1 or 1]],
       to = [[-- (mutant: the next call starts at the failed node again)]],
-      survives = "outside nginx one call at a time uses a store, and a call that fails on "
-          .. "every node leaves the next one starting where it started either way; only a "
-          .. "coroutine of the same nginx worker that starts while another is failing over "
-          .. "can see the difference, and no spec makes a node hang under concurrent requests",
       specs = { UNIT_RAVENDB } },
     { id = "ravendb.failover.single-retry", layer = "ravendb", file = "lua/cmpxchg/cluster.lua",
       guarantee = "a single node is tried twice (cluster.try_in_turn, both server backends)",
@@ -664,10 +660,6 @@ local mutants = {
       guarantee = "after an endpoint failed, the next call starts past it",
       from = [[self.preferred = i % n + 1          -- the next call starts past a failed member]],
       to = [[-- (mutant: the next call starts at the failed member again)]],
-      survives = "outside nginx one call at a time uses a store, and a call that fails on "
-          .. "every node leaves the next one starting where it started either way; only a "
-          .. "coroutine of the same nginx worker that starts while another is failing over "
-          .. "can see the difference, and no spec makes a node hang under concurrent requests",
       specs = { UNIT_ETCD } },
     { id = "etcd.failover.start", layer = "etcd", file = "lua/cmpxchg/etcd.lua",
       guarantee = "requests start at the preferred endpoint (the last that answered)",
