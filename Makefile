@@ -36,7 +36,7 @@ BUILD   ?= .
 CORE    = $(BUILD)/cmpxchg/core.so
 
 .PHONY: all deps test demo bench bench-bin lint asan valgrind matrix alloc-check install uninstall \
-        clean rock dist
+        clean rock dist mutate
 
 all: $(CORE)
 
@@ -113,6 +113,12 @@ alloc-check: deps
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(ALLOC_HOST) spec/support/alloc/driver.lua "build/asan/?.so" "$$tmp/store.db"; \
 	rc=$$?; rm -rf "$$tmp"; exit $$rc
+
+# the mutation campaign (spec/mutants/): each mutant of the catalogue in a
+# scratch copy, its specs, the plain pass for a survivor; a table and a score.
+# MUTATE_ARGS passes options (scripts/mutate --help), e.g. --only 'keys.*'
+mutate: deps all
+	@scripts/mutate $(MUTATE_ARGS)
 
 # the suite on every Lua: build/NAME/cmpxchg/core.so for NAME in MATRIX, each
 # tested under its own interpreter (make BUILD=build/luajit LUA_PC=luajit all

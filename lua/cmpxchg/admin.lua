@@ -6,6 +6,7 @@
 -- saw, so a lease taken over meanwhile is never the one removed.
 local check = require "cmpxchg.check"
 local core = require "cmpxchg.core"
+local runtime = require "cmpxchg.runtime"
 local store = require "cmpxchg.store"
 
 local argerror = check.argerror
@@ -60,7 +61,7 @@ end
 -- value is not a lock.
 function admin.describe(item, opts)
     check.type(item, "table", 1, "describe")
-    return describe(item, fields_of(opts, 2, "describe"), core.time())
+    return describe(item, fields_of(opts, 2, "describe"), runtime.time())
 end
 
 --- locks, err, code = admin.locks(store, prefix [, opts]): the locks among
@@ -76,7 +77,7 @@ function admin.locks(st, prefix, opts)
     local fields = fields_of(opts, 3, "locks")
     local items, err, code = st:list(prefix)
     if items == nil then return nil, err, code end
-    local now = core.time()     -- one instant for all, so they compare
+    local now = runtime.time()  -- one instant for all, so they compare
     local out = {}
     for _, item in ipairs(items) do
         out[#out + 1] = describe(item, fields, now)

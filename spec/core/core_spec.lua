@@ -53,6 +53,10 @@ describe("cmpxchg.core", function()
 
         it("rounds to 100 ns and carries into the next second", function()
             assert.equal("2024-01-02T03:04:06.0000000Z", core.format_time(1704164645.99999999))
+            -- that one is 1704164646.0 already as a double: a carry needs a time
+            -- small enough to hold 0.99999999 (the carry runs through the date)
+            assert.equal("1970-01-01T00:00:02.0000000Z", core.format_time(1.99999999))
+            assert.equal("1970-01-02T00:00:00.0000000Z", core.format_time(86399.99999999))
             assert.matches("%.12345%d%dZ$", core.format_time(1704164645.12345))
         end)
 
@@ -117,13 +121,54 @@ describe("cmpxchg.core", function()
             assert.equal("😀", core.fold_key("😀"))
         end)
 
+        it("folds every ASCII character exactly as string.lower does", function()
+            for b = 1, 127 do
+                local c = string.char(b)
+                assert.equal(c:lower(), core.fold_key(c), ("byte %d"):format(b))
+            end
+            -- NUL is no key's byte: refused, never folded
+            assert.same({ nil, "a string with a NUL byte" }, { core.fold_key("\0") })
+        end)
+
+        it("folds the edges of every folded range, and nothing around them", function()
+            local function u(cp)            -- UTF-8 of a code point below U+0800
+                if cp < 0x80 then return string.char(cp) end
+                return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64)
+            end
+            local folds = {                 -- code point, its lower case (itself: kept)
+                { 0xBF, 0xBF }, { 0xC0, 0xE0 }, { 0xD6, 0xF6 }, { 0xD7, 0xD7 }, { 0xD8, 0xF8 },
+                { 0xDE, 0xFE }, { 0xDF, 0xDF }, { 0xFF, 0xFF },
+                { 0x100, 0x101 }, { 0x101, 0x101 }, { 0x12E, 0x12F }, { 0x130, 0x130 },
+                { 0x131, 0x131 }, { 0x136, 0x137 }, { 0x138, 0x138 }, { 0x139, 0x13A },
+                { 0x13A, 0x13A }, { 0x147, 0x148 }, { 0x149, 0x149 }, { 0x14A, 0x14B },
+                { 0x176, 0x177 }, { 0x178, 0xFF }, { 0x179, 0x17A }, { 0x17D, 0x17E },
+                { 0x17F, 0x17F },
+                { 0x385, 0x385 }, { 0x386, 0x3AC }, { 0x387, 0x387 }, { 0x388, 0x3AD },
+                { 0x38A, 0x3AF }, { 0x38B, 0x38B }, { 0x38C, 0x3CC }, { 0x38E, 0x3CD },
+                { 0x38F, 0x3CE }, { 0x390, 0x390 }, { 0x391, 0x3B1 }, { 0x3A1, 0x3C1 },
+                { 0x3A2, 0x3A2 }, { 0x3A3, 0x3C3 }, { 0x3AB, 0x3CB }, { 0x3AC, 0x3AC },
+                { 0x3FF, 0x3FF }, { 0x400, 0x450 }, { 0x40F, 0x45F }, { 0x410, 0x430 },
+                { 0x42F, 0x44F }, { 0x430, 0x430 }, { 0x460, 0x461 }, { 0x481, 0x481 },
+                { 0x482, 0x482 }, { 0x488, 0x488 }, { 0x48A, 0x48B }, { 0x4BF, 0x4BF },
+                { 0x4C0, 0x4CF }, { 0x4C1, 0x4C2 }, { 0x4CD, 0x4CE }, { 0x4CE, 0x4CE },
+                { 0x4CF, 0x4CF }, { 0x4D0, 0x4D1 }, { 0x4FE, 0x4FF }, { 0x4FF, 0x4FF },
+                { 0x500, 0x500 },
+            }
+            for _, f in ipairs(folds) do
+                assert.equal(u(f[2]), core.fold_key(u(f[1])), ("U+%04X"):format(f[1]))
+            end
+        end)
+
         it("never changes the byte length", function()
             local s = "AÀĀΑА" .. ("Z"):rep(100)
             assert.equal(#s, #core.fold_key(s))
         end)
 
         it("refuses invalid UTF-8 and keys over 512 bytes", function()
-            local invalid = { "\255", "a\195", "\192\175", "\237\160\128", "\244\144\128\128" }
+            local invalid = { "\255", "a\195", "\192\175", "\237\160\128", "\244\144\128\128",
+                "\224\128\175", "\240\128\128\175",     -- overlong 3- and 4-byte forms of "/"
+                "\224\159\191", "\240\143\191\191",     -- of U+07FF and U+FFFF, the longest ones
+                "\237\191\191" }                          -- U+DFFF, the last surrogate
             for _, bad in ipairs(invalid) do
                 local folded, why = core.fold_key(bad)
                 assert.is_nil(folded)
@@ -131,6 +176,10 @@ describe("cmpxchg.core", function()
             end
             assert.is_nil(core.fold_key(("a"):rep(513)))
             assert.equal(512, #core.fold_key(("A"):rep(512)))
+            -- the largest of each length is valid
+            for _, ok in ipairs({ "\127", "\223\191", "\239\191\191", "\244\143\191\191" }) do
+                assert.equal(ok, core.fold_key(ok))
+            end
         end)
     end)
 
@@ -144,6 +193,8 @@ describe("cmpxchg.core", function()
             assert.equal("key is not valid UTF-8", core.key_problem("a\255b"))
             assert.matches("reserved", core.key_problem("RVN-ATOMIC/users/1"))
             assert.is_nil(core.key_problem("rvn-atomic"))
+            assert.matches("reserved", core.key_problem("rvn-atomic/"))
+            assert.matches("reserved", core.key_problem("Rvn-Atomic/"))
         end)
 
         it("percent-encodes all but RFC 3986's unreserved bytes", function()
@@ -195,6 +246,22 @@ describe("cmpxchg.core", function()
             assert.same({ true, '"a\\"b"', "null" },
                 { core.json_texts('{"s":"a\\"b","n":null}', "s", "n") })
             assert.same({ false, "not valid JSON" }, { core.json_texts("{", "s") })
+        end)
+
+        it("matches a member by its whole name only: never a prefix, a suffix or a nested one", function()
+            assert.same({ true, nil, nil }, { core.json_fields(
+                '{"IndexX":1,"XIndex":2,"Inde":3,"a":{"Index":4},"Successfully":true}',
+                "Index", "Successful") })
+            assert.same({ true, 5 }, { core.json_fields('{"IndexX":1,"Index":5,"XIndex":2}', "Index") })
+            -- names are compared as written: an escaped spelling is another name
+            assert.same({ true, nil }, { core.json_fields('{"In\\u0064ex":6}', "Index") })
+        end)
+
+        it("reads numbers with an exponent as floats, whatever the case of E", function()
+            local ok, a, b, c = core.json_fields('{"a":1E3,"b":25e-1,"c":-2E+2}', "a", "b", "c")
+            assert.is_true(ok)
+            assert.same({ 1000, 2.5, -200 }, { a, b, c })
+            if math.type then assert.equal("float", math.type(a)) end     -- 5.3+
         end)
 
         it("keeps the last of repeated members, as lua-cjson does", function()

@@ -192,11 +192,16 @@ describe("embedded store", function()
         assert.equal("cmpxchg.Store (embedded " .. path .. ")\n", out2:match("\n(.*)$"))
     end)
 
-    it("works on a private :memory: store", function()
+    it("works on a private :memory: store, and refuses to auto-renew there", function()
         local st = assert(cmpxchg.open(":memory:"))
         assert.is_true((st:put("k", 1, 0)))
         local l = assert(st:lock("lock"))
         assert.is_true(l:release())
+        -- a renewal thread's own connection would see another, empty store
+        assert.has_error(function() st:lock("lock", { auto_renew = true }) end,
+            "bad argument #2 to 'lock' (auto_renew is not available: its data cannot be "
+            .. "reached from another connection (embedded :memory:))")
+        assert.same({ nil, 0 }, { st:get("lock") })
         st:close()
     end)
 

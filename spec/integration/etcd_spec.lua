@@ -194,6 +194,32 @@ describe("etcd backend", function()
             via:close()
         end)
 
+        it("a renewal's request to a member that hangs is cut in time to renew through another",
+                function()
+            -- the proxied member first, so the renewal thread's own store asks
+            -- it first; stopped, it takes connections and never answers
+            start_proxy()
+            local endpoints = { (proxy_url:gsub("^http", "etcd")) }
+            for i = 2, #cluster.endpoints do endpoints[#endpoints + 1] = cluster.endpoints[i] end
+            local via = assert(cmpxchg.open(endpoints, { database = prefix, timeout = 10 }))
+            local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
+            local first = l:token()
+            -- a first renewal through the proxy: the thread's store is open
+            -- and prefers the proxied member, which answered it
+            helpers.wait_until(function() return l:token() > first end, 10, "a first renewal")
+            local renewed = l:token()
+            os.execute("kill -STOP " .. proxy_pid)
+            -- each request may take half of what is left of the lease (about
+            -- 0.9 s at a renewal), never the store's 10 s
+            local ok, err = pcall(helpers.wait_until, function() return l:token() > renewed end,
+                10, "a renewal through another member")
+            os.execute("kill -CONT " .. proxy_pid)
+            assert(ok, err)
+            assert.is_true(l:is_held())
+            assert.is_true(l:release())
+            via:close()
+        end)
+
         it("renewal goes on through another member when the preferred one, the leader, dies", function()
             -- the worst case: the member renewals go to first is the leader, so
             -- the others must also elect a new one within the lease. An election

@@ -5,6 +5,7 @@
 -- error, the phases that cannot yield, the cosocket transport and its TLS.
 -- The handlers are spec/support/nginx/app.lua.
 local cjson = require "cjson"
+local cmpxchg = require "cmpxchg"
 local core = require "cmpxchg.core"
 local etcd_harness = require "spec.support.etcd_harness"
 local helpers = require "spec.helpers"
@@ -321,6 +322,40 @@ for _, backend in ipairs(backends) do
     end)
 end
 
+describe("nginx with an embedded store whose file another process holds", function()
+    it("waits for the write lock with ngx.sleep, never in SQLite's busy handler", function()
+        local path = prefix .. "/data/" .. fresh("held") .. ".db"
+        local release = path .. ".release"
+        local st = assert(cmpxchg.open(path))
+        assert(st:put("before", 1, 0))
+        st:close()
+        -- sqlite3 takes the file's write lock (waiting for the probe's writes
+        -- below) and keeps it until `release` exists (a minute at most)
+        local q = helpers.shell_quote
+        local holder = assert(io.popen("sqlite3 " .. q(path) .. " >/dev/null 2>&1", "w"))
+        holder:write(".timeout 60000\nBEGIN IMMEDIATE;\n.shell for i in $(seq 1200); do [ -e " .. q(release)
+            .. " ] && break; sleep 0.05; done\nCOMMIT;\n")
+        holder:flush()
+        local probe = assert(cmpxchg.open(path, { timeout = 0 }))
+        helpers.wait_until(function()
+            local ok, err, code = probe:put(fresh("probe"), 1, 0)
+            assert(ok or code == "timeout", err)
+            return ok == nil
+        end, 30, "sqlite3 holding the file")
+        probe:close()
+        -- the handler releases the holder from a light thread of its worker:
+        -- 20 s is a generous bound for a write that waits for ticks only
+        local answered, status, r = pcall(get, "/busy_write",
+            { target = path, key = "k", release = release }, 20)
+        os.execute("touch " .. q(release))      -- whatever happened, the holder ends
+        holder:close()
+        assert(answered, "no answer in 20 s: the worker was blocked: " .. tostring(status))
+        assert.equal(200, status, cjson.encode(r))
+        assert.same({ true, "nil", "nil" }, { r.ok, tostring(r.err), tostring(r.code) })
+        assert.is_true(r.ticks >= 5, "the worker ran its light thread while it waited")
+    end)
+end)
+
 describe("nginx", function()
     it("loads the library in init_by_lua and init_worker_by_lua, and refuses to wait there",
         function()
@@ -369,6 +404,8 @@ describe("nginx", function()
         assert.equal("connect", r.refused.code)
         assert.matches("^connect: GET http://127.0.0.1:1/: connect failed", r.refused.err)
         assert.is_true(r.refused.unsent)            -- nothing reached the server
+        assert.equal("http", r.huge.code, r.huge.err)      -- refused before reading 300 MB
+        assert.matches("^http: GET http://127.0.0.1:%d+/huge: reply is too large", r.huge.err)
         assert.is_false(r.bad_header[1])
         assert.matches("bad header 'X%-A'", r.bad_header[2])
     end)

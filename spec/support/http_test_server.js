@@ -7,6 +7,7 @@
 //   /gzip            -> a gzip-encoded JSON body when the client accepts gzip
 //   /drop            -> destroys the socket without answering
 //   /big?bytes=N     -> N bytes of "x", chunked
+//   /bigheaders?kb=N -> a small body after N headers of 1 KB each
 //   /dropcount?id=X  -> counts the request under X, then destroys the socket
 //   /count?id=X      -> how many requests /dropcount counted under X
 //   /hang/...        -> never answers (the connection stays open)
@@ -43,6 +44,10 @@ const server = http.createServer((req, res) => {
             } else {
                 res.end(payload);
             }
+        } else if (url.pathname === '/bigheaders') {
+            const n = Number(url.searchParams.get('kb'));
+            for (let i = 0; i < n; i++) res.setHeader('X-Filler-' + i, 'f'.repeat(1024));
+            res.end('{}');
         } else if (url.pathname === '/drop') {
             req.socket.destroy();
         } else if (url.pathname === '/dropcount') {

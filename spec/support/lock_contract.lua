@@ -140,6 +140,28 @@ return function(t, ctx)
                 other:close()
             end)
 
+            it("a loss the renewer found becomes on_lost at the next call into the store", function()
+                local calls = {}
+                local l = assert(st:lock("k", { ttl = 3, auto_renew = true,
+                    on_lost = function(_, why) calls[#calls + 1] = why end }))
+                local other = assert(helpers.open_target(ctx.target()))
+                helpers.wait_until(function()      -- break it, racing the renewals
+                    local _, index = other:get("k")
+                    return other:delete("k", index) == true
+                end, 10, "the lease deleted")
+                local rival = assert(other:lock("k", { timeout = 0 }))
+                -- the store is called, never the lock: the hook comes all the same
+                helpers.wait_until(function()
+                    assert.equal(0, select(2, st:get("unrelated")))
+                    return #calls > 0
+                end, 10, "on_lost from a call into the store")
+                assert.equal(1, #calls)
+                assert.matches("^lost: the lease was taken over", calls[1])
+                assert.same({ false, "lost" }, { l:release() })
+                assert.is_true(rival:release())
+                other:close()
+            end)
+
             it("an unreferenced auto-renewed lock is collected, and stops renewing", function()
                 local weak = setmetatable({}, { __mode = "v" })
                 weak[1] = assert(st:lock("k", { ttl = 2, auto_renew = true }))

@@ -54,8 +54,13 @@ function M.new(wall0, seed)
     function sim.kill(c) c.done, c.killed = true, true end
 
     --- Runs the clients until all have ended or the clock passes `limit`.
+    -- Clients that keep waking at one instant (sleeps of 0) would spin
+    -- forever on the fake clock: that is a busy loop, raised as an error
+    -- after SPIN wakes with the clock standing still.
+    local SPIN = 20000
     function sim.run(limit)
         limit = limit or 3600
+        local spins, last = 0, nil
         while true do
             local next_c
             for _, c in ipairs(sim.clients) do
@@ -67,6 +72,15 @@ function M.new(wall0, seed)
             if next_c == nil then return true end
             if next_c.wake > limit then return false end
             sim.now = math.max(sim.now, next_c.wake)
+            if sim.now == last then
+                spins = spins + 1
+                if spins > SPIN then
+                    error(("client %s spins: %d wakes at %g s with the clock standing still")
+                        :format(next_c.name, spins, sim.now), 0)
+                end
+            else
+                spins, last = 0, sim.now
+            end
             local ok, err = coroutine.resume(next_c.co)
             if not ok then error(("client %s: %s"):format(next_c.name, tostring(err)), 0) end
             if coroutine.status(next_c.co) == "dead" then next_c.done = true end

@@ -38,6 +38,13 @@ return function(t, ctx)
             assert.same({ "v2", i2 }, { st:get("k") })
         end)
 
+        it("put with an index above the current one fails and returns the current one", function()
+            local _, idx = st:put("k", "v1", 0)
+            assert.same({ false, idx, "v1" }, { st:put("k", "v2", idx + 1) })
+            assert.same({ false, idx, "v1" }, { st:put("k", "v2", idx + 1000) })
+            assert.same({ "v1", idx }, { st:get("k") })
+        end)
+
         it("a non-zero index never creates an absent key", function()
             assert.same({ false, 0 }, { st:put("absent", "v", 17) })
             assert.same({ nil, 0 }, { st:get("absent") })
@@ -53,6 +60,55 @@ return function(t, ctx)
                 assert.is_true(ok)
                 assert.is_true(didx > last)
                 last = didx
+            end
+        end)
+
+        it("returns every index as an integer, on every Lua", function()
+            -- 42.0 == 42, so assert.equal cannot see a float; tostring can
+            -- ("42.0" on 5.3+), and so can the URLs and logs it ends up in
+            local function integer(i, what)
+                assert.is_number(i, what)
+                if math.type then assert.equal("integer", math.type(i), what) end
+                assert.equal(("%d"):format(i), tostring(i), what)
+            end
+            local _, i1 = st:put("ints/a", { n = 1 }, 0)
+            integer(i1, "put")
+            integer(select(2, st:put("ints/a", 2, 0)), "put whose compare failed")
+            integer(select(2, st:get("ints/a")), "get")
+            integer(select(2, st:get("ints/none")), "get of an absent key")
+            integer(st:get_many({ "ints/a", "ints/none" })["ints/a"].index, "get_many")
+            integer(st:list("ints/")[1].index, "list")
+            local _, i2 = st:update("ints/a", function() return 3 end)
+            integer(i2, "update")
+            integer(select(2, st:delete("ints/a", i1)), "delete whose compare failed")
+            integer(select(2, st:delete("ints/a", i2)), "delete")
+            integer(select(2, st:delete("ints/a", i2)), "delete of an absent key")
+            local l = assert(st:lock("ints/lock"))
+            integer(l:token(), "lock token")
+            assert.is_true(l:extend(30))
+            integer(l:token(), "extended lock token")
+            assert.is_true(l:release())
+        end)
+
+        it("folds keys exactly as string.lower does, for every ASCII character", function()
+            -- one key holding every printable character, written upper-case
+            local chars = {}
+            for b = 33, 126 do chars[#chars + 1] = string.char(b) end
+            local key = "ascii/" .. table.concat(chars)
+            local _, idx = st:put(key:upper(), "all", 0)
+            assert.same({ "all", idx }, { st:get(key:lower()) })
+            assert.same({ "all", idx }, { st:get(key) })
+            assert.same({ false, idx, "all" }, { st:put(key:lower(), "again", 0) })
+            -- the characters 32 apart that are not letters are different keys
+            for b = 0x40, 0x5F do
+                local c = string.char(b)
+                if not c:match("%a") then
+                    local upper, lower = "pair/" .. c, "pair/" .. string.char(b + 32)
+                    assert.is_true((st:put(upper, b, 0)), upper)
+                    assert.is_true((st:put(lower, b + 32, 0)), lower)
+                    assert.equal(b, (st:get(upper)), upper)
+                    assert.equal(b + 32, (st:get(lower)), lower)
+                end
             end
         end)
 
@@ -111,8 +167,11 @@ return function(t, ctx)
             assert.same({ "p/b", "p/c" }, keys(st:list("p/", { start = 1, page_size = 2 })))
             assert.same({}, keys(st:list("p/", { start = 10 })))
             assert.same({}, keys(st:list("zzz")))
-            assert.equal(5, #st:list(""))
-            assert.equal(5, #st:list())
+            assert.is_true((st:put("p", "p", 0)))       -- a key equal to the prefix is in it
+            assert.same({ "p", "p/a", "p/b", "p/c", "p/d" }, keys(st:list("P")))
+            assert.same({ "p/a" }, keys(st:list("p/a")))
+            assert.equal(6, #st:list(""))
+            assert.equal(6, #st:list())
         end)
 
         it("pages through a large prefix", function()
@@ -125,6 +184,30 @@ return function(t, ctx)
             until #page < 64
             assert.equal(250, #seen)
             for i = 1, 250 do assert.equal(i, seen[i]) end
+        end)
+
+        it("delete with an index below or above the current one fails and deletes nothing", function()
+            local _, i1 = st:put("d", "v1", 0)
+            local _, i2 = st:put("d", "v2", i1)
+            assert.same({ false, i2, "v2" }, { st:delete("d", i1) })
+            assert.same({ false, i2, "v2" }, { st:delete("d", i2 + 1) })
+            assert.same({ "v2", i2 }, { st:get("d") })
+        end)
+
+        it("delete with index 0 fails and deletes nothing", function()
+            assert.same({ false, 0 }, { st:delete("d", 0) })
+            local _, idx = st:put("d", "v", 0)
+            assert.same({ false, idx, "v" }, { st:delete("d", 0) })
+            assert.same({ "v", idx }, { st:get("d") })
+        end)
+
+        it("takes an index given as an integral float, as lua-cjson decodes one", function()
+            local ok1, i1 = st:put("f", "v1", 0.0)
+            assert.is_true(ok1)
+            local ok2, i2 = st:put("f", "v2", i1 + 0.0)
+            assert.is_true(ok2)
+            assert.is_true((st:delete("f", i2 + 0.0)))
+            assert.same({ nil, 0 }, { st:get("f") })
         end)
 
         it("delete succeeds only on the current index and returns the deleted value", function()
@@ -221,13 +304,17 @@ return function(t, ctx)
                 { "put", 42, "v", 0 }, { "put", "", "v", 0 }, { "put", "   ", "v", 0 },
                 { "put", ("k"):rep(513), "v", 0 }, { "put", ("é"):rep(257), "v", 0 },
                 { "put", "rvn-atomic/users/1", "v", 0 }, { "put", "RVN-ATOMIC/x", "v", 0 },
-                { "put", "bad\255", "v", 0 },
+                { "put", "rvn-atomic/", "v", 0 }, { "put", "Rvn-Atomic/", "v", 0 },
+                { "put", "bad\255", "v", 0 }, { "put", "overlong\224\128\175", "v", 0 },
+                { "put", "overlong\240\128\128\175", "v", 0 }, { "put", "surrogate\237\191\191", "v", 0 },
                 { "put", "k", nil, 0 }, { "put", "k", print, 0 }, { "put", "k", io.stdout, 0 },
                 { "put", "k", { 1, nil, 3 }, 0 }, { "put", "k", { [1] = 1, [3] = 3 }, 0 },
                 { "put", "k", 0 / 0, 0 }, { "put", "k", math.huge, 0 },
                 { "put", "k", "v", -1 }, { "put", "k", "v", 1.5 }, { "put", "k", "v", 0 / 0 },
                 { "put", "k", "v", "0" }, { "put", "k", "v", nil },
                 { "put", "k", "v", 0, { expires = "soon" } }, { "put", "k", "v", 0, "opts" },
+                { "put", "k", "v", 0, { expires = 253402300800 } },     -- year 10000: C# cannot
+                { "put", "k", "v", 0, { expires = -1 } }, { "put", "k", "v", 0, { expires = 0 / 0 } },
                 { "put", "k", "v", 0, { expire = 2e9 } },     -- misspelt: must not be ignored
                 { "get", nil }, { "get", "" }, { "get", {} },
                 { "delete", "k", -3 }, { "delete", "k", nil }, { "delete", 7, 1 },

@@ -115,6 +115,19 @@ describe("elections (unit, simulated candidates)", function()
         assert.equal(1 + last_renewal.renewals, puts_before_kill)   -- a's own writes only
     end)
 
+    it("a leader whose renewals died has no token, and leads nobody, once its lease is over", function()
+        local a = st:election("leader", { id = "a", ttl = 3 })
+        assert.is_true(a:campaign())
+        local observer = st:election("leader")
+        assert.equal("a", (observer:leader()))
+        fake.kill(a.leading)                    -- its renewals die; it does not know
+        sim.spawn("time", function() runtime.sleep(3.5) end)
+        assert.is_true(sim.run(60))
+        assert.is_nil(a:token())                -- asked first: it finds out here
+        assert.is_false(a:is_leader())
+        assert.is_false(observer:leader())      -- its lease is over: nobody leads
+    end)
+
     it("tells on_lost when the renewals find the leadership taken", function()
         local lost = {}
         local a = st:election("leader", { id = "a", ttl = 3,

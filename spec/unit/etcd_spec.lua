@@ -120,6 +120,24 @@ describe("etcd protocol", function()
             assert.are_not.equal(grant.ID, body(t.requests[5]).ID)
         end)
 
+        it("never attaches a write to a lease that ends before its expires", function()
+            local t = Scripted.new()
+            local st = open(t)
+            local now = os.time()
+            t:reply(200, "{" .. H(5) .. ',"ID":"1","TTL":"105"}')
+             :reply(200, "{" .. H(6) .. ',"succeeded":true}')
+            assert.is_true((st:put("a", 1, 0, { expires = now + 100 })))
+            local grant = body(t.requests[2])
+            assert.is_true(grant.TTL >= 100, "a lease of " .. grant.TTL .. " s for 100 s")
+            -- a later expiry, close to the first lease's end but past it: a lease of its own
+            t:reply(200, "{" .. H(7) .. ',"ID":"2","TTL":"120"}')
+             :reply(200, "{" .. H(8) .. ',"succeeded":true}')
+            assert.is_true((st:put("b", 1, 0, { expires = now + 110 })))
+            assert.equal(A .. "/v3/lease/grant", t.requests[4].url)
+            assert.is_true(body(t.requests[4]).TTL >= 110)
+            assert.equal(body(t.requests[4]).ID, body(t.requests[5]).success[1].request_put.lease)
+        end)
+
         it("never takes a lease etcd says exists already for its own: it draws another ID", function()
             local t = Scripted.new()
             local st = open(t)
@@ -491,6 +509,21 @@ describe("etcd protocol", function()
             assert.equal("auth", code)
             assert.matches("authentication failed", err)
         end)
+    end)
+
+    it("refuses a value under its prefix that is not one of its envelopes", function()
+        -- the Object member is the user's value (null too): without it there is none
+        for _, value in ipairs({ '{"Key":"k","Write":"w"}',
+                '{"Object":1}', '{"Key":7,"Object":1}', '"text"', "not json" }) do
+            local t = Scripted.new()
+            local st = open(t)
+            t:reply(200, "{" .. H(9) .. ',"kvs":[{"key":"' .. b64("app:k")
+                .. '","mod_revision":"9","value":"' .. b64(value) .. '"}]}')
+            local v, err, code = st:get("k")
+            assert.is_nil(v, value)
+            assert.equal("decode", code, value)
+            assert.matches("^decode: a value under the store's prefix is not one of ours", err)
+        end
     end)
 
     it("never crashes on malformed replies", function()

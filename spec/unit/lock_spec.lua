@@ -184,6 +184,18 @@ describe("lock (unit, fake clock)", function()
         assert.is_true(l:release())
     end)
 
+    it("a release whose outcome is unknown and that was not applied keeps the lock", function()
+        -- the read-back finds our own lease still there: nothing happened, and
+        -- the release may be tried again (it is not "lost")
+        local l = assert(st:lock("k"))
+        backend:fail_next("delete", "connect: reset", "connect")
+        assert.same({ nil, "connect: reset", "connect" }, { l:release() })
+        assert.equal("lock", cmpxchg.type(l))
+        assert.is_true(l:is_held())
+        assert.is_true(l:release())
+        assert.is_nil(backend:item("k"))
+    end)
+
     it("extend renews by a put on the held index and moves the token", function()
         local l = assert(st:lock("k", { ttl = 5 }))
         local first = l:token()
@@ -426,6 +438,35 @@ describe("lock (unit, fake clock)", function()
         end)
     end)
 
+    it("an extend whose outcome is unknown and that was not applied keeps the lock on its lease", function()
+        -- the read-back finds our owner id under the old expiry: that is our
+        -- old lease, not the new one, and the lock stays as it was
+        local l = assert(st:lock("k", { ttl = 10 }))
+        local token, ends = l:token(), l:valid_until()
+        clock.now = clock.now + 1
+        backend:fail_next("put", "timeout: no reply", "timeout")
+        assert.same({ nil, "timeout: no reply", "timeout" }, { l:extend(60) })
+        assert.equal(token, l:token())
+        assert.equal(ends, l:valid_until())
+        assert.is_true(l:is_held())
+        clock.now = clock.now + 9.5
+        assert.is_false(l:is_held())                -- on the old lease's time
+        assert.is_true(l:extend(60))                -- tried again while it lasts
+        assert.is_true(l:token() > token)
+    end)
+
+    it("never settles an acquire of unknown outcome on another owner's lease", function()
+        -- a rival's lease that ends at the very instant ours would: only the
+        -- owner id tells them apart
+        local ends = core.format_time(WALL0 + clock.now + 10)
+        assert(st:put("k", { ExpiresAt = ends, Owner = "rival" }, 0))
+        backend:fail_next("put", "timeout: no reply", "timeout")
+        local l, err, code = st:lock("k", { ttl = 10, timeout = 0 })
+        assert.is_nil(l)
+        assert.same({ "timeout: no reply", "timeout" }, { err, code })
+        assert.equal("rival", backend:item("k").Owner)
+    end)
+
     it("waits with reads, and writes only to take a lease that is gone or expired", function()
         foreign_lease("k", 1)                           -- 1 put
         local l = assert(st:lock("k", { timeout = 5, backoff_min = 0.01, backoff_max = 0.2 }))
@@ -516,6 +557,18 @@ describe("lock (unit, fake clock)", function()
         assert.is_true(l:release())
     end)
 
+    it("the operator sees a lease as expired only once it ended, as a takeover decides", function()
+        local admin = require "cmpxchg.admin"
+        local item = { key = "k", index = 7, value = { ExpiresAt = core.format_time(WALL0 + 10),
+                                                        Owner = "o" } }
+        for _, case in ipairs({ { 9.5, false }, { 10, false }, { 10.5, true } }) do
+            clock.now = case[1]
+            local d = admin.describe(item)
+            assert.equal(case[2], d.expired, "at " .. case[1])
+            assert.equal(10 - case[1], d.remaining)
+        end
+    end)
+
     it("an unreleased, unreferenced lock is collected without any I/O", function()
         local weak = setmetatable({}, { __mode = "v" })
         weak[1] = assert(st:lock("k"))
@@ -531,16 +584,28 @@ describe("lock (unit, fake clock)", function()
         local bad = {
             { ttl = 0 }, { ttl = -1 }, { ttl = 0 / 0 }, { ttl = "10" }, { timeout = -1 },
             { backoff_min = 1, backoff_max = 0.5 }, { expires_field = "" },
-            { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { owner = 7 },
-            { on_lost = true }, { auto_renew = "yes" },
+            { expires_field = 1 }, { clock_skew = 40, ttl = 30 }, { clock_skew = 30, ttl = 30 },
+            { owner = 7 },
+            { on_lost = true }, { auto_renew = "yes" }, { timeout = 0 / 0 },
+            { backoff_min = 0 / 0 }, { clock_skew = 0 / 0 }, { expires_grace = 0 / 0 },
         }
-        for _, opts in ipairs(bad) do
-            assert.has_error(function() st:lock("k", opts) end)
+        for i, opts in ipairs(bad) do
+            -- refused here, as the caller's misuse: never raised from deeper in
+            local ok, err = pcall(st.lock, st, "k", opts)
+            assert.is_false(ok, "bad options #" .. i)
+            assert.matches("bad argument #2 to 'lock'", tostring(err), 1, true)
         end
         -- a misspelt option would quietly do nothing: autorenew gave a lock
         -- that was never renewed
         assert.has_error(function() st:lock("k", { autorenew = true }) end,
             "bad argument #2 to 'lock' (unknown option 'autorenew')")
+        -- each says what is wrong with it
+        assert.has_error(function() st:lock("k", { ttl = 0 }) end,
+            "bad argument #2 to 'lock' (ttl must be positive)")
+        -- a skew as long as the lease leaves no lease at all: refused for
+        -- that, not for waiter_ttl (which it happens to break as well)
+        assert.has_error(function() st:lock("k", { clock_skew = 30, ttl = 30 }) end,
+            "bad argument #2 to 'lock' (clock_skew must be less than ttl)")
         -- valid but huge values are refused here, never raised from inside
         assert.has_error(function() st:lock("k", { ttl = 1e12 }) end,
             "bad argument #2 to 'lock' (ttl and expires_grace must be at most 10000000000 seconds)")

@@ -389,6 +389,19 @@ describe("ravendb protocol", function()
             assert.equal(1, t.requests[3].timeout)   -- what was left of the 4 s
         end)
 
+        it("starts the next call past a node that failed when no time was left for another", function()
+            -- a call that tried every node comes back round to where it began;
+            -- one that ran out of time on its first node must not start there again
+            local t = Scripted.new(clock):topology({ A, B, C })
+            local st = open(t, { A }, { timeout = 4 })
+            t:fail("timeout: a hangs", "timeout", 4)
+            assert.same({ nil, "timeout: a hangs", "timeout" }, { st:put("k", 1, 0) })
+            assert.equal(2, #t.requests)            -- no time was left for B
+            t:reply(404, "")
+            assert.same({ nil, 0 }, { st:get("k") })
+            assert.equal(B .. "/databases/db/cmpxchg?key=k", t:last().url)
+        end)
+
         it("keeps the server's 'no leader' 408 as the reason when the next node times out", function()
             local t = Scripted.new(clock):topology({ A, B })
             local st = open(t, { A }, { timeout = 20 })

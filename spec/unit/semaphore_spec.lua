@@ -63,6 +63,38 @@ describe("semaphores (unit, simulated clients)", function()
         assert.is_true(p:release())
     end)
 
+    it("takes a dead holder's permit before a free one; holders() lists valid permits only", function()
+        local sem = st:semaphore("s", 3)
+        local dead = assert(sem:acquire({ ttl = 2, timeout = 0 }))
+        assert.equal(1, #sem:holders())
+        sim.spawn("time", function() runtime.sleep(3) end)     -- past the dead lease
+        assert.is_true(sim.run(60))
+        assert.same({}, sem:holders())          -- over: no longer a holder
+        -- two permits were never taken and one is a dead holder's: that one
+        -- first, so that permits held by the dead come back before they expire
+        for _ = 1, 5 do
+            local p = assert(sem:acquire({ timeout = 0 }))
+            assert.equal(dead.slot, p.slot)
+            assert.equal(1, p.takeovers)
+            sim.spawn("time", function() runtime.sleep(p.options.ttl + 1) end)
+            assert.is_true(sim.run(600))
+        end
+    end)
+
+    it("with_permit fails with lost when the permit was taken over while the body ran", function()
+        local sem = st:semaphore("w", 1)
+        local result = { sem:with_permit({ timeout = 0 }, function()
+            -- an operator breaks the permit and a rival takes it (no waiting:
+            -- a body that yields cannot run under Lua 5.1's pcall)
+            local _, index = st:get(sem.keys[1])
+            assert.is_true((st:delete(sem.keys[1], index)))
+            assert(st:lock(sem.keys[1], { timeout = 0 }))
+            return "done"
+        end) }
+        assert.same({ nil, "lost: permit 1 of semaphore 'w' was taken over while held", "lost" },
+            result)
+    end)
+
     it("never has more than n valid permits while clients come, go and die", function()
         local n, sections = 3, {}
         local sem = st:semaphore("pool", n, { ttl = 1, timeout = 120 })

@@ -52,6 +52,43 @@ local function guarded(fn)
     if not ok then fail(err) end
 end
 
+--- A write to an embedded store (opened here with timeout = 30) whose file
+-- another process holds (its write lock) until the file a.release exists.
+-- A light thread ticks meanwhile and, at its fifth tick, creates that file:
+-- the write is waited out with ngx.sleep, so the worker runs the ticker and
+-- the holder lets go. A worker blocked in SQLite's busy handler (a sleep in
+-- C) would never tick, and the request would hang for the whole 30 s.
+function app.busy_write()
+    guarded(function(a)
+        local ticks, done = 0, false
+        local function release()
+            local f = io.open(a.release, "w")
+            if f then f:close() end
+        end
+        local ticker = ngx.thread.spawn(function()
+            for _ = 1, 6000 do              -- bounded: a minute at most
+                ngx.sleep(0.01)
+                if done then return end
+                ticks = ticks + 1
+                if ticks == 5 then release() end
+            end
+        end)
+        local st, err, code = cmpxchg.open(a.target, { timeout = 30 })
+        local ok
+        if st then
+            local index
+            ok, index, code = st:put(a.key, "v", 0)
+            if ok then code = nil else err = index end
+            st:close()
+        end
+        local seen = ticks
+        done = true
+        release()                           -- whatever happened, the holder ends
+        ngx.thread.wait(ticker)
+        reply({ ok = ok, err = err, code = code, ticks = seen })
+    end)
+end
+
 function app.ping()
     local dict = ngx.shared.test
     reply({ pong = true, pid = ngx.worker.pid(), waiting = dict:get("waiting") or 0 })
@@ -226,7 +263,7 @@ function app.tls()
 end
 
 --- The cosocket transport itself, against this nginx: chunked and sized
--- replies, a read timeout, a refused connection.
+-- replies, one too large to read, a read timeout, a refused connection.
 function app.transport()
     guarded(function()
         local http = require("cmpxchg.transport.ngx").new({ connect_timeout = 2 })
@@ -251,6 +288,8 @@ function app.transport()
         r.timeout = { status = status, err = body, code = headers, unsent = unsent }
         status, body, headers, unsent = http:request("GET", "http://127.0.0.1:1/", nil, nil, 2)
         r.refused = { status = status, err = body, code = headers, unsent = unsent }
+        status, body, headers = http:request("GET", base .. "/huge", nil, nil, 2)
+        r.huge = { status = status, err = body, code = headers }
         r.bad_header = { pcall(http.request, http, "GET", base .. "/ping", nil,
             { ["X-A"] = "1\r\nX-B: 2" }, 2) }
         r.bad_header[2] = tostring(r.bad_header[2])
@@ -269,6 +308,14 @@ end
 function app.slow()
     ngx.sleep(tonumber(args().s) or 1)
     ngx.say("{}")
+end
+
+--- A reply that says it is 300 MB long (and is not): refused before any read.
+function app.huge()
+    ngx.header["Content-Length"] = 300000000
+    ngx.send_headers()
+    ngx.print("{}")
+    ngx.flush(true)
 end
 
 function app.chunked()
