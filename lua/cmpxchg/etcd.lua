@@ -35,6 +35,7 @@ local Etcd = {}
 Etcd.__index = Etcd
 
 local DEFAULT_TIMEOUT = 5       -- seconds per request; etcd itself gives up after 7 s
+Etcd.default_timeout = DEFAULT_TIMEOUT   -- what the renewal thread caps per turn
 local MAX_TXN_OPS = 128         -- --max-txn-ops (§8)
 local PAGE = 512                -- keys per range page when listing
 

@@ -21,6 +21,7 @@ RavenDB.__index = RavenDB
 -- server's own wait for a Raft leader (Cluster.OperationTimeoutInSec, 15 s),
 -- so that its 408 arrives before we give up (server behaviour §1 #2)
 local DEFAULT_TIMEOUT = 20
+RavenDB.default_timeout = DEFAULT_TIMEOUT   -- what the renewal thread caps per turn
 local TOPOLOGY_PERIOD = 60      -- seconds between topology re-reads, as the Node client's timer
 local LIST_PAGE = 1024          -- items per page when listing everything
 local MAX_QUERY = 12000         -- bytes of key= parameters per GET (Kestrel caps lines at 16 KB)

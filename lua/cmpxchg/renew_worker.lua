@@ -40,19 +40,29 @@ return function(mailbox, setup_text)
     local next_open = 0
     local locks = {}            -- id -> lease record, with .due (monotonic)
 
-    local function open()
+    --- Opens the thread's store when a renewal `r` is due (and again after a
+    -- failure, OPEN_RETRY later). The open asks the cluster (etcd's probe,
+    -- RavenDB's topology) and may not outlast the lease either: its requests
+    -- are bounded as a renewal's are, not by the store's timeout (5 s on etcd,
+    -- 20 s on RavenDB by default, against the 2 s left of a 3 s lease).
+    local function open(r)
         if st or runtime.monotime() < next_open then return st end
-        local opened, err = require("cmpxchg").open(setup.target, setup.options)
+        local options = {}
+        for k, v in pairs(setup.options or {}) do options[k] = v end
+        local left = r.valid - runtime.monotime() - 0.25
+        options.timeout = math.max(0.2, math.min(options.timeout or math.huge, left / 2))
+        local opened, err = require("cmpxchg").open(setup.target, options)
         if not opened then
             open_error, next_open = err, runtime.monotime() + OPEN_RETRY
             return nil
         end
         st, backend = opened, opened.backend
-        default_timeout = backend.timeout
+        -- what each renewal's cap starts from: the store's own timeout
+        default_timeout = backend.timeout and ((setup.options or {}).timeout
+            or backend.default_timeout)
         return st
     end
 
-    open()          -- now: the thread starts just before the first renewal is due
     local function publish(id, r, lost)
         mailbox.publish(id, r.index, r.valid, lost, r.reason, r.renewals)
     end
@@ -76,7 +86,7 @@ return function(mailbox, setup_text)
                     locks[id] = nil
                 else
                     local outcome
-                    if open() then
+                    if open(r) then
                         outcome = turn(backend, default_timeout, r)
                     else
                         r.reason = "lost: renewal cannot open the store: " .. tostring(open_error)

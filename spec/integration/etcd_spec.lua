@@ -220,6 +220,28 @@ describe("etcd backend", function()
             via:close()
         end)
 
+        it("the renewal thread's store opens through another member when the first one hangs",
+                function()
+            -- the thread opens its store just before the first renewal is due;
+            -- its probe goes to the first endpoint, the proxied member, stopped
+            -- before then: it must be cut as a renewal's request is (at half the
+            -- lease left), not wait the store's 10 s while the 3 s lease runs out
+            start_proxy()
+            local endpoints = { (proxy_url:gsub("^http", "etcd")) }
+            for i = 2, #cluster.endpoints do endpoints[#endpoints + 1] = cluster.endpoints[i] end
+            local via = assert(cmpxchg.open(endpoints, { database = prefix, timeout = 10 }))
+            local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
+            local first = l:token()
+            os.execute("kill -STOP " .. proxy_pid)
+            local ok, err = pcall(helpers.wait_until, function() return l:token() > first end,
+                10, "a first renewal through another member")
+            os.execute("kill -CONT " .. proxy_pid)
+            assert(ok, err)
+            assert.is_true(l:is_held())
+            assert.is_true(l:release())
+            via:close()
+        end)
+
         it("renewal goes on through another member when the preferred one, the leader, dies", function()
             -- the worst case: the member renewals go to first is the leader, so
             -- the others must also elect a new one within the lease. An election
