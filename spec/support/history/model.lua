@@ -49,7 +49,7 @@ end
 
 --- A state as text: equal texts are equal states (for memoization).
 function model.key(s)
-    if s.k == "P" then return ("P%s|%s|%s"):format(s.i or "?", s.f, s.v) end
+    if s.k == "P" then return ("P%s|%s|%s"):format(tostring(s.i or "?"), tostring(s.f), tostring(s.v)) end
     if s.k == "A" then return "A" .. s.f end
     return "U"
 end
