@@ -150,6 +150,16 @@ describe("etcd backend", function()
             proxy_url = "http://127.0.0.1:" .. port
         end
 
+        --- A store (timeout 10 s) whose first endpoint is the proxied member,
+        -- so that the renewal thread's own store asks it first; stopped, the
+        -- proxy takes connections and never answers.
+        local function proxied_first()
+            start_proxy()
+            local endpoints = { (proxy_url:gsub("^http", "etcd")) }
+            for i = 2, #cluster.endpoints do endpoints[#endpoints + 1] = cluster.endpoints[i] end
+            return assert(cmpxchg.open(endpoints, { database = prefix, timeout = 10 }))
+        end
+
         local function faults(body)
             local http = core.http_new()
             local status, reply = http:request(body and "POST" or "GET", proxy_url .. "/__faults",
@@ -196,12 +206,7 @@ describe("etcd backend", function()
 
         it("a renewal's request to a member that hangs is cut in time to renew through another",
                 function()
-            -- the proxied member first, so the renewal thread's own store asks
-            -- it first; stopped, it takes connections and never answers
-            start_proxy()
-            local endpoints = { (proxy_url:gsub("^http", "etcd")) }
-            for i = 2, #cluster.endpoints do endpoints[#endpoints + 1] = cluster.endpoints[i] end
-            local via = assert(cmpxchg.open(endpoints, { database = prefix, timeout = 10 }))
+            local via = proxied_first()
             local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
             local first = l:token()
             -- a first renewal through the proxy: the thread's store is open
@@ -226,10 +231,7 @@ describe("etcd backend", function()
             -- its probe goes to the first endpoint, the proxied member, stopped
             -- before then: it must be cut as a renewal's request is (at half the
             -- lease left), not wait the store's 10 s while the 3 s lease runs out
-            start_proxy()
-            local endpoints = { (proxy_url:gsub("^http", "etcd")) }
-            for i = 2, #cluster.endpoints do endpoints[#endpoints + 1] = cluster.endpoints[i] end
-            local via = assert(cmpxchg.open(endpoints, { database = prefix, timeout = 10 }))
+            local via = proxied_first()
             local l = assert(via:lock("k", { ttl = 3, auto_renew = true }))
             local first = l:token()
             os.execute("kill -STOP " .. proxy_pid)
