@@ -258,8 +258,14 @@ local function run(ctx, workers)
         local victim
         for _, w in ipairs(frozen) do
             local s = w.section
-            if not w.done and s and not s.t1 and (kind == "kill" or not s.write) then victim = w end
+            -- never a section that an event hit already: a paused holder let go
+            -- and still inside its section (its late write done) is no longer
+            -- the holder, and killing it asks for no takeover of its own
+            if not w.done and s and not s.t1 and not s.hit and (kind == "kill" or not s.write) then
+                victim = w
+            end
         end
+        if victim then victim.section.hit = true end
         if victim and kind == "kill" then
             helpers.kill(victim.pid, "KILL")
             helpers.wait_until(function()
