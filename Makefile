@@ -28,8 +28,8 @@ ALL_CFLAGS = $(CFLAGS) -fPIC -pthread -std=c99 -D_DEFAULT_SOURCE $(WARNINGS) $(E
              $(LUA_CFLAGS) $(SQLITE_CFLAGS) $(CURL_CFLAGS)
 
 SOURCES = csrc/module.c csrc/util.c csrc/keys.c csrc/jsonpick.c csrc/storedir.c \
-          csrc/embedded.c csrc/http.c csrc/renew.c
-HEADERS = csrc/compat.h csrc/util.h csrc/units.h csrc/keys.h csrc/jsonpick.h
+          csrc/embedded.c csrc/http.c csrc/stream.c csrc/renew.c
+HEADERS = csrc/compat.h csrc/util.h csrc/units.h csrc/keys.h csrc/jsonpick.h csrc/http.h
 LUA_MODULES = $(wildcard lua/cmpxchg/*.lua)
 LUA_TRANSPORTS = $(wildcard lua/cmpxchg/transport/*.lua)
 BUILD   ?= .

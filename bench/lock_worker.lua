@@ -5,7 +5,8 @@
 -- "requests N rounds R": N counts what went to the store (HTTP requests on the
 -- server backends, store calls, i.e. SQLite transactions, on the embedded one).
 --   lua5.4 bench/lock_worker.lua TARGET DATABASE KEY DURATION HOLD GAP [READY GO] [cpath]
--- With BENCH_FAIR=1 the lock is taken with fair = true.
+-- With BENCH_FAIR=1 the lock is taken with fair = true; with BENCH_WATCH=0 an etcd store
+-- polls (watch = false).
 --   BENCH_HOLD_BIN=build/bench/hold lua5.4 bench/lock_worker.lua etcdctl ENDPOINTS KEY DURATION
 --       HOLD GAP [READY GO]
 -- The second form is the reference: `etcdctl lock KEY $BENCH_HOLD_BIN ...` per round
@@ -64,6 +65,10 @@ curl.new = function(opts)
             requests = requests + 1
             return h:request(...)
         end,
+        stream = function(_, ...)       -- an etcd watch: one request, however long it lasts
+            requests = requests + 1
+            return h:stream(...)
+        end,
         close = function() return h:close() end,
     }
 end
@@ -80,7 +85,8 @@ if embedded then
 end
 
 local fair = os.getenv("BENCH_FAIR") == "1" or nil
-local st = assert(cmpxchg.open(target, { database = database ~= "-" and database or nil }))
+local st = assert(cmpxchg.open(target, { database = database ~= "-" and database or nil,
+    watch = os.getenv("BENCH_WATCH") ~= "0" }))
 st:get(key)             -- connected
 wait_go()
 requests = 0

@@ -3,7 +3,7 @@
 -- starts on 127.0.0.1 in its own temporary directories (the RavenDB emulator,
 -- a 3-member etcd cluster, an nginx) and stops at the end. Prints one table,
 -- writes bench/results/bench.csv and bench.png.
---   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7,8] [--out DIR]
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7,8,9] [--out DIR]
 -- --quick: a few operations of everything (the smoke run of make test); it
 -- checks that the benchmark works, its figures mean nothing.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
@@ -251,12 +251,15 @@ local function lock_stats(sections, requests)
     end
     table.sort(handoffs)
     local span = #sections > 1 and (sections[#sections].rel - sections[1].acq) or 0
+    local waiting = 0       -- seconds spent waiting, summed over the contenders
+    for _, sec in ipairs(sections) do waiting = waiting + (sec.acq - sec.req) end
     return {
         acquisitions = #sections,
         acq_s = span > 0 and #sections / span or 0,
         p50 = percentile(handoffs, 0.5), p99 = percentile(handoffs, 0.99),
         handoffs = #handoffs, overlaps = overlaps, worst_overlap = worst,
         req_acq = requests and #sections > 0 and requests / #sections or nil,
+        req_waiting = requests and waiting > 0 and requests / waiting or nil,
     }
 end
 
@@ -443,11 +446,11 @@ local function lock_run(name, procs)
     local key = ("bench-lock-%d-%d"):format(runs, procs)
     local d, hold, gap = SIZE.lock_seconds, SIZE.hold, SIZE.gap
     local sections, requests = {}, 0
-    local function ours(target, database)
+    local function ours(target, database, env)
         local cmds = {}
         for p = 1, procs do
-            cmds[p] = ("%s bench/lock_worker.lua %s %s %s %s %s %s"):format(LUA, quote(target),
-                database, key, d, hold, gap)
+            cmds[p] = ("%s%s bench/lock_worker.lua %s %s %s %s %s %s"):format(env or "", LUA,
+                quote(target), database, key, d, hold, gap)
         end
         for p, out in ipairs(run_together(cmds, true)) do
             requests = requests + (parse_rounds(out, p, sections) or 0)
@@ -457,11 +460,13 @@ local function lock_run(name, procs)
         ours(("%s/locks.db"):format(tmp), "-")
     elseif name == "ravendb" then
         ours(ravendb().url, "bench")
-    elseif name == "etcd" or name == "etcdctl" then
+    elseif name == "etcd" or name == "etcd_poll" or name == "etcdctl" then
         etcd()
         local before = etcd_messages()
         if name == "etcd" then
             ours(etcd().url:gsub("^http", "etcd"), "bench")
+        elseif name == "etcd_poll" then
+            ours(etcd().url:gsub("^http", "etcd"), "bench", "env BENCH_WATCH=0 ")
         else
             local cmds = {}
             for p = 1, procs do
@@ -724,6 +729,74 @@ local function section_election()
     end
 end
 
+--[[ 9: scale (issue 19): hand-off latency and requests as contenders grow,
+polling against etcd's pushed hand-off ]]
+
+local SCALE_PROCS = Q and { 2 } or { 2, 8, 32, 64 }
+local SCALE_IMPLS = {
+    { id = "embedded", name = "cmpxchg embedded (polling)" },
+    { id = "ravendb", name = "cmpxchg RavenDB (polling)" },
+    { id = "etcd", name = "cmpxchg etcd (watch)" },
+    { id = "etcd_poll", name = "cmpxchg etcd (polling: watch = false)" },
+    { id = "etcdctl", name = "etcdctl lock (same cluster)" },
+}
+
+local function section_scale(only)
+    local by = {}            -- by[id][procs] = stats
+    for _, procs in ipairs(SCALE_PROCS) do
+        for _, impl in ipairs(SCALE_IMPLS) do
+            if only == nil or only[impl.id] then
+                local s = lock_run(impl.id, procs)
+                by[impl.id] = by[impl.id] or {}
+                by[impl.id][procs] = s
+                local r = row({ section = "9 scale", case = ("hand-off x%d"):format(procs),
+                    impl = impl.name, ops_s = s.acq_s, p50 = s.p50 and s.p50 * 1e3,
+                    p99 = s.p99 and s.p99 * 1e3, req_acq = s.req_acq, group = "scale",
+                    phase = impl.id, procs = procs, handoffs = s.handoffs,
+                    overlaps = s.overlaps })
+                impl.rows = impl.rows or {}
+                impl.rows[procs] = r
+                local notes = {}
+                if s.req_waiting then
+                    notes[#notes + 1] = ("%.1f requests per second of waiting"):format(
+                        s.req_waiting)
+                end
+                notes[#notes + 1] = ("%d hand-offs"):format(s.handoffs)
+                if s.overlaps > 0 then
+                    notes[#notes + 1] = ("%d overlaps! (at most %.2f ms)"):format(s.overlaps,
+                        s.worst_overlap * 1e3)
+                end
+                r.note = table.concat(notes, "; ")
+                if impl.id ~= "etcdctl" and s.p50 and s.p50 > 0 then
+                    add_ratio(r, "p99/p50", s.p99 / s.p50, 5, "<")
+                end
+            end
+        end
+        local w = by.etcd and by.etcd[procs]
+        local r = SCALE_IMPLS[3].rows and SCALE_IMPLS[3].rows[procs]
+        if w and w.p50 and r then
+            local poll, ctl = by.etcd_poll and by.etcd_poll[procs], by.etcdctl and by.etcdctl[procs]
+            if poll and poll.p50 then add_ratio(r, "p50 vs polling", w.p50 / poll.p50, 0.5) end
+            if ctl and ctl.p50 then add_ratio(r, "p50 vs etcdctl", w.p50 / ctl.p50, 0.5) end
+        end
+    end
+    -- requests per acquisition on etcd with watch, whatever the number of waiters
+    local rows_w = SCALE_IMPLS[3].rows
+    if rows_w and #SCALE_PROCS > 1 then
+        local lo, hi = math.huge, 0
+        for _, procs in ipairs(SCALE_PROCS) do
+            local r = rows_w[procs]
+            if r and r.req_acq then
+                lo, hi = math.min(lo, r.req_acq), math.max(hi, r.req_acq)
+            end
+        end
+        local last = rows_w[SCALE_PROCS[#SCALE_PROCS]]
+        if last and hi > 0 then
+            add_ratio(last, "req/acq most/least over 2-64", hi / lo, 1.5)
+        end
+    end
+end
+
 --[[ 5: memory ]]
 
 local function section_memory()
@@ -903,6 +976,14 @@ local function main()
     if wanted(6) then section_transactions() end
     if wanted(7) then section_fairness() end
     if wanted(8) then section_election() end
+    if wanted(9) then
+        local only
+        if os.getenv("BENCH_SCALE_ONLY") then       -- a subset, while tuning one backend
+            only = {}
+            for id in os.getenv("BENCH_SCALE_ONLY"):gmatch("[%w_]+") do only[id] = true end
+        end
+        section_scale(only)
+    end
     local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
         "127.0.0.1 only", core.monotime() - started, before)

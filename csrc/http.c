@@ -21,6 +21,7 @@
 #include "lauxlib.h"
 
 #include "compat.h"
+#include "http.h"
 #include "units.h"
 #include "util.h"
 
@@ -177,6 +178,13 @@ static Http *check_http (lua_State *L) {
     if (h->curl == NULL)
         luaL_error(L, "attempt to use a closed transport");
     return h;
+}
+
+CURL *cx_http_handle (lua_State *L, int idx) {
+    Http *h = (Http *)luaL_checkudata(L, idx, HTTP_MT);
+    if (h->curl == NULL)
+        luaL_error(L, "attempt to use a closed transport");
+    return h->curl;
 }
 
 static int http_gc (lua_State *L) {
@@ -395,7 +403,7 @@ static int never_sent (CURL *curl, CURLcode rc) {
 ** or NULL with *bad set to the offending name when a header is not a pair of
 ** strings or holds a line break (header injection).
 */
-static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad) {
+struct curl_slist *cx_http_headers (lua_State *L, int idx, const char **bad) {
     struct curl_slist *list = curl_slist_append(NULL, "Expect:");  /* no 100-continue */
     if (list == NULL || lua_isnoneornil(L, idx)) return list;
     lua_pushnil(L);
@@ -444,7 +452,7 @@ static struct curl_slist *build_headers (lua_State *L, int idx, const char **bad
 ** user:password@ masked (messages end up in logs) and control characters
 ** written as \ddd (a URL from a topology may hold a line break).
 */
-static const char *push_shown_url (lua_State *L, const char *url) {
+const char *cx_push_shown_url (lua_State *L, const char *url) {
     const char *start = strstr(url, "://");
     const char *at = NULL, *colon = NULL, *p;
     luaL_Buffer b;
@@ -525,7 +533,7 @@ static int request_error (lua_State *L, Http *h, CURLcode rc, const char *method
         ? "the connection closed before a reply, maybe after the request was read "
           "(not sent again: its outcome is unknown)"
         : h->error[0] ? h->error : curl_easy_strerror(rc);
-    const char *shown = push_shown_url(L, url);
+    const char *shown = cx_push_shown_url(L, url);
     const char *code;
     if (h->body.overflow || h->headers.overflow || rc == CURLE_FILESIZE_EXCEEDED ||
         rc == CURLE_OUT_OF_MEMORY)
@@ -564,7 +572,7 @@ static int http_request (lua_State *L) {
                   "method must be GET, PUT, DELETE or POST");
     luaL_argcheck(L, lua_isnoneornil(L, 5) || lua_istable(L, 5), 5, "table expected");
     luaL_argcheck(L, timeout > 0 && timeout < 86400, 6, "timeout out of range");
-    headers = build_headers(L, 5, &bad);
+    headers = cx_http_headers(L, 5, &bad);
     if (headers == NULL)
         return luaL_argerror(L, 5, lua_pushfstring(L, "bad header '%s'", bad));
 
@@ -606,6 +614,7 @@ static int http_request (lua_State *L) {
 
 static const luaL_Reg http_methods[] = {
     {"request", http_request},
+    {"stream", cx_http_stream},
     {"close", http_close},
     {NULL, NULL}
 };

@@ -152,7 +152,8 @@ static const luaL_Reg core_functions[] = {
 
 /* each unit adds its functions and classes to the module table */
 static const lua_CFunction units[] = {
-    keys_open, jsonpick_open, storedir_open, embedded_open, http_open, renew_open, NULL
+    keys_open, jsonpick_open, storedir_open, embedded_open, http_open, stream_open, renew_open,
+    NULL
 };
 
 LUAMOD_API int luaopen_cmpxchg_core (lua_State *L) {

@@ -17,6 +17,7 @@ int jsonpick_open (lua_State *L);   /* jsonpick.c: json_fields, json_texts */
 int storedir_open (lua_State *L);   /* storedir.c: state_file, dir_problem */
 int embedded_open (lua_State *L);   /* embedded.c: embedded_open, cmpxchg.Embedded */
 int http_open (lua_State *L);       /* http.c: http_new, cmpxchg.Http */
+int stream_open (lua_State *L);     /* stream.c: cmpxchg.Stream (http:stream) */
 int renew_open (lua_State *L);      /* renew.c: renewer_start, cmpxchg.Renewer/Renewal */
 
 #pragma GCC visibility pop

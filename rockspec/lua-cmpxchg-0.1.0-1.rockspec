@@ -38,7 +38,8 @@ build = {
     modules = {
         ["cmpxchg.core"] = {
             sources = { "csrc/module.c", "csrc/util.c", "csrc/keys.c", "csrc/jsonpick.c",
-                        "csrc/storedir.c", "csrc/embedded.c", "csrc/http.c", "csrc/renew.c" },
+                        "csrc/storedir.c", "csrc/embedded.c", "csrc/http.c", "csrc/stream.c",
+                        "csrc/renew.c" },
             defines = { "_DEFAULT_SOURCE" },
             incdirs = { "$(SQLITE_INCDIR)", "$(CURL_INCDIR)" },
             libdirs = { "$(SQLITE_LIBDIR)", "$(CURL_LIBDIR)" },

@@ -136,7 +136,9 @@ function Election:campaign(timeout)
     local step = o.backoff_min
     local stats = { attempts = 0, writes = 0, takeovers = 0, waited = 0 }
     local err, code, holder
+    local waiter                -- what it waits through (wait.lua), from its first wait on
     local function failed()
+        if waiter then waiter:close() end
         stats.waited = runtime.monotime() - start
         if observe.active then lock.report("leader", self.name, false, nil, err, code, stats) end
         return nil, err, code
@@ -164,6 +166,7 @@ function Election:campaign(timeout)
                         stats.takeovers
                     l.waited = runtime.monotime() - start
                     l.contended = index > 0 or stats.attempts > 2 or nil
+                    if waiter then waiter:close() end
                     return elected(self, l)
                 elseif code ~= "timeout" and not AMBIGUOUS[code] then
                     return failed()
@@ -188,7 +191,8 @@ function Election:campaign(timeout)
         if ends then
             pause = math.min(pause, math.max(ends + o.clock_skew - runtime.time(), 0) + 0.001)
         end
-        wait.change(st, self.name, index or 0, math.min(pause, left))
+        waiter = waiter or wait.new(st, self.name, "leader", o, self.id)
+        waiter:change(index or 0, math.min(pause, left), left, ends, holder)
     end
 end
 

@@ -83,7 +83,7 @@ Etcd._private = { prefix_end = prefix_end }
 
 -- the options of cmpxchg.open an etcd store reads
 local OPTIONS = { database = "string", timeout = "number", tls = "table", user = "string",
-                  password = "string" }
+                  password = "string", watch = "boolean" }
 Etcd.OPTIONS = OPTIONS
 
 local function check_options(opts)
@@ -116,6 +116,8 @@ function Etcd.open(endpoints, opts, transports)
         preferred = 1,
         user = opts.user, password = opts.password,
         leases = {},            -- granted leases still good: {id =, ends =}
+        -- waiters wait by watching the keys (§7), unless told to poll
+        can_watch = opts.watch ~= false,
     }, Etcd)
     for i, url in ipairs(endpoints) do
         -- the JSON gateway speaks HTTP: etcd:// is http://, etcds:// https://
@@ -882,6 +884,148 @@ function Etcd:transaction(ops)
         end
     end
     return fail("http", "a lease of the transaction expired twice while writing")
+end
+
+--[[ Watches (§7): a waiter's wait for a change, pushed by the server over
+a stream that stays open while the wait lasts (one create_request per thing
+watched, each from the revision after the last one the waiter saw, so that
+nothing between its read and its watch is missed), and closed when it ends.
+Bounded: the server ends the stream at the wait's end (Grpc-Timeout), our
+side a little after it whatever the server does, and each event is read
+as one line of at most MAX_EVENT bytes. ]]
+
+local MAX_EVENT = 4 * 1024 * 1024   -- a value (1.5 MB, §8) in base64, in JSON
+local WATCH_MARGIN = 0.5            -- seconds our side waits past the server's end
+
+local Watch = {}
+Watch.__index = Watch
+
+--- What one line of a watch stream says: "created", "events" (and the
+-- events), "other" (a progress header), or "ended" and why (an error, a
+-- cancel: the stream is over). Server data: anything may be in it.
+local function watch_message(line, prefix)
+    local msg = json.decode(line)
+    if type(msg) ~= "table" then return "ended", "decode: a watch line is not JSON" end
+    if msg.error ~= nil then
+        local e = msg.error
+        local text = type(e) == "table" and type(e.message) == "string" and e.message
+            or snippet(line)
+        return "ended", "watch: " .. check.printable(text)
+    end
+    local r = msg.result
+    if type(r) ~= "table" then return "ended", "decode: a watch line without a result" end
+    if r.canceled then
+        return "ended", "watch canceled" .. (r.compact_revision and " (compacted)" or "")
+    end
+    if r.created then return "created", tointeger(tonumber(r.watch_id or 0) or -1) end
+    local evs = list_of(r.events)
+    if evs == nil then return "ended", "decode: a watch line's events are not a list" end
+    if #evs == 0 then return "other" end
+    local out = {}
+    for i, ev in ipairs(evs) do
+        local kv = type(ev) == "table" and ev.kv
+        local ekey = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
+        local index = ekey and int(kv.mod_revision)
+        if not index or ekey:sub(1, #prefix) ~= prefix then
+            return "ended", "decode: a watch event without a key of ours and its revision"
+        end
+        local e = { key = ekey:sub(#prefix + 1), index = index,
+                    watch = tointeger(tonumber(r.watch_id or 0) or -1) }
+        if ev.type == "DELETE" then
+            e.type = "DELETE"
+        elseif ev.type == nil or ev.type == "PUT" then
+            e.type = "PUT"
+            local original, value = read_entry(kv.mod_revision, kv.value)
+            if original ~= nil then e.value = value end     -- not ours: a change all the same
+        else
+            return "ended", "decode: a watch event of an unknown type"
+        end
+        out[i] = e
+    end
+    return "events", out
+end
+
+--- watch, err, code = backend:watch(specs, seconds): starts watching, for at
+-- most `seconds`; specs = array of {key = k} or {prefix = p}, each with
+-- `start`, the first revision to report. Tries the members in turn until one
+-- has set every watch up; nil, err, code when none did.
+function Etcd:watch(specs, seconds)
+    local parts = {}
+    for i, spec in ipairs(specs) do
+        local k = self.prefix .. assert(core.fold_key(spec.key or spec.prefix))
+        parts[i] = ('{"create_request":{"key":"%s"%s,"start_revision":"%d"}}'):format(b64(k),
+            spec.prefix and (',"range_end":"%s"'):format(b64(prefix_end(k))) or "",
+            spec.start)
+    end
+    local body = table.concat(parts, "\n")
+    local headers = {}
+    for k, v in pairs(self:headers()) do headers[k] = v end
+    headers["Grpc-Timeout"] = ("%dm"):format(math.max(1, math.floor(seconds * 1000)))
+    local n = #self.endpoints
+    local w, err, code = cluster.try_in_turn(cluster.from(self.preferred, n), function(i)
+        local url = self.endpoints[i]
+        local s, status, detail, ecode = self:connection(url):stream("POST", url .. "/v3/watch",
+            body, headers, seconds + WATCH_MARGIN, MAX_EVENT)
+        if not s then return "next", status, detail end
+        local created = 0
+        if status == 200 then
+            while created < #specs do
+                local line
+                line, detail, ecode = s:read_line()
+                if not line then break end
+                local what, v = watch_message(line, self.prefix)
+                if what == "created" then
+                    created = created + 1
+                elseif what ~= "other" then
+                    detail, ecode = tostring(v), "connect"
+                    break
+                end
+            end
+        else
+            detail, ecode = ("http: HTTP %d from the watch"):format(status), "http"
+        end
+        if created == #specs then
+            return "answer", setmetatable({ stream = s, prefix = self.prefix,
+                ends = runtime.monotime() + seconds }, Watch)
+        end
+        s:close()
+        self.preferred = i % n + 1
+        return "next", detail, ecode
+    end, math.max(n, 1))
+    if w then return w end
+    return nil, err or "connect: no member set the watch up", code or "connect"
+end
+
+--- events | nil, err, code = watch:next(timeout): the next events (an array
+-- of {type = "PUT"|"DELETE", key = k, index = revision, value = v (PUT),
+-- watch = i - 1 for specs[i]}), waiting at most `timeout` seconds: code
+-- "timeout" when none came; any other code means the watch is over.
+function Watch:next(timeout)
+    local s = self.stream
+    if s == nil then return nil, "closed: the watch is over", "closed" end
+    while true do
+        local line, err, code = s:read_line(timeout)
+        if not line then
+            if code == "timeout" and runtime.monotime() >= self.ends then
+                code = "closed"         -- its time is over, not merely this read's
+            end
+            if code ~= "timeout" then self:close() end
+            return nil, err, code
+        end
+        local what, v = watch_message(line, self.prefix)
+        if what == "events" then return v end
+        if what == "ended" then
+            self:close()
+            return nil, v, "closed"
+        end
+    end
+end
+
+function Watch:close()
+    local s = self.stream
+    self.stream = nil
+    if s then s:close() end
+    return true
 end
 
 Etcd.close = cluster.close

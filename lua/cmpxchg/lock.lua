@@ -153,6 +153,11 @@ local function take(st, key, opts)
     local index = 0             -- 0: create; else the expired lease's index
     local probe = false         -- after a wait: read first, write only when it can win
     local again                 -- a write whose outcome is unknown: sent again as it was
+    local waiter                -- what it waits through (wait.lua), from its first wait on
+    local function over(...)
+        if waiter then waiter:close() end
+        return ...
+    end
     while true do
         local idx, current, failure, failure_code
         stats.attempts = stats.attempts + 1
@@ -165,7 +170,7 @@ local function take(st, key, opts)
             elseif transient(code, o, deadline) then
                 failure, failure_code, idx = value, code, -1
             else
-                return nil, value, code
+                return over(nil, value, code)
             end
         else
             stats.writes = stats.writes + 1
@@ -181,10 +186,11 @@ local function take(st, key, opts)
                 stats.waited = w.mono - start
                 local l = new_lock(st, key, o, owner, w, stats)
                 l.contended = stats.contended
+                if waiter then waiter:close(l) end
                 if o.auto_renew then renewal.start(l, apply_renewal) end
                 return l
             elseif w.ok == nil then
-                if not transient(w.code, o, deadline) then return nil, w.err, w.code end
+                if not transient(w.code, o, deadline) then return over(nil, w.err, w.code) end
                 failure, failure_code, idx = w.err, w.code, -1     -- wait, then write again
             else
                 idx, current = w.index, w.current
@@ -209,12 +215,12 @@ local function take(st, key, opts)
             local left = deadline - runtime.monotime()
             if o.timeout == 0 or left <= 0 then
                 stats.waited = runtime.monotime() - start
-                if failure then return nil, failure, failure_code, stats end
-                return nil, ("timeout: lock '%s' is held by %s (%d %s in %.3f s)")
+                if failure then return over(nil, failure, failure_code, stats) end
+                return over(nil, ("timeout: lock '%s' is held by %s (%d %s in %.3f s)")
                     :format(key, idx > 0 and lease.describe_holder(current, o.expires_field)
                         or "nobody now", stats.attempts,
                         stats.attempts == 1 and "attempt" or "attempts", stats.waited),
-                    "timeout", stats
+                    "timeout", stats)
             end
             -- full jitter within [backoff_min, step], never past the deadline,
             -- and no later than just after the current lease ends
@@ -223,8 +229,12 @@ local function take(st, key, opts)
             if ends then
                 pause = math.min(pause, math.max(ends + o.clock_skew - now, 0) + 0.001)
             end
-            wait.change(st, key, idx > 0 and idx or 0, math.min(pause, left))
-            probe = failure == nil      -- after an error, write again rather than read
+            waiter = waiter or wait.new(st, key, "lock", o, owner)
+            local _, seen = waiter:change(idx > 0 and idx or 0, math.min(pause, left), left,
+                idx > 0 and ends or nil, idx > 0 and current or nil)
+            -- after an error, write again rather than read; a key known to be
+            -- gone (a pushed release) is written at once too
+            probe = failure == nil and not (seen and seen.index == 0)
         end
     end
 end
@@ -308,6 +318,7 @@ function Lock:release()
         if ok == nil then return nil, idx, code end     -- still held: may retry
         finish(self, ok and { true } or { false, "lost" }, not ok and
             ("lost: lock '%s' was taken over before its release"):format(self.key) or nil)
+        wait.released(self.store, self.key, self)
     end
     result = self.released
     if observe.active then

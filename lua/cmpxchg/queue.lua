@@ -104,6 +104,7 @@ function Queue:count_ahead()
     local now, skew = runtime.time(), self.o.clock_skew
     local mine, ticket = self.key:lower(), self.ticket
     local ahead, swept = 0, 0
+    local pred, pred_ticket         -- the live entry just ahead of ours
     for _, item in ipairs(items) do
         local ends = lease.ends(item.value, "ExpiresAt")
         -- what is not a waiter entry is left alone; ours is not ahead of us
@@ -118,10 +119,16 @@ function Queue:count_ahead()
             local t = ticket_of(item)
             if ticket == nil or t < ticket or (t == ticket and item.key:lower() < mine) then
                 ahead = ahead + 1
+                if pred == nil or t > pred_ticket or (t == pred_ticket and
+                        item.key:lower() > pred.key:lower()) then
+                    pred, pred_ticket = item, t
+                end
             end
         end
     end
     self.looks = (self.looks or 0) + 1
+    -- the one a waiter watches instead of the whole queue (watch.lua)
+    self.pred = pred and { key = pred.key, index = pred.index, value = pred.value } or nil
     return ahead
 end
 
@@ -226,8 +233,10 @@ function queue.lock(st, key, opts)
     local step = o.backoff_min
     local holder, ends, seen = nil, nil, 0
     local failure, failure_code
+    local waiter
 
     local function done(l, err, code)
+        if waiter then waiter:close() end
         q:leave()
         stats.writes = stats.writes + (q.writes or 0)
         stats.waited = runtime.monotime() - start
@@ -293,7 +302,11 @@ function queue.lock(st, key, opts)
             pause = math.min(pause, math.max(ends + o.clock_skew - runtime.time(), 0) + 0.001)
         end
         pause = math.min(pause, queue.pause_cap(q, o), q:due(), left)
-        wait.change(st, { key, { prefix = q.prefix } }, seen, pause)
+        -- pushed: the entry just ahead leaving, or (first) the lock released;
+        -- never past the entry's renewal
+        waiter = waiter or wait.new(st, key, "fair", o, owner, q)
+        waiter:change(seen, pause, math.min(left, q:due()), q.ahead == 0 and ends or nil,
+            holder)
 
         failure, failure_code = nil, nil
         local was_first = q.ahead == 0

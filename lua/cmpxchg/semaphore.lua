@@ -140,7 +140,9 @@ function Semaphore:acquire(overrides)
     local failure, failure_code, holder
     local first = true
 
+    local waiter                -- what it waits through (wait.lua), from its first wait on
     local function done(l, err, code)
+        if waiter then waiter:close() end
         if q then
             q:leave()
             stats.writes = stats.writes + (q.writes or 0)
@@ -226,7 +228,10 @@ function Semaphore:acquire(overrides)
             pause = math.min(pause, math.max(first_end + o.clock_skew - runtime.time(), 0) + 0.001)
         end
         if q then pause = math.min(pause, q:due(), queue.pause_cap(q, o)) end
-        wait.change(st, { prefix = self.name .. "/" }, seen, math.min(pause, left))
+        waiter = waiter or wait.new(st, { prefix = self.name .. "/permits/" },
+            q and "fair_permits" or "permits", o, owner)
+        waiter:change(seen, math.min(pause, left), q and math.min(left, q:due()) or left,
+            first_end)
     end
 end
 

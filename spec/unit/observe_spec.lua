@@ -134,11 +134,17 @@ end)
 describe("the wait seam (unit)", function()
     it("is where a waiting lock, fair lock and semaphore wait, with what to watch", function()
         local sim = Sim.new(WALL0)
-        local saved = wait.change
+        local saved = wait.new
         local calls = {}
-        wait.change = function(st, what, since, seconds)
-            calls[#calls + 1] = { what = what, since = since }
-            return saved(st, what, since, seconds)
+        wait.new = function(...)
+            local w = saved(...)
+            local change = w.change
+            w.change = function(self, since, pause, left, ends, holder)
+                calls[#calls + 1] = { what = self.what, kind = self.kind, since = since,
+                                      ends = ends, holder = holder }
+                return change(self, since, pause, left, ends, holder)
+            end
+            return w
         end
         local ok, err = pcall(function()
             local backend = Memory.new()
@@ -146,19 +152,24 @@ describe("the wait seam (unit)", function()
             local holder = assert(st:lock("k", { ttl = 1 }))
             assert(st:lock("k", { timeout = 5 }))
             assert.equal("k", calls[1].what)
+            assert.equal("lock", calls[1].kind)
             assert.equal(holder:token(), calls[1].since)
+            assert.near(holder:valid_until(), calls[1].ends, 1e-6)
+            assert.equal(holder.owner, calls[1].holder.Owner)
             calls = {}
             assert(st:lock("j", { ttl = 1 }))
             assert(st:lock("j", { timeout = 5, fair = true }))
-            assert.same({ "j", { prefix = "j/waiters/" } }, calls[1].what)
+            assert.equal("j", calls[1].what)
+            assert.equal("fair", calls[1].kind)
             calls = {}
             local sem = st:semaphore("s", 1)
             assert(sem:acquire({ ttl = 1 }))
             assert(sem:acquire({ timeout = 5 }))
-            assert.same({ prefix = "s/" }, calls[1].what)
+            assert.same({ prefix = "s/permits/" }, calls[1].what)
+            assert.equal("permits", calls[1].kind)
             assert.is_true(runtime.monotime() > 2)
         end)
-        wait.change = saved
+        wait.new = saved
         sim.restore()
         assert(ok, err)
     end)

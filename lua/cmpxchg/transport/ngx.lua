@@ -298,11 +298,8 @@ local function read_to_close(r, body)
     end
 end
 
---- Reads one reply: status, body, headers, keep (the connection may be
--- pooled) | nil, err, what ("timeout", "closed" before any byte, "large",
--- "bad", other).
-local function read_reply(sock, deadline)
-    local r = reader(sock, deadline)
+--- The head of a reply: status, version, headers | nil, err, what.
+local function read_head(r)
     local status, version, headers
     repeat                      -- skips 1xx interim replies
         local line, err, what = head_line(r)
@@ -322,6 +319,16 @@ local function read_reply(sock, deadline)
             if name then headers[name:lower()] = value end
         end
     until status >= 200 or status == 101
+    return status, version, headers
+end
+
+--- Reads one reply: status, body, headers, keep (the connection may be
+-- pooled) | nil, err, what ("timeout", "closed" before any byte, "large",
+-- "bad", other).
+local function read_reply(sock, deadline)
+    local r = reader(sock, deadline)
+    local status, version, headers = read_head(r)
+    if not status then return nil, version, headers end
     local connection = (headers.connection or ""):lower()
     local keep = not connection:find("close", 1, true) and
         (version ~= "1.0" or connection:find("keep-alive", 1, true) ~= nil)
@@ -367,16 +374,17 @@ local function send_all(sock, request, deadline)
     return true
 end
 
---- One exchange on one connection: status, body, headers | nil, err, code,
--- retry (true when a pooled connection turned out dead before answering:
--- a read may be sent again on a fresh one, as libcurl does), unsent
--- (true when the connection was refused: nothing reached the server).
-function Http:exchange(method, url, host, port, scheme, request, deadline)
+--- A connection for one exchange with `host`:`port`, from the pool named
+-- after the server and TLS settings (plus `pool_tag`: a stream never gets
+-- a pooled connection, as it never gives one back): sock, reused | nil,
+-- err, code, retry (false), unsent.
+function Http:open_connection(method, url, host, port, scheme, deadline, pool_tag)
     local sock, err = ngx.socket.tcp()
     if not sock then return fail("connect", method, url, err) end
     local tls = scheme == "https"
-    local pool = ("cmpxchg/%s:%d/%s"):format(host, port, tls and ("tls/%s/%s/%s"):format(
-        host, self.verify and "verify" or "noverify", self.cert or "-") or "plain")
+    local pool = ("cmpxchg/%s:%d/%s%s"):format(host, port, tls and ("tls/%s/%s/%s"):format(
+        host, self.verify and "verify" or "noverify", self.cert or "-") or "plain",
+        pool_tag or "")
     local connect_ms = math.min(math.floor(self.connect_timeout * 1000), left_ms(deadline))
     sock:settimeouts(connect_ms, left_ms(deadline), left_ms(deadline))
     local ok
@@ -411,8 +419,19 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
                     .. "lua_ssl_trusted_certificate)" or ""))
         end
     end
-    local sent
-    sent, err = send_all(sock, request, deadline)
+    return sock, reused
+end
+
+--- One exchange on one connection: status, body, headers | nil, err, code,
+-- retry (true when a pooled connection turned out dead before answering:
+-- a read may be sent again on a fresh one, as libcurl does), unsent
+-- (true when the connection was refused: nothing reached the server).
+function Http:exchange(method, url, host, port, scheme, request, deadline)
+    local tls = scheme == "https"
+    local sock, reused, code, retry, unsent = self:open_connection(method, url, host, port,
+        scheme, deadline)
+    if not sock then return nil, reused, code, retry, unsent end
+    local sent, err = send_all(sock, request, deadline)
     if not sent then
         sock:close()
         if err == "timeout" then return fail("timeout", method, url, "send timed out") end
@@ -482,6 +501,202 @@ function Http:request(method, url, body, headers, timeout)
     end
     if status == nil then return nil, rbody, rheaders, unsent == true end
     return status, rbody, rheaders
+end
+
+--[[ Streams: a reply read line by line while it arrives (an etcd watch),
+on a connection of its own that is closed at the end, never pooled. The
+whole exchange ends by the deadline given to http:stream, whatever the
+server does; a line longer than max_line ends it ("http", too large). ]]
+
+local Stream = {}
+Stream.__index = Stream
+
+local DEFAULT_LINE = 1024 * 1024
+
+--- The next body bytes of the stream, at most READ_SIZE: data | nil, err,
+-- what ("timeout" with r.deadline passed, "closed" at the body's end, else
+-- the transfer failed). The body's framing state survives a timeout.
+function Stream:body_bytes()
+    local r = self.r
+    if self.mode == "chunked" then
+        if self.need_crlf then
+            local line, err, what = read_line(r, 1)
+            if line ~= "" then
+                if line or what == "large" then return nil, "malformed chunk end", "bad" end
+                return nil, err, what
+            end
+            self.need_crlf = false
+        end
+        if self.chunk_left == 0 then
+            local line, err, what = read_line(r, MAX_CHUNK_LINE)
+            if not line then
+                if what == "large" then return nil, "malformed chunk size", "bad" end
+                return nil, err, what
+            end
+            local hex = line:match("^%s*(%x+)%s*$") or line:match("^%s*(%x+)%s*;")
+            local n = hex and #hex <= 8 and tonumber(hex, 16)
+            if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
+            if n == 0 then
+                repeat          -- trailer fields, up to the empty line
+                    line, err, what = head_line(r)
+                    if not line then return nil, err, what end
+                until line == ""
+                return nil, "the reply ended", "closed"
+            end
+            self.chunk_left = n
+        end
+        if r.pos > #r.buf then
+            local ok, err = fill(r)
+            if not ok then return nil, err, "read" end
+        end
+        local take = math.min(self.chunk_left, #r.buf - r.pos + 1)
+        local data = r.buf:sub(r.pos, r.pos + take - 1)
+        r.pos = r.pos + take
+        self.chunk_left = self.chunk_left - take
+        self.need_crlf = self.chunk_left == 0
+        return data
+    end
+    if self.mode == "length" and self.length_left == 0 then
+        return nil, "the reply ended", "closed"
+    end
+    if r.pos > #r.buf then
+        local ok, err = fill(r)
+        if not ok then
+            if err == "closed" and self.mode == "close" then
+                return nil, "the reply ended", "closed"
+            end
+            return nil, err, "read"
+        end
+    end
+    local take = #r.buf - r.pos + 1
+    if self.mode == "length" then take = math.min(take, self.length_left) end
+    local data = r.buf:sub(r.pos, r.pos + take - 1)
+    r.pos = r.pos + take
+    if self.mode == "length" then self.length_left = self.length_left - take end
+    return data
+end
+
+--- stream:read_line([timeout]) -> line | nil, err, code: as the libcurl
+-- transport's (csrc/stream.c): "timeout" when no whole line came within
+-- `timeout` seconds (the stream stays usable), "closed" once the reply ended,
+-- else how the exchange failed ("timeout" at its deadline, "connect", "http").
+function Stream:read_line(timeout)
+    if self.r == nil then check.raise("attempt to use a closed stream") end
+    local deadline = self.deadline
+    local until_ = math.min(runtime.monotime() + (timeout or 86400), deadline)
+    while true do
+        local lf = self.pending:find("\n", self.scan, true)
+        if lf then
+            if lf - 1 > self.max_line then break end
+            local line = self.pending:sub(1, lf - 1)
+            self.pending = self.pending:sub(lf + 1)
+            self.scan = 1
+            return (line:gsub("\r$", ""))
+        end
+        if #self.pending > self.max_line then break end
+        self.scan = #self.pending + 1
+        if self.failed then return nil, self.failed[1], self.failed[2] end
+        self.r.deadline = until_
+        local data, err, what = self:body_bytes()
+        if data then
+            self.pending = self.pending .. data
+        elseif what == "closed" then
+            if self.pending ~= "" then         -- the last line, without its LF
+                local line = self.pending
+                self.pending = ""
+                return line
+            end
+            return nil, "closed: stream: the reply ended", "closed"
+        elseif err == "timeout" and until_ < deadline then
+            return nil, "timeout: stream: no line yet", "timeout"
+        else
+            local code = err == "timeout" and "timeout" or what == "large" and "http"
+                or "connect"
+            self.failed = { ("%s: stream: %s"):format(code, tostring(err)), code }
+            self:close()
+            return nil, self.failed[1], code
+        end
+    end
+    self:close()
+    return nil, ("http: stream: the reply is too large (a line over %d bytes)")
+        :format(self.max_line), "http"
+end
+
+--- Closes the stream's connection (idempotent): true.
+function Stream:close()
+    local r = self.r
+    if r then
+        self.r = nil
+        r.sock:close()
+    end
+    return true
+end
+
+--- http:stream(method, url, body, headers, timeout [, max_line]) -> stream,
+-- status, headers | nil, err, code, unsent: as the libcurl transport's.
+function Http:stream(method, url, body, headers, timeout, max_line)
+    if method ~= "GET" and method ~= "POST" then
+        check.argerror(2, "stream", "method must be GET or POST")
+    end
+    check.type(url, "string", 3, "stream")
+    if body ~= nil then check.type(body, "string", 4, "stream") end
+    if headers ~= nil then check.type(headers, "table", 5, "stream") end
+    if type(timeout) ~= "number" or not (timeout > 0 and timeout < 86400) then
+        check.argerror(6, "stream", "timeout out of range")
+    end
+    max_line = max_line or DEFAULT_LINE
+    if type(max_line) ~= "number" or not (max_line >= 1 and max_line <= MAX_BODY) then
+        check.argerror(7, "stream", "max_line out of range")
+    end
+    runtime.check_yield(("a stream from %s"):format(shown(url)))
+    local scheme, host, port, path = parse_url(url)
+    if not scheme then return fail("connect", method, url, "not an http(s) URL") end
+    local request = request_text(method, host, port, scheme == "https" and 443 or 80, path,
+        body, headers)
+    local deadline = runtime.monotime() + timeout
+    local sock, err, code, _, unsent = self:open_connection(method, url, host, port, scheme,
+        deadline, "/stream")
+    if not sock then return nil, err, code, unsent end
+    local ok
+    ok, err = send_all(sock, request, deadline)
+    if not ok then
+        sock:close()
+        if err == "timeout" then return fail("timeout", method, url, "send timed out") end
+        return fail("connect", method, url, "send failed: " .. tostring(err))
+    end
+    local r = reader(sock, deadline)
+    local status, what, rheaders
+    status, err, what = read_head(r)
+    if not status then
+        sock:close()
+        if err == "timeout" then return fail("timeout", method, url, "read timed out") end
+        if what == "large" then return fail("http", method, url, err) end
+        return fail("connect", method, url, "read failed: " .. tostring(err))
+    end
+    rheaders = what
+    local te = (rheaders["transfer-encoding"] or ""):lower()
+    local s = setmetatable({ r = r, deadline = deadline, max_line = max_line, pending = "",
+                             scan = 1, chunk_left = 0 }, Stream)
+    if status == 204 or status == 304 then
+        s.mode, s.length_left = "length", 0
+    elseif te ~= "" and te ~= "identity" then
+        if not te:find("chunked", 1, true) then
+            sock:close()
+            return fail("connect", method, url, "bad reply: unsupported transfer-encoding " .. te)
+        end
+        s.mode = "chunked"
+    elseif rheaders["content-length"] then
+        local n = rheaders["content-length"]:match("^%d+$") and
+            tonumber(rheaders["content-length"])
+        if not n then
+            sock:close()
+            return fail("connect", method, url, "bad reply: malformed content-length")
+        end
+        s.mode, s.length_left = "length", n
+    else
+        s.mode = "close"
+    end
+    return s, status, rheaders
 end
 
 --- Nothing to free: connections live in the worker's pool. Returns true.
