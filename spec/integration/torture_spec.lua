@@ -4,7 +4,9 @@
 -- cluster's leader is killed mid-run as well. No two valid leases may overlap and
 -- no stale write may be accepted. Then the same with a semaphore of 3 permits
 -- (240 sections): never more than 3 valid permits at once, no overlap on one
--- permit, no stale write accepted on the resource a permit fences.
+-- permit, no stale write accepted on the resource a permit fences. And the lock
+-- again with fair = true: kills and stops then hit a queue of waiters too (a
+-- killed waiter's entry must expire, a stopped one's must not block the rest).
 local cmpxchg = require "cmpxchg"
 local helpers = require "spec.helpers"
 local torture = require "spec.support.torture"
@@ -48,83 +50,65 @@ local function etcd_leader_kill()
     end
 end
 
-describe("semaphore torture (3 permits)", function()
-    local PERMITS, ROUNDS = 3, 30
-
-    it("embedded", function()
+--- Runs the torture of `ctx` on a backend ("embedded", "ravendb", "etcd": its
+-- leader killed mid-run) and returns its figures.
+local function torture_on(backend, ctx)
+    if backend == "embedded" then
         local path = helpers.tmpdb()
-        local fig = torture.run({ name = "embedded semaphore", target = path, permits = PERMITS,
-            rounds = ROUNDS, open = function() return cmpxchg.open(path) end })
+        ctx.target, ctx.open = path, function() return cmpxchg.open(path) end
+        local fig = torture.run(ctx)
         helpers.cleanup()
-        check_semaphore("embedded semaphore", fig, PERMITS)
-    end)
-
-    it("ravendb emulator", function()
+        return fig
+    elseif backend == "ravendb" then
         local harness = require "spec.support.ravendb_harness"
         local server = harness.server()
         local db = harness.create_database(server)
-        local fig = torture.run({ name = "ravendb semaphore", permits = PERMITS, rounds = ROUNDS,
-            target = server.urls[1] .. "#" .. db,
-            open = function() return cmpxchg.open(server.urls, { database = db }) end })
+        ctx.target = server.urls[1] .. "#" .. db
+        ctx.open = function() return cmpxchg.open(server.urls, { database = db }) end
+        local fig = torture.run(ctx)
         harness.delete_database(server, db)
-        check_semaphore("ravendb semaphore", fig, PERMITS)
-    end)
+        return fig
+    end
+    local harness = require "spec.support.etcd_harness"
+    local cluster = harness.cluster()
+    local prefix = harness.fresh_prefix()
+    ctx.target = table.concat(cluster.endpoints, ",") .. "#" .. prefix
+    ctx.open = function()
+        return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
+    end
+    ctx.disturb = etcd_leader_kill      -- in the background: kills and stops go on meanwhile
+    local fig = torture.run(ctx)
+    assert.is_truthy(fig.disturbed_at)
+    return fig
+end
 
-    it("etcd cluster, its leader killed mid-run", function()
-        local harness = require "spec.support.etcd_harness"
-        local cluster = harness.cluster()
-        local prefix = harness.fresh_prefix()
-        local fig = torture.run({ name = "etcd semaphore", permits = PERMITS, rounds = ROUNDS,
-            target = table.concat(cluster.endpoints, ",") .. "#" .. prefix,
-            open = function()
-                return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
-            end,
-            disturb = etcd_leader_kill })
-        check_semaphore("etcd semaphore", fig, PERMITS)
-        assert.is_truthy(fig.disturbed_at)
-    end)
+local BACKENDS = { { "embedded", "embedded" }, { "ravendb", "ravendb emulator" },
+                   { "etcd", "etcd cluster, its leader killed mid-run" } }
+
+describe("semaphore torture (3 permits)", function()
+    local PERMITS, ROUNDS = 3, 30
+    for _, b in ipairs(BACKENDS) do
+        it(b[2], function()
+            local name = b[1] .. " semaphore"
+            check_semaphore(name, torture_on(b[1], { name = name, permits = PERMITS,
+                rounds = ROUNDS }), PERMITS)
+        end)
+    end
 end)
 
 describe("lock torture", function()
-    it("embedded", function()
-        local path = helpers.tmpdb()
-        local fig = torture.run({ name = "embedded", target = path,
-            open = function() return cmpxchg.open(path) end })
-        helpers.cleanup()
-        check("embedded", fig)
-    end)
+    for _, b in ipairs(BACKENDS) do
+        it(b[2], function()
+            check(b[1], torture_on(b[1], { name = b[1] }))
+        end)
+    end
+end)
 
-    it("ravendb emulator", function()
-        local harness = require "spec.support.ravendb_harness"
-        local server = harness.server()
-        local db = harness.create_database(server)
-        local fig = torture.run({ name = "ravendb", target = server.urls[1] .. "#" .. db,
-            open = function() return cmpxchg.open(server.urls, { database = db }) end })
-        harness.delete_database(server, db)
-        check("ravendb", fig)
-    end)
-
-    it("etcd cluster, its leader killed mid-run", function()
-        local harness = require "spec.support.etcd_harness"
-        local cluster = harness.cluster()
-        local prefix = harness.fresh_prefix()
-        local fig = torture.run({ name = "etcd",
-            target = table.concat(cluster.endpoints, ",") .. "#" .. prefix,
-            open = function()
-                return cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 })
-            end,
-            -- in the background, so that kills and stops go on meanwhile
-            disturb = function()
-                local job = assert(helpers.popen("env -u LD_PRELOAD sh -c "
-                    .. "'leader=$(scripts/etcd-cluster kill-leader) && sleep 2 && "
-                    .. "scripts/etcd-cluster restart \"$leader\" && echo \"m$leader restarted\"' 2>&1"))
-                return function()
-                    local out = job:read("*a")
-                    assert(helpers.pclose(job), "the leader kill failed: " .. out)
-                    return "leader " .. out:gsub("%s+$", ""):match("[^\n]*$") .. " after a kill"
-                end
-            end })
-        check("etcd", fig)
-        assert.is_truthy(fig.disturbed_at)
-    end)
+describe("fair lock torture", function()
+    for _, b in ipairs(BACKENDS) do
+        it(b[2], function()
+            local name = b[1] .. " fair"
+            check(name, torture_on(b[1], { name = name, fair = true }))
+        end)
+    end
 end)

@@ -17,8 +17,10 @@
 -- optional permits: the workers take permits of a semaphore of that many instead
 -- of the lock (a permit's token fences a resource of that permit's own), and the
 -- valid leases may then overlap up to `permits` at once, never more;
--- optional workers, rounds, ttl, kills, stops (mid-section kills and stops to
--- make, 4 each), deadline (seconds, 150), keep_log (true: the shared log stays,
+-- optional fair (true: the workers take the lock with fair = true, so that kills,
+-- stops and takeovers also hit its queue of waiters); optional workers, rounds,
+-- ttl, kills, stops (mid-section kills and stops to make, 4 each), deadline
+-- (seconds, 150), keep_log (true: the shared log stays,
 -- its path in the figures' log); disturb(), called once when a third of
 -- the sections are done (the etcd leader kill): it may return a function that is
 -- called at the end to wait for the disturbance to be over, and may return what
@@ -123,7 +125,7 @@ local function run(ctx, workers)
         workers[id] = { id = id, rounds = n, entered = 0,
             handle = helpers.start("spec/support/torture_worker.lua", { ctx.target, LOCK_KEY,
                 RESOURCE_KEY, logfile, tostring(n), tostring(ttl), id,
-                ctx.permits and tostring(ctx.permits) or nil }) }
+                ctx.permits and tostring(ctx.permits) or ctx.fair and "fair" or nil }) }
     end
     for _ = 1, nworkers do spawn(rounds) end
 

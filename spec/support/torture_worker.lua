@@ -1,10 +1,11 @@
 --- Child process of the torture test (spec/support/torture.lua): takes LOCK_KEY
 -- until it has entered ROUNDS critical sections, and in each makes a fenced write
 -- (spec/support/fenced_writer.lua) to RESOURCE_KEY with its token.
---   lua torture_worker.lua TARGET LOCK_KEY RESOURCE_KEY LOGFILE ROUNDS TTL ID [PERMITS]
+--   lua torture_worker.lua TARGET LOCK_KEY RESOURCE_KEY LOGFILE ROUNDS TTL ID [PERMITS | fair]
 -- With PERMITS, LOCK_KEY is a semaphore of that many permits: each section holds
 -- one permit (SLOT, 1..PERMITS) and writes to RESOURCE_KEY/SLOT with its token,
--- since a permit's token fences what that permit protects.
+-- since a permit's token fences what that permit protects. With "fair", the lock is
+-- taken with fair = true (its waiters queue: queue.lua).
 -- TARGET: a store file, or "URL#database" where URL may list several endpoints
 -- separated by commas.
 --
@@ -27,6 +28,7 @@ local helpers = require "spec.helpers"
 
 local target, lock_key, resource_key, logfile, rounds, ttl, id, permits =
     arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]), tonumber(arg[6]), arg[7], tonumber(arg[8])
+local fair = arg[8] == "fair" or nil
 local pid = core.pid()
 
 local log = assert(io.open(logfile, "a"))
@@ -65,7 +67,7 @@ local ok, crash = xpcall(function()
         if sem then
             lock, why, code = sem:acquire({ ttl = ttl, timeout = 30 })
         else
-            lock, why, code = store:lock(lock_key, { ttl = ttl, timeout = 30 })
+            lock, why, code = store:lock(lock_key, { ttl = ttl, timeout = 30, fair = fair })
         end
         if not lock then
             failures = failures + 1
