@@ -75,7 +75,16 @@ end
 -- when one is deleted after `since`, true at `until_` (the lease seen ends:
 -- look), nil at `deadline`. PUTs after `since` move `until_` to the end of
 -- the lease they write (a single key only).
+-- `since` 0 (the caller saw no revision: an error, or the key absent) has
+-- no revision to watch from: a watch from the start of history would replay
+-- old deletes and wake at once, one from now could miss a release just
+-- before it; the wait polls. After a wake the watch starts past the last
+-- event it was woken by (w.last): the caller has looked since, and an older
+-- delete of the prefix (a permit freed and taken again) would wake it again
+-- and again.
 local function key_wait(w, ctx, since, pause, deadline, until_, prefix)
+    since = math.max(since, w.last or 0)
+    if since <= 0 then return "poll" end
     local spec = prefix and { prefix = prefix, start = since + 1 }
         or { key = w.what, start = since + 1 }
     local wt = open(w, { spec }, deadline)
@@ -93,6 +102,7 @@ local function key_wait(w, ctx, since, pause, deadline, until_, prefix)
                 since = e.index
                 if e.type == "DELETE" then
                     wt:close()
+                    w.last = since
                     return true, not prefix and { index = 0 } or nil
                 elseif not prefix then
                     until_ = ends_at(w.o, e.value)
