@@ -945,6 +945,12 @@ local function watch_message(line, prefix)
     return "events", out
 end
 
+--- The code of a watch that a line of the server ended: "decode" when the
+-- line made no sense, "closed" when the server ended it (an error, a cancel).
+local function ended_code(why)
+    return why:match("^decode:") and "decode" or "closed"
+end
+
 --- watch, err, code = backend:watch(specs, seconds): starts watching, for at
 -- most `seconds`; specs = array of {key = k} or {prefix = p}, each with
 -- `start`, the first revision to report. Tries the members in turn until one
@@ -977,7 +983,7 @@ function Etcd:watch(specs, seconds)
                 if what == "created" then
                     created = created + 1
                 elseif what ~= "other" then
-                    detail, ecode = tostring(v), "connect"
+                    detail, ecode = tostring(v), ended_code(v)
                     break
                 end
             end
@@ -1016,7 +1022,7 @@ function Watch:next(timeout)
         if what == "events" then return v end
         if what == "ended" then
             self:close()
-            return nil, v, "closed"
+            return nil, v, ended_code(v)
         end
     end
 end

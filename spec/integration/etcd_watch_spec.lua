@@ -172,12 +172,14 @@ describe("etcd waiting by watch", function()
 
     it("the requests per acquisition do not grow with the number of waiters (a release wakes "
         .. "one)", function()
+        -- woken all by each release, 12 waiters cost about 4x what 2 do (19 against 4.3
+        -- requests per acquisition, JOIN_AFTER disabled); queued, under 2x (7.8)
         local two = per_acquisition(2, 6)
-        local eight = per_acquisition(8, 6)
+        local many = per_acquisition(12, 6)
         io.stderr:write(("\n[etcd watch] requests per acquisition: %.1f with 2 waiters, "
-            .. "%.1f with 8\n"):format(two, eight))
-        assert.is_true(eight <= 2 * two + 4, ("%.1f requests per acquisition with 8 waiters, "
-            .. "%.1f with 2"):format(eight, two))
+            .. "%.1f with 12\n"):format(two, many))
+        assert.is_true(many <= 2 * two + 4, ("%.1f requests per acquisition with 12 waiters, "
+            .. "%.1f with 2"):format(many, two))
     end)
 
     it("a waiter whose watched member dies still acquires, and never while the lock is held",
