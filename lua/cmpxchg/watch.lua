@@ -23,11 +23,13 @@
 -- wait: each queued waiter writes an entry as a fair waiter does (its ticket
 -- the revision of that write, renewed every waiter_ttl/3) and watches the
 -- entry just ahead of its own, or the key when none is. The entry stays with
--- its waiter's lock, and the release deletes it in the same request as the
--- key (Etcd:delete's `also`): that delete wakes the next waiter, and nobody
--- else. The queue only decides who looks first after a release: a barging
--- store:lock, a waiter that is not queued yet, or a fair one may still win
--- the key, and the lock itself is a compare-and-set as always.
+-- its waiter's lock, and the release deletes it just after the key
+-- (wait.released): that delete wakes the next waiter, and nobody else. A
+-- holder that never releases: its entry lapses after waiter_ttl, and the
+-- next waiter, at that lapse, watches the key itself. The queue only
+-- decides who looks first after a release: a barging store:lock, a waiter
+-- that is not queued yet, or a fair one may still win the key, and the lock
+-- itself is a compare-and-set as always.
 local lease = require "cmpxchg.lease"
 local runtime = require "cmpxchg.runtime"
 
