@@ -251,11 +251,14 @@ static Stream *check_stream (lua_State *L) {
 }
 
 /*
-** http:stream(method, url, body, headers, timeout [, max_line]) -> stream,
-** status, headers | nil, err, code, unsent. `timeout` (seconds) is the
-** deadline of the whole exchange, the stream's reads included; max_line
-** (bytes, default 1 MB) bounds each line. Returns once the reply's head is
-** in: its body is then read with stream:read_line.
+** http:stream(method, url, body, headers, timeout [, max_line [, head_timeout]])
+** -> stream, status, headers | nil, err, code, unsent. `timeout` (seconds) is
+** the deadline of the whole exchange, the stream's reads included; max_line
+** (bytes, default 1 MB) bounds each line; head_timeout (default: timeout)
+** bounds the wait for the reply's head, so that a server that took the
+** connection and answers nothing (a paused process) costs a request's
+** timeout, not the whole stream's. Returns once the reply's head is in: its
+** body is then read with stream:read_line.
 */
 int cx_http_stream (lua_State *L) {
     CURL *base = cx_http_handle(L, 1);
@@ -265,6 +268,8 @@ int cx_http_stream (lua_State *L) {
     const char *body = luaL_optlstring(L, 4, NULL, &body_len);
     lua_Number timeout = luaL_optnumber(L, 6, 30);
     lua_Number max_line = luaL_optnumber(L, 7, (lua_Number)DEFAULT_LINE);
+    lua_Number head_timeout = luaL_optnumber(L, 8, timeout);
+    double head_until;
     const char *bad = NULL;
     Stream *s;
     luaL_argcheck(L, strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0, 2,
@@ -273,11 +278,14 @@ int cx_http_stream (lua_State *L) {
     luaL_argcheck(L, timeout > 0 && timeout < 86400, 6, "timeout out of range");
     luaL_argcheck(L, max_line >= 1 && max_line <= (lua_Number)MAX_LINE, 7,
                   "max_line out of range");
+    luaL_argcheck(L, head_timeout > 0 && head_timeout < 86400, 8, "head_timeout out of range");
     s = (Stream *)cx_newuserdata(L, sizeof(Stream));
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, STREAM_MT);
     s->max_line = (size_t)max_line;
     s->deadline = cx_mono_time() + (double)timeout;
+    head_until = cx_mono_time() + (double)head_timeout;
+    if (head_until > s->deadline) head_until = s->deadline;
     s->headers = cx_http_headers(L, 5, &bad);
     if (s->headers == NULL)
         return luaL_argerror(L, 5, lua_pushfstring(L, "bad header '%s'", bad));
@@ -311,7 +319,7 @@ int cx_http_stream (lua_State *L) {
     curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, strcmp(method, "GET") == 0 ? NULL : method);
     curl_multi_add_handle(s->multi, s->curl);
     perform(s);
-    while (!s->head_done && !s->done && !s->large && step(s, s->deadline) == 0)
+    while (!s->head_done && !s->done && !s->large && step(s, head_until) == 0)
         ;
     if (!s->head_done) {
         long sent = 0;

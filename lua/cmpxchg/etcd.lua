@@ -970,14 +970,17 @@ function Etcd:watch(specs, seconds)
     local n = #self.endpoints
     local w, err, code = cluster.try_in_turn(cluster.from(self.preferred, n), function(i)
         local url = self.endpoints[i]
+        -- set up within a request's timeout: a member that answers nothing
+        -- (paused) must not hold the whole wait
+        local setup = runtime.monotime() + math.min(self.timeout, seconds)
         local s, status, detail, ecode = self:connection(url):stream("POST", url .. "/v3/watch",
-            body, headers, seconds + WATCH_MARGIN, MAX_EVENT)
+            body, headers, seconds + WATCH_MARGIN, MAX_EVENT, math.min(self.timeout, seconds))
         if not s then return "next", status, detail end
         local created = 0
         if status == 200 then
             while created < #specs do
                 local line
-                line, detail, ecode = s:read_line()
+                line, detail, ecode = s:read_line(math.max(0, setup - runtime.monotime()))
                 if not line then break end
                 local what, v = watch_message(line, self.prefix)
                 if what == "created" then
@@ -1009,8 +1012,10 @@ end
 function Watch:next(timeout)
     local s = self.stream
     if s == nil then return nil, "closed: the watch is over", "closed" end
+    -- lines that are not events (progress headers) do not stretch `timeout`
+    local until_ = runtime.monotime() + timeout
     while true do
-        local line, err, code = s:read_line(timeout)
+        local line, err, code = s:read_line(math.max(0, until_ - runtime.monotime()))
         if not line then
             if code == "timeout" and runtime.monotime() >= self.ends then
                 code = "closed"         -- its time is over, not merely this read's

@@ -114,6 +114,36 @@ describe("a watch stream against a hostile server", function()
         end)
     end)
 
+    it("a server that answers nothing holds a watch's set-up for a request's timeout, not "
+        .. "the whole wait", function()
+        for _, case in ipairs({ "watch_stall", "trickle_body" }) do    -- no head; no line
+            local st = assert(cmpxchg.open(("etcd://127.0.0.1:%d"):format(server.ports[case]),
+                { timeout = 1 }))
+            local started = core.monotime()
+            local w, err, code = st.backend:watch({ { key = "k", start = 5 } }, 60)
+            local took = core.monotime() - started
+            assert.is_nil(w)
+            assert.equal("timeout", code, err)
+            -- 1 s asked, 60 s the watch's: "within a request's timeout", generously
+            assert.is_true(took < 20, ("%s: the set-up took %.1f s"):format(case, took))
+            st:close()
+        end
+    end)
+
+    it("lines that are not events do not stretch a read of the watch", function()
+        bounded(function()
+            local st = assert(cmpxchg.open(("etcd://127.0.0.1:%d"):format(
+                server.ports.watch_progress), { timeout = 2 }))
+            local w = assert(st.backend:watch({ { key = "k", start = 5 } }, 60))
+            -- a read of 1 s ends as one, "timeout", the watch still on (not at its end)
+            local evs, err, code = w:next(1)
+            assert.is_nil(evs)
+            assert.equal("timeout", code, err)
+            w:close()
+            st:close()
+        end)
+    end)
+
     -- through the store: Etcd:watch and Watch:next turn each into an error code
     for _, c in ipairs({
         { "watch_status", "setup", "http" },

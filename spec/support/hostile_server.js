@@ -282,6 +282,15 @@ const cases = {
         req.socket.write(head(200, { Connection: 'close' }) + WATCH_CREATED);
         trickle(req.socket, ' ', 50, 120);
     } },
+    watch_stall: { reply: () => {} },      // answers the store's open, then nothing
+    watch_progress: { reply: (req) => {    // set up, then progress headers forever, no event
+        req.socket.write(head(200, { Connection: 'close' }) + WATCH_CREATED);
+        const timer = setInterval(() => {
+            if (req.socket.destroyed) return clearInterval(timer);
+            req.socket.write('{"result":{"header":{"revision":"9"}}}\n');
+        }, 20);
+        req.socket.on('close', () => clearInterval(timer));
+    } },
     watch_status: { reply: (req) => answer(req, 503,
         '{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}') },
 
