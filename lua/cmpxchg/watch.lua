@@ -36,7 +36,11 @@ local runtime = require "cmpxchg.runtime"
 local watch = {}
 
 local SLICE = 0.5           -- seconds of one read; between reads ctx.beat() runs
-local MAX_WATCH = 60        -- seconds one watch lasts at most (a longer wait opens another)
+-- seconds one watch lasts at most (a longer wait looks and opens another):
+-- a member that stops answering with the stream open (a paused process, a
+-- host gone without a reset) tells of no release, and this bounds how long
+-- it can hide one; the cost, a look and a watch every MAX_WATCH
+local MAX_WATCH = 10
 local JOIN_AFTER = 2        -- races lost after a release before a lock waiter queues
 local RETRY = 0.5           -- seconds before a failed entry renewal is tried again
 

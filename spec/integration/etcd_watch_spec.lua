@@ -24,11 +24,11 @@ local function tmpdir()
 end
 
 --- A waiter child: {p = its output, file = its count file}.
-local function start_waiter(dir, i, endpoints, prefix, key, kind, watch, rounds, hold)
+local function start_waiter(dir, i, endpoints, prefix, key, kind, watch, rounds, hold, timeout)
     local file = ("%s/count.%d"):format(dir, i)
     return { file = file, p = helpers.start("spec/support/etcd_watch_waiter.lua", {
         table.concat(endpoints, ","), prefix, key, kind, watch and "1" or "0", file,
-        tostring(rounds), tostring(hold) }) }
+        tostring(rounds), tostring(hold), tostring(timeout or 60) }) }
 end
 
 --- What a waiter has sent so far: {requests =, streams =, held =}.
@@ -220,4 +220,38 @@ describe("etcd waiting by watch", function()
             assert(ok, err)
             assert.equal(1, total.acquired, total.out)
         end)
+
+    it("a waiter whose watched member stops answering (paused, its stream open) still sees "
+        .. "the release long before its timeout", function()
+        -- nothing comes on the paused member's stream: the watch's own end (10 s at the
+        -- most) is what makes the waiter look again through another member; a watch as
+        -- long as the wait (40 s here) left it waiting to its timeout (it then took the
+        -- lock by its last look, after its timeout: `waited` tells)
+        local prefix, dir = harness.fresh_prefix(), tmpdir()
+        local leader = tonumber(cluster.run("leader"))
+        local follower = (leader + 1) % 3
+        local endpoints = { cluster.endpoints[follower + 1] }       -- the waiter's first
+        local others = { cluster.endpoints[leader + 1] }             -- the holder's
+        for i, url in ipairs(cluster.endpoints) do
+            if i ~= follower + 1 then endpoints[#endpoints + 1] = url end
+            if i ~= follower + 1 and i ~= leader + 1 then others[#others + 1] = url end
+        end
+        local st = assert(cmpxchg.open(others, { database = prefix, timeout = 10 }))
+        local held = hold(st, "k", "lock")
+        local w = start_waiter(dir, 1, endpoints, prefix, "k", "lock", true, 1, 0, 40)
+        waiting(w, true)
+        local ok, err = pcall(function()
+            cluster.run("pause " .. follower)
+            assert.equal(0, counts(w).held, "acquired while held")
+            assert(held:release())
+        end)
+        local total = finish(w)
+        cluster.run("resume " .. follower)
+        st:close()
+        os.execute("rm -rf " .. helpers.shell_quote(dir))
+        assert(ok, err)
+        assert.equal(1, total.acquired, total.out)
+        local waited = tonumber(total.out:match("waited ([%d.]+)"))
+        assert.is_true(waited < 40, "acquired only at its timeout: " .. total.out)
+    end)
 end)

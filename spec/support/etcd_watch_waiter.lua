@@ -4,10 +4,11 @@
 -- After each request and each acquisition it rewrites COUNTFILE with
 -- "requests N streams S held H", so
 -- that the spec can see how a wait costs while it lasts.
---   lua etcd_watch_waiter.lua ENDPOINTS PREFIX KEY KIND WATCH COUNTFILE ROUNDS HOLD
+--   lua etcd_watch_waiter.lua ENDPOINTS PREFIX KEY KIND WATCH COUNTFILE ROUNDS HOLD [TIMEOUT]
 -- KIND: lock | fair | sem (a semaphore of 1 permit); WATCH: 1 or 0 (the store's
--- watch option). ROUNDS acquisitions, each held HOLD seconds; every one is
--- logged on stdout as "acquired T0 T1" (the section, monotonic) or
+-- watch option); TIMEOUT: each acquisition's (default 60 s). ROUNDS acquisitions, each held HOLD seconds; every one is
+-- logged on stdout as "acquired T0 waited W T1" (the section, monotonic; W
+-- the acquisition's own waited) or
 -- "failed CODE", then a last line "requests N streams S rounds R".
 local core = require "cmpxchg.core"
 
@@ -56,7 +57,7 @@ assert(store, "cannot open the store")
 -- polling as often as it may, so that a poll is told from a watch in a short hold;
 -- queue entries (fair, and the chain of lock waiters) renewed every 20 s, not
 -- within a test's hold: their renewals are the queue's cost, not the wait's
-local opts = { ttl = 30, timeout = 60, backoff_max = 0.05, waiter_ttl = 60,
+local opts = { ttl = 30, timeout = tonumber(arg[9]) or 60, backoff_max = 0.05, waiter_ttl = 60,
                fair = kind == "fair" or nil }
 local sem = kind == "sem" and store:semaphore(key, 1) or nil
 
@@ -68,7 +69,7 @@ for _ = 1, rounds do
         local t0 = core.monotime()
         held = held + 1
         tell()
-        io.stdout:write(("acquired %.6f"):format(t0))
+        io.stdout:write(("acquired %.6f waited %.3f"):format(t0, l.waited))
         io.stdout:flush()
         if hold > 0 then core.sleep(hold) end
         io.stdout:write((" %.6f\n"):format(core.monotime()))
