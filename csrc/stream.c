@@ -10,8 +10,9 @@
 ** Bounds, as http.c's: the whole exchange ends at its deadline (the timeout
 ** of http:stream), whatever the server does; a line longer than `max_line`
 ** ends it with an "http" error ("too large"), and the bytes held unread
-** never exceed max_line plus one read. The callbacks append to C buffers and
-** never call into Lua. The connection is never reused: a stream is closed at
+** never exceed max_line plus one read: when whole lines fill that room,
+** the transfer is paused until they are read (libcurl keeps the one read).
+** The callbacks append to C buffers and never call into Lua. The connection is never reused: a stream is closed at
 ** its end (close, or collection), and the server sees its watch go.
 **
 ** Plain Lua only: it blocks the calling thread while it waits for a line.
@@ -55,6 +56,7 @@ typedef struct Stream {
     int head_done;              /* the final reply's head is in */
     int done;                   /* the transfer ended (result) */
     int large;                  /* a bound cut the transfer */
+    int paused;                 /* the buffer was full of lines: on_body paused libcurl */
     CURLcode result;
     char error[CURL_ERROR_SIZE];
 } Stream;
@@ -86,12 +88,18 @@ static int bytes_add (Bytes *b, const char *p, size_t n, size_t limit) {
 static size_t on_body (char *p, size_t size, size_t n, void *ud) {
     Stream *s = (Stream *)ud;
     size_t len = size * n;
-    if (s->pos > 0 && s->pos * 2 >= s->in.len) {     /* drop what was returned */
+    /* drop what was returned: when it is half the buffer, and always before
+       it could push a line within the bound over the cap */
+    if (s->pos > 0 && (s->pos * 2 >= s->in.len || s->in.len + len > s->max_line + READ_ROOM)) {
         memmove(s->in.data, s->in.data + s->pos, s->in.len - s->pos);
         s->in.len -= s->pos;
         s->pos = 0;
     }
     if (bytes_add(&s->in, p, len, s->max_line + READ_ROOM) != 0) {
+        if (s->in.len > s->pos && memchr(s->in.data + s->pos, '\n', s->in.len - s->pos)) {
+            s->paused = 1;      /* whole lines wait to be read: libcurl keeps this part */
+            return CURL_WRITEFUNC_PAUSE;
+        }
         s->large = 1;
         return 0;               /* libcurl ends the transfer: CURLE_WRITE_ERROR */
     }
@@ -243,11 +251,14 @@ static Stream *check_stream (lua_State *L) {
 }
 
 /*
-** http:stream(method, url, body, headers, timeout [, max_line]) -> stream,
-** status, headers | nil, err, code, unsent. `timeout` (seconds) is the
-** deadline of the whole exchange, the stream's reads included; max_line
-** (bytes, default 1 MB) bounds each line. Returns once the reply's head is
-** in: its body is then read with stream:read_line.
+** http:stream(method, url, body, headers, timeout [, max_line [, head_timeout]])
+** -> stream, status, headers | nil, err, code, unsent. `timeout` (seconds) is
+** the deadline of the whole exchange, the stream's reads included; max_line
+** (bytes, default 1 MB) bounds each line; head_timeout (default: timeout)
+** bounds the wait for the reply's head, so that a server that took the
+** connection and answers nothing (a paused process) costs a request's
+** timeout, not the whole stream's. Returns once the reply's head is in: its
+** body is then read with stream:read_line.
 */
 int cx_http_stream (lua_State *L) {
     CURL *base = cx_http_handle(L, 1);
@@ -257,6 +268,8 @@ int cx_http_stream (lua_State *L) {
     const char *body = luaL_optlstring(L, 4, NULL, &body_len);
     lua_Number timeout = luaL_optnumber(L, 6, 30);
     lua_Number max_line = luaL_optnumber(L, 7, (lua_Number)DEFAULT_LINE);
+    lua_Number head_timeout = luaL_optnumber(L, 8, timeout);
+    double head_until;
     const char *bad = NULL;
     Stream *s;
     luaL_argcheck(L, strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0, 2,
@@ -265,19 +278,27 @@ int cx_http_stream (lua_State *L) {
     luaL_argcheck(L, timeout > 0 && timeout < 86400, 6, "timeout out of range");
     luaL_argcheck(L, max_line >= 1 && max_line <= (lua_Number)MAX_LINE, 7,
                   "max_line out of range");
+    luaL_argcheck(L, head_timeout > 0 && head_timeout < 86400, 8, "head_timeout out of range");
     s = (Stream *)cx_newuserdata(L, sizeof(Stream));
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, STREAM_MT);
     s->max_line = (size_t)max_line;
     s->deadline = cx_mono_time() + (double)timeout;
+    head_until = cx_mono_time() + (double)head_timeout;
+    if (head_until > s->deadline) head_until = s->deadline;
     s->headers = cx_http_headers(L, 5, &bad);
     if (s->headers == NULL)
         return luaL_argerror(L, 5, lua_pushfstring(L, "bad header '%s'", bad));
     s->multi = curl_multi_init();
     s->curl = curl_easy_duphandle(base);   /* the Http's options: TLS, connect timeout */
     if (s->curl == NULL || s->multi == NULL) {
-        if (s->curl == NULL) { curl_multi_cleanup(s->multi); s->multi = NULL; }
-        stream_free(s);
+        /* stream_free only frees a stream with a handle: this one may have none */
+        if (s->curl != NULL) curl_easy_cleanup(s->curl);
+        if (s->multi != NULL) curl_multi_cleanup(s->multi);
+        curl_slist_free_all(s->headers);
+        s->curl = NULL;
+        s->multi = NULL;
+        s->headers = NULL;
         return luaL_error(L, "cannot create a libcurl handle");
     }
     curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->error);
@@ -298,7 +319,7 @@ int cx_http_stream (lua_State *L) {
     curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, strcmp(method, "GET") == 0 ? NULL : method);
     curl_multi_add_handle(s->multi, s->curl);
     perform(s);
-    while (!s->head_done && !s->done && !s->large && step(s, s->deadline) == 0)
+    while (!s->head_done && !s->done && !s->large && step(s, head_until) == 0)
         ;
     if (!s->head_done) {
         long sent = 0;
@@ -341,13 +362,18 @@ static int stream_read_line (lua_State *L) {
         const char *lf = start ? (const char *)memchr(start, '\n', unread) : NULL;
         if (lf != NULL) {
             size_t n = (size_t)(lf - start);
-            if (n > s->max_line) { s->large = 1; break; }
             s->pos += n + 1;
             if (n > 0 && start[n - 1] == '\r') n--;
+            if (n > s->max_line) { s->large = 1; break; }
             lua_pushlstring(L, start, n);
             return 1;
         }
-        if (unread > s->max_line) { s->large = 1; break; }
+        if (s->paused) {        /* the lines are read: what libcurl kept comes in now */
+            s->paused = 0;
+            curl_easy_pause(s->curl, CURLPAUSE_CONT);
+            continue;
+        }
+        if (unread > s->max_line + 1) { s->large = 1; break; }     /* + 1: a CR, its LF to come */
         if (s->large) break;
         if (s->done) {
             if (s->result != CURLE_OK) break;

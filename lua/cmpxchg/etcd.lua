@@ -945,6 +945,12 @@ local function watch_message(line, prefix)
     return "events", out
 end
 
+--- The code of a watch that a line of the server ended: "decode" when the
+-- line made no sense, "closed" when the server ended it (an error, a cancel).
+local function ended_code(why)
+    return why:match("^decode:") and "decode" or "closed"
+end
+
 --- watch, err, code = backend:watch(specs, seconds): starts watching, for at
 -- most `seconds`; specs = array of {key = k} or {prefix = p}, each with
 -- `start`, the first revision to report. Tries the members in turn until one
@@ -964,20 +970,23 @@ function Etcd:watch(specs, seconds)
     local n = #self.endpoints
     local w, err, code = cluster.try_in_turn(cluster.from(self.preferred, n), function(i)
         local url = self.endpoints[i]
+        -- set up within a request's timeout: a member that answers nothing
+        -- (paused) must not hold the whole wait
+        local setup = runtime.monotime() + math.min(self.timeout, seconds)
         local s, status, detail, ecode = self:connection(url):stream("POST", url .. "/v3/watch",
-            body, headers, seconds + WATCH_MARGIN, MAX_EVENT)
+            body, headers, seconds + WATCH_MARGIN, MAX_EVENT, math.min(self.timeout, seconds))
         if not s then return "next", status, detail end
         local created = 0
         if status == 200 then
             while created < #specs do
                 local line
-                line, detail, ecode = s:read_line()
+                line, detail, ecode = s:read_line(math.max(0, setup - runtime.monotime()))
                 if not line then break end
                 local what, v = watch_message(line, self.prefix)
                 if what == "created" then
                     created = created + 1
                 elseif what ~= "other" then
-                    detail, ecode = tostring(v), "connect"
+                    detail, ecode = tostring(v), ended_code(v)
                     break
                 end
             end
@@ -1003,8 +1012,10 @@ end
 function Watch:next(timeout)
     local s = self.stream
     if s == nil then return nil, "closed: the watch is over", "closed" end
+    -- lines that are not events (progress headers) do not stretch `timeout`
+    local until_ = runtime.monotime() + timeout
     while true do
-        local line, err, code = s:read_line(timeout)
+        local line, err, code = s:read_line(math.max(0, until_ - runtime.monotime()))
         if not line then
             if code == "timeout" and runtime.monotime() >= self.ends then
                 code = "closed"         -- its time is over, not merely this read's
@@ -1016,7 +1027,7 @@ function Watch:next(timeout)
         if what == "events" then return v end
         if what == "ended" then
             self:close()
-            return nil, v, "closed"
+            return nil, v, ended_code(v)
         end
     end
 end

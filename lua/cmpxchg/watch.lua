@@ -23,18 +23,24 @@
 -- wait: each queued waiter writes an entry as a fair waiter does (its ticket
 -- the revision of that write, renewed every waiter_ttl/3) and watches the
 -- entry just ahead of its own, or the key when none is. The entry stays with
--- its waiter's lock, and the release deletes it in the same request as the
--- key (Etcd:delete's `also`): that delete wakes the next waiter, and nobody
--- else. The queue only decides who looks first after a release: a barging
--- store:lock, a waiter that is not queued yet, or a fair one may still win
--- the key, and the lock itself is a compare-and-set as always.
+-- its waiter's lock, and the release deletes it just after the key
+-- (wait.released): that delete wakes the next waiter, and nobody else. A
+-- holder that never releases: its entry lapses after waiter_ttl, and the
+-- next waiter, at that lapse, watches the key itself. The queue only
+-- decides who looks first after a release: a barging store:lock, a waiter
+-- that is not queued yet, or a fair one may still win the key, and the lock
+-- itself is a compare-and-set as always.
 local lease = require "cmpxchg.lease"
 local runtime = require "cmpxchg.runtime"
 
 local watch = {}
 
 local SLICE = 0.5           -- seconds of one read; between reads ctx.beat() runs
-local MAX_WATCH = 60        -- seconds one watch lasts at most (a longer wait opens another)
+-- seconds one watch lasts at most (a longer wait looks and opens another):
+-- a member that stops answering with the stream open (a paused process, a
+-- host gone without a reset) tells of no release, and this bounds how long
+-- it can hide one; the cost, a look and a watch every MAX_WATCH
+local MAX_WATCH = 10
 local JOIN_AFTER = 2        -- races lost after a release before a lock waiter queues
 local RETRY = 0.5           -- seconds before a failed entry renewal is tried again
 
@@ -75,7 +81,16 @@ end
 -- when one is deleted after `since`, true at `until_` (the lease seen ends:
 -- look), nil at `deadline`. PUTs after `since` move `until_` to the end of
 -- the lease they write (a single key only).
+-- `since` 0 (the caller saw no revision: an error, or the key absent) has
+-- no revision to watch from: a watch from the start of history would replay
+-- old deletes and wake at once, one from now could miss a release just
+-- before it; the wait polls. After a wake the watch starts past the last
+-- event it was woken by (w.last): the caller has looked since, and an older
+-- delete of the prefix (a permit freed and taken again) would wake it again
+-- and again.
 local function key_wait(w, ctx, since, pause, deadline, until_, prefix)
+    since = math.max(since, w.last or 0)
+    if since <= 0 then return "poll" end
     local spec = prefix and { prefix = prefix, start = since + 1 }
         or { key = w.what, start = since + 1 }
     local wt = open(w, { spec }, deadline)
@@ -93,6 +108,7 @@ local function key_wait(w, ctx, since, pause, deadline, until_, prefix)
                 since = e.index
                 if e.type == "DELETE" then
                     wt:close()
+                    w.last = since
                     return true, not prefix and { index = 0 } or nil
                 elseif not prefix then
                     until_ = ends_at(w.o, e.value)

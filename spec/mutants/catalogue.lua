@@ -30,6 +30,8 @@ local RAVENDB = "spec/integration/ravendb_spec.lua"
 local ETCD = "spec/integration/etcd_spec.lua"
 local NGINX = "spec/integration/nginx_spec.lua"
 local HOSTILE = "spec/integration/hostile_spec.lua"
+local WATCH = "spec/integration/etcd_watch_spec.lua"
+local HOSTILE_WATCH = "spec/integration/hostile_watch_spec.lua"
 -- the shared contracts on the servers, without what each backend adds
 local RAVENDB_CONTRACT = { RAVENDB, filter = "compare%-exchange contract" }
 local ETCD_CONTRACT = { ETCD, filter = "compare%-exchange contract" }
@@ -55,6 +57,7 @@ local layers = {
     transport = "HTTP transports (csrc/http.c, transport/ngx.lua)",
     txn = "transactions (transaction.lua, each backend's transaction)",
     recipes = "fair waiting, semaphores, elections (queue.lua, semaphore.lua, election.lua)",
+    watch = "pushed waiting on etcd (watch.lua, Etcd:watch, csrc/stream.c)",
 }
 
 -- seconds each spec file takes in the plain pass on the project's 2-core
@@ -98,6 +101,7 @@ local cost = {
     ["spec/integration/history_etcd_spec.lua"] = 120,
     ["spec/integration/history_ravendb_spec.lua"] = 120,
     ["spec/integration/ravendb_chaos_spec.lua"] = 150,
+    ["spec/integration/etcd_watch_spec.lua"] = 30, ["spec/integration/hostile_watch_spec.lua"] = 30,
 }
 
 local mutants = {
@@ -483,7 +487,7 @@ local mutants = {
           .. "never goes back: monotime() < deadline is false already" },
     { id = "lock.wait.probe", layer = "lock", file = "lua/cmpxchg/lock.lua",
       guarantee = "waiting costs reads, not writes",
-      from = [[probe = failure == nil      -- after an error, write again rather than read]],
+      from = [[probe = failure == nil and not (seen and seen.index == 0)]],
       to = [[probe = false]],
       specs = { UNIT_LOCK } },
     { id = "lock.wait.lease-end", layer = "lock", file = "lua/cmpxchg/lock.lua",
@@ -860,6 +864,45 @@ local mutants = {
       from = "        q:leave()\n        stats.writes = stats.writes + (q.writes or 0)",
       to = "        stats.writes = stats.writes + (q.writes or 0)",
       specs = { UNIT_FAIR, EMBEDDED_RECIPES } },
+
+    --[[ watch: pushed waiting on etcd ]]
+    { id = "watch.start.off-by-one", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "a waiter's watch starts at the revision after the one it saw: a release in between is not missed",
+      from = "local spec = prefix and { prefix = prefix, start = since + 1 }\n        or { key = w.what, start = since + 1 }",
+      to = "local spec = prefix and { prefix = prefix, start = since + 1 }\n        or { key = w.what, start = since + 2 }",
+      specs = { { WATCH, filter = "revision after" } } },
+    { id = "watch.delete-ignored", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "a release (the key's DELETE) wakes the waiter",
+      from = "if e.type == \"DELETE\" then\n                    wt:close()\n                    w.last = since",
+      to = "if false then\n                    wt:close()\n                    w.last = since",
+      specs = { { WATCH, filter = "revision after" }, { WATCH, filter = "a waiter on a lock" } } },
+    { id = "watch.since-zero", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "a waiter that saw no revision polls rather than replay the key's history (a spin)",
+      from = [[if since <= 0 then return "poll" end]], to = [[if since < 0 then return "poll" end]],
+      specs = { { WATCH, filter = "saw no revision" } } },
+    { id = "watch.chain.never-joins", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "lock waiters that keep losing races queue, so that a release wakes one: requests per acquisition do not grow with the waiters",
+      from = "local JOIN_AFTER = 2 ", to = "local JOIN_AFTER = 1e9 ",
+      specs = { { WATCH, filter = "per acquisition" } } },
+    { id = "watch.chain.never-wakes", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "the release of the waiter ahead in the chain wakes the next one",
+      from = "if e.type == \"DELETE\" then\n                            -- it released",
+      to = "if false then\n                            -- it released",
+      specs = { { WATCH, filter = "per acquisition" } } },
+    { id = "watch.max-watch.long", layer = "watch", file = "lua/cmpxchg/watch.lua",
+      guarantee = "a member that stops answering with its stream open hides a release for at most 10 s",
+      from = "local MAX_WATCH = 10", to = "local MAX_WATCH = 60",
+      specs = { { WATCH, filter = "stops answering" } } },
+    { id = "watch.stream.pause-kept", layer = "watch", file = "csrc/stream.c",
+      guarantee = "a stream paused by lines that fill its room goes on once they are read",
+      from = "s->paused = 0;\n            curl_easy_pause(s->curl, CURLPAUSE_CONT);",
+      to = "s->paused = 0;",
+      specs = { { HTTP, filter = "stream" } } },
+    { id = "watch.stream.line-bound", layer = "watch", file = "csrc/stream.c",
+      guarantee = "a line over max_line ends the stream with an http error",
+      from = [[if (n > s->max_line) { s->large = 1; break; }]],
+      to = [[if (n > s->max_line + 1) { s->large = 1; break; }]],
+      specs = { { HTTP, filter = "stream" }, HOSTILE_WATCH } },
 }
 
 return { layers = layers, cost = cost, mutants = mutants }

@@ -87,6 +87,7 @@ function trickle(socket, text, ms, seconds) {
     socket.on('close', () => clearInterval(timer));
 }
 
+const WATCH_CREATED = '{"result":{"header":{"revision":"9"},"created":true}}\n';
 const ZEROS = Buffer.alloc(MB);
 const XS = Buffer.alloc(MB, 'x');
 
@@ -267,6 +268,32 @@ const cases = {
 
     // time
     stall: { open: true, reply: () => {} },        // reads the request, never answers
+    // an etcd watch (/v3/watch, hostile_watch_spec): the watch is set up, then
+    // its stream goes wrong
+    watch_long_line: { reply: (req) => {   // an event line of 1.5 GiB
+        req.socket.write(head(200, { Connection: 'close' }) + WATCH_CREATED + '{"result":');
+        stream(req.socket, 1536 * MB, XS, () => req.socket.end());
+    } },
+    watch_cut: { reply: (req) => {         // closed in the middle of an event line
+        req.socket.end(head(200, { Connection: 'close' }) + WATCH_CREATED
+            + '{"result":{"header":{"revision":"9"},"events":[{"kv":{"key":"');
+    } },
+    watch_trickle: { reply: (req) => {     // set up, then a line that never ends
+        req.socket.write(head(200, { Connection: 'close' }) + WATCH_CREATED);
+        trickle(req.socket, ' ', 50, 120);
+    } },
+    watch_stall: { reply: () => {} },      // answers the store's open, then nothing
+    watch_progress: { reply: (req) => {    // set up, then progress headers forever, no event
+        req.socket.write(head(200, { Connection: 'close' }) + WATCH_CREATED);
+        const timer = setInterval(() => {
+            if (req.socket.destroyed) return clearInterval(timer);
+            req.socket.write('{"result":{"header":{"revision":"9"}}}\n');
+        }, 20);
+        req.socket.on('close', () => clearInterval(timer));
+    } },
+    watch_status: { reply: (req) => answer(req, 503,
+        '{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}') },
+
     trickle_headers: { open: true, reply: (req) => {
         req.socket.write('HTTP/1.1 200 X\r\n');
         trickle(req.socket, 'X-Slow: 1\r\n', 50, 120);

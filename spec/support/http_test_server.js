@@ -11,6 +11,7 @@
 //   /dropcount?id=X  -> counts the request under X, then destroys the socket
 //   /count?id=X      -> how many requests /dropcount counted under X
 //   /hang/...        -> never answers (the connection stays open)
+//   /lines?n=N&len=L -> N lines of L bytes of "x" (each ending in CRLF), in one write
 //   /vanish          -> stops listening and destroys the socket without answering,
 //                       as a server killed after reading the request (then exits)
 'use strict';
@@ -48,6 +49,9 @@ const server = http.createServer((req, res) => {
             const n = Number(url.searchParams.get('kb'));
             for (let i = 0; i < n; i++) res.setHeader('X-Filler-' + i, 'f'.repeat(1024));
             res.end('{}');
+        } else if (url.pathname === '/lines') {
+            const line = 'x'.repeat(Number(url.searchParams.get('len'))) + '\r\n';
+            res.end(line.repeat(Number(url.searchParams.get('n'))));
         } else if (url.pathname === '/drop') {
             req.socket.destroy();
         } else if (url.pathname === '/dropcount') {
