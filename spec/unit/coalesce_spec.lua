@@ -13,11 +13,18 @@ describe("coalesce (fake clock and semaphore)", function()
                 local s = { n = n }
                 function s.count(self) return self.n end
                 function s.post(self, k) self.n = self.n + (k or 1) end
+                -- s.during(): what other coroutines do while this one waits
                 function s.wait(self, t)
                     if self.n > 0 then
                         self.n = self.n - 1
                         return true
                     end
+                    self.n = self.n - 1
+                    local during = s.during
+                    s.during = nil
+                    if during then during() end
+                    if self.n >= 0 then return true end     -- posted meanwhile
+                    self.n = self.n + 1
                     clock.now = clock.now + t
                     return nil, "timeout"
                 end
@@ -73,6 +80,18 @@ describe("coalesce (fake clock and semaphore)", function()
         assert.equal(1, looked)
         coalesce.leave(parked)
         coalesce.leave(active)
+    end)
+
+    it("the active member's acquisition ends: a parked member gets its turn at once",
+        function()
+        local active, parked = waiter(), waiter()
+        coalesce.change(active, 0, 0.1, 60)
+        active.group.beat = math.huge        -- alive: only its leaving ends the wait
+        active.group.turn.during = function() coalesce.leave(active) end
+        local t0 = clock.now
+        assert.is_true(coalesce.change(parked, 0, 0.1, 60))
+        assert.near(0, clock.now - t0, 0.01)
+        coalesce.leave(parked)
     end)
 
     it("a parked member gives up at its deadline, and no group outlives its waiters",
