@@ -108,3 +108,17 @@ describe("coalesce (fake clock and semaphore)", function()
         assert.equal(0, coalesce.count())
     end)
 end)
+
+describe("the coalesce option of cmpxchg.open", function()
+    local cmpxchg = require "cmpxchg"
+
+    it("is a boolean every store accepts", function()
+        for _, v in ipairs({ true, false }) do
+            local st = assert(cmpxchg.open(":memory:", { coalesce = v }))
+            assert.equal(v, st.origin.options.coalesce)
+            st:close()
+        end
+        assert.has_error(function() cmpxchg.open(":memory:", { coalesce = "no" }) end,
+            "bad argument #2 to 'open' (option 'coalesce' must be a boolean, got string)")
+    end)
+end)
