@@ -66,6 +66,27 @@ describe("coalesce (fake clock and semaphore)", function()
         coalesce.leave(w)
     end)
 
+    it("a released permit wakes its semaphore's waiters, a released key its campaign's, "
+        .. "and nothing else", function()
+        local permits = wait.new(st, { prefix = "S/permits/" }, "permits", {}, "o")
+        local leader = wait.new(st, "job", "leader", {}, "o")
+        for _, w in ipairs({ permits, leader }) do
+            w.inner = function(_, ctx, _, pause) ctx.sleep(pause) end
+            coalesce.change(w, 0, 30, 60)
+        end
+        coalesce.released(st, "other/permits/1")
+        coalesce.released(st, "s/permits/2")    -- keys are case-insensitive
+        coalesce.released(st, "JOB")
+        local t0 = clock.now
+        coalesce.change(permits, 0, 30, 60)
+        coalesce.change(leader, 0, 30, 60)
+        assert.near(0, clock.now - t0, 0.01)
+        coalesce.change(permits, 0, 30, 60)     -- nothing released since: a whole backoff
+        assert.near(30, clock.now - t0, 0.01)
+        coalesce.leave(permits)
+        coalesce.leave(leader)
+    end)
+
     it("a parked member does not touch the store, and takes over from an active member "
         .. "that stopped showing signs of life", function()
         local active, parked = waiter(), waiter()
