@@ -8,8 +8,9 @@
 -- touch the store. When the active member's acquisition ends (taken, given
 -- up, failed) the longest parked one is woken to look and becomes active.
 -- A release by a request of the same worker wakes the active member at
--- once (its poll's sleep is a wait on a second semaphore), so hand-offs
--- inside a worker wait for no poll.
+-- once (its poll's sleep is a wait on a second semaphore; a release while
+-- it reads ends its next sleep at once), so hand-offs inside a worker wait
+-- for no poll.
 --
 -- Nothing here can leak: no timer is used, and no member is counted. A
 -- request aborted while parked leaves the semaphore's queue with its
@@ -123,7 +124,11 @@ function coalesce.released(st, key)
     if prefix then names[3] = group_key(st, "permits", { prefix = prefix }) end
     for _, name in ipairs(names) do
         local g = groups[name]
-        if g and g.wake:count() < 0 then g.wake:post(1) end
+        -- posted even when the active member does not sleep now: it may be
+        -- reading the key (a read answered before this release), and would
+        -- then sleep a whole backoff; its next sleep ends at once instead.
+        -- At most one post is kept: a stale one costs one early look.
+        if g and g.wake:count() < 1 then g.wake:post(1) end
     end
 end
 

@@ -48,12 +48,17 @@ local function server_urls(target)
     return urls, scheme
 end
 
+-- the options of cmpxchg.open every store reads, whatever its backend:
+-- coalesce = false (wait.lua) keeps the waiters of one nginx worker apart
+local STORE_OPTIONS = { coalesce = "boolean" }
+
 --- Raises on an option no backend reads: a misspelt one would otherwise go
 -- unnoticed. (Options of another backend than the target's are accepted, so
 -- code moves between backends by changing only the target.)
 local function check_known(opts)
+    check.options(opts, STORE_OPTIONS, 2, "open")
     for k in pairs(opts) do
-        local backend
+        local backend = STORE_OPTIONS[k]
         for _, name in pairs(SCHEMES) do
             backend = backend or require(name).OPTIONS[k]
         end

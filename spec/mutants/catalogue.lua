@@ -43,6 +43,8 @@ local UNIT_FAIR = "spec/unit/fair_spec.lua"
 local EMBEDDED_TXN = { EMBEDDED, filter = "^transaction contract" }
 local EMBEDDED_RECIPES = { EMBEDDED, filter = "^recipes " }
 local ETCD_TXN = { ETCD, filter = "^transaction contract" }
+local UNIT_COALESCE = "spec/unit/coalesce_spec.lua"
+local NGINX_COALESCE = "spec/integration/nginx_coalesce_spec.lua"
 
 local layers = {
     keys = "key checks and case folding (csrc/keys.c: fold_key, key_problem)",
@@ -102,6 +104,7 @@ local cost = {
     ["spec/integration/history_ravendb_spec.lua"] = 120,
     ["spec/integration/ravendb_chaos_spec.lua"] = 150,
     ["spec/integration/etcd_watch_spec.lua"] = 30, ["spec/integration/hostile_watch_spec.lua"] = 30,
+    ["spec/unit/coalesce_spec.lua"] = 1, ["spec/integration/nginx_coalesce_spec.lua"] = 60,
 }
 
 local mutants = {
@@ -903,6 +906,36 @@ local mutants = {
       from = [[if (n > s->max_line) { s->large = 1; break; }]],
       to = [[if (n > s->max_line + 1) { s->large = 1; break; }]],
       specs = { { HTTP, filter = "stream" }, HOSTILE_WATCH } },
+    --[[ lock: the waiters of one nginx worker coalesce (coalesce.lua, wait.lua) ]]
+    { id = "lock.coalesce.off", layer = "lock", file = "lua/cmpxchg/wait.lua",
+      guarantee = "inside nginx, 40 waiters of one worker for one key cost the server what one does",
+      from = [[if SHARED[self.kind] and runtime.nginx and self:coalescing() then]],
+      to = [[if SHARED[self.kind] and runtime.nginx and false then]],
+      specs = { { NGINX_COALESCE, filter = "cost ravendb" }, NGINX_COALESCE } },
+    { id = "lock.coalesce.no-wake", layer = "lock", file = "lua/cmpxchg/coalesce.lua",
+      guarantee = "inside nginx, a release by a request of the same worker wakes a waiter at once",
+      from = [[if g and g.wake:count() < 1 then g.wake:post(1) end]],
+      to = [[if g and g.wake:count() < 0 then g.wake:post(1) end]],
+      specs = { UNIT_COALESCE, NGINX_COALESCE } },
+    { id = "lock.coalesce.no-turn", layer = "lock", file = "lua/cmpxchg/coalesce.lua",
+      guarantee = "inside nginx, when the active waiter's acquisition ends a parked one looks at once",
+      from = [[if g.turn:count() < 0 then g.turn:post(1) end]],
+      to = [[if false then g.turn:post(1) end]],
+      specs = { UNIT_COALESCE, NGINX_COALESCE } },
+    { id = "lock.coalesce.never-stale", layer = "lock", file = "lua/cmpxchg/coalesce.lua",
+      guarantee = "inside nginx, a request aborted while it waits for the others does not hold them up",
+      from = [[return runtime.monotime() - g.beat > STALE]], to = [[return false]],
+      specs = { UNIT_COALESCE, { NGINX_COALESCE, filter = "aborted" } } },
+    { id = "lock.coalesce.groups-kept", layer = "lock", file = "lua/cmpxchg/coalesce.lua",
+      guarantee = "inside nginx, nothing of a wait is left in the worker once its waiters are gone",
+      from = [[local groups = setmetatable({}, { __mode = "v" })]],
+      to = [[local groups = {}]],
+      specs = { UNIT_COALESCE, NGINX_COALESCE } },
+    { id = "transport.ngx.stream-line-bound", layer = "transport",
+      file = "lua/cmpxchg/transport/ngx.lua",
+      guarantee = "a stream's line is bounded (max_line): a longer one ends it with 'http'",
+      from = [[if self.size > self.max_line then break end]], to = [[if false then break end]],
+      specs = { { "spec/integration/nginx_hostile_spec.lua", filter = "long_line" } } },
 }
 
 return { layers = layers, cost = cost, mutants = mutants }

@@ -585,25 +585,37 @@ function Stream:read_line(timeout)
     local deadline = self.deadline
     local until_ = math.min(runtime.monotime() + (timeout or 86400), deadline)
     while true do
-        local lf = self.pending:find("\n", self.scan, true)
+        local pending, pos = self.pending, self.pos
+        local lf = pending:find("\n", pos, true)
         if lf then
-            if lf - 1 > self.max_line then break end
-            local line = self.pending:sub(1, lf - 1)
-            self.pending = self.pending:sub(lf + 1)
-            self.scan = 1
+            if self.size + (lf - pos) > self.max_line then break end
+            local line = pending:sub(pos, lf - 1)
+            self.pos = lf + 1
+            if self.size > 0 then
+                local parts = self.parts
+                parts[#parts + 1] = line
+                line = table.concat(parts)
+                self.parts, self.size = {}, 0
+            end
             return (line:gsub("\r$", ""))
         end
-        if #self.pending > self.max_line then break end
-        self.scan = #self.pending + 1
+        -- the start of a line kept in pieces, joined once whole: a long line
+        -- read in small pieces is copied once, not once per piece
+        if pos <= #pending then
+            self.parts[#self.parts + 1] = pos == 1 and pending or pending:sub(pos)
+            self.size = self.size + #pending - pos + 1
+        end
+        self.pending, self.pos = "", 1
+        if self.size > self.max_line then break end
         if self.failed then return nil, self.failed[1], self.failed[2] end
         self.r.deadline = until_
         local data, err, what = self:body_bytes()
         if data then
-            self.pending = self.pending .. data
+            self.pending = data
         elseif what == "closed" then
-            if self.pending ~= "" then         -- the last line, without its LF
-                local line = self.pending
-                self.pending = ""
+            if self.size > 0 then           -- the last line, without its LF
+                local line = table.concat(self.parts)
+                self.parts, self.size = {}, 0
                 return line
             end
             return nil, "closed: stream: the reply ended", "closed"
@@ -617,6 +629,7 @@ function Stream:read_line(timeout)
             return nil, self.failed[1], code
         end
     end
+    self.parts, self.size = {}, 0
     self:close()
     return nil, ("http: stream: the reply is too large (a line over %d bytes)")
         :format(self.max_line), "http"
@@ -676,7 +689,7 @@ function Http:stream(method, url, body, headers, timeout, max_line)
     rheaders = what
     local te = (rheaders["transfer-encoding"] or ""):lower()
     local s = setmetatable({ r = r, deadline = deadline, max_line = max_line, pending = "",
-                             scan = 1, chunk_left = 0 }, Stream)
+                             pos = 1, parts = {}, size = 0, chunk_left = 0 }, Stream)
     if status == 204 or status == 304 then
         s.mode, s.length_left = "length", 0
     elseif te ~= "" and te ~= "identity" then
