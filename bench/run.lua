@@ -968,25 +968,32 @@ local function main()
     sh("mkdir -p " .. quote(opts.out))
     local started = core.monotime()
     local before = machine()
-    if wanted(1) then section_ravendb() end
-    if wanted(2) then section_etcd() end
-    if wanted(3) then section_embedded() end
-    if wanted(4) then section_locks() end
-    if wanted(5) then section_memory() end
-    if wanted(6) then section_transactions() end
-    if wanted(7) then section_fairness() end
-    if wanted(8) then section_election() end
-    if wanted(9) then
-        local only
-        if os.getenv("BENCH_SCALE_ONLY") then       -- a subset, while tuning one backend
-            only = {}
-            for id in os.getenv("BENCH_SCALE_ONLY"):gmatch("[%w_]+") do only[id] = true end
-        end
-        section_scale(only)
+    local took = {}         -- "N: S s" per section run: what to shorten when make bench grows
+    local function timed(n, fn, ...)
+        if not wanted(n) then return end
+        local t0 = core.monotime()
+        fn(...)
+        took[#took + 1] = ("%d: %.0f s"):format(n, core.monotime() - t0)
+        io.stderr:write(("bench: section %s (load average %s)\n"):format(took[#took],
+            sh("cut -d' ' -f1-3 /proc/loadavg")))
     end
-    local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
+    timed(1, section_ravendb)
+    timed(2, section_etcd)
+    timed(3, section_embedded)
+    timed(4, section_locks)
+    timed(5, section_memory)
+    timed(6, section_transactions)
+    timed(7, section_fairness)
+    timed(8, section_election)
+    local only
+    if os.getenv("BENCH_SCALE_ONLY") then       -- a subset, while tuning one backend
+        only = {}
+        for id in os.getenv("BENCH_SCALE_ONLY"):gmatch("[%w_]+") do only[id] = true end
+    end
+    timed(9, section_scale, only)
+    local header = ("cmpxchg bench %s%s, %s; took %.0f s (sections %s). Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
-        "127.0.0.1 only", core.monotime() - started, before)
+        "127.0.0.1 only", core.monotime() - started, table.concat(took, ", "), before)
     print_table(header)
     write_csv()
     chart(("cmpxchg bench %s, %s cores"):format(os.date("!%Y-%m-%d"), sh("nproc")))
