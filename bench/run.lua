@@ -895,7 +895,8 @@ end
 --- NGX.waiters requests of nginx wait for a lock this process holds on
 -- `backend`: the requests the stores of nginx send per second of waiting
 -- (NGX.window, after NGX.settle), then the time from the release to the
--- last one's acquisition (each releases at once: they take it in turn).
+-- last one's acquisition (each releases at once: they take it in turn) and
+-- the requests sent meanwhile per acquisition (their releases included).
 local function waiting_run(backend, coalesce)
     local n = locks_nginx()
     local target, database = bench_target(backend, "unused")
@@ -919,7 +920,8 @@ local function waiting_run(backend, coalesce)
     local released = core.time()
     assert(l:release())
     wait_for(function() return not alive(pid) end, 120, "the waiters never all took the lock")
-    local drain = ngx_counters(n).last - released
+    local after = ngx_counters(n)
+    local drain = after.last - released
     holder:close()
     local ok, other = curl_replies(out)
     if ok ~= NGX.waiters then
@@ -928,7 +930,7 @@ local function waiting_run(backend, coalesce)
             .. "/logs/error.log")))
     end
     return { requests = c1 - c0, seconds = t1 - t0, rate = (c1 - c0) / (t1 - t0), grpc = grpc,
-             drain = drain }
+             drain = drain, req_acq = (after.requests - c1) / NGX.waiters }
 end
 
 --- NGX.clients clients call the protected endpoint (impl "cmpxchg": the
@@ -980,7 +982,7 @@ local function section_nginx()
                              { without, "cmpxchg, coalesce = false" } }) do
             local s = v[1]
             local r = row({ section = "10 nginx", case = case, impl = v[2], group = "nginx",
-                phase = b.id, procs = NGX.waiters, req_s = s.rate })
+                phase = b.id, procs = NGX.waiters, req_s = s.rate, req_acq = s.req_acq })
             r.note = ("%.1f requests/s to the server while %d wait (%d in %.1f s%s);"
                 .. " after the release all took it in %.2f s"):format(s.rate, NGX.waiters,
                 s.requests, s.seconds, s.grpc and (", %d gRPC messages"):format(s.grpc) or "",
