@@ -1,4 +1,3 @@
--- luacheck: std max+ngx_lua
 --- lua-resty-lock's mechanism, for the benchmark's reference where the
 -- library itself is not installed (Debian has no package of it): a lock is
 -- ngx.shared.DICT:add(key, true, exptime); a waiter that finds it taken
@@ -6,6 +5,7 @@
 -- at `max_step` (0.5 s), until `timeout`; unlock deletes the key. The same
 -- defaults and the same calls as lua-resty-lock's lock()/unlock(), written
 -- from its documentation (no code of it here).
+-- luacheck: std max+ngx_lua (nginx's globals: this file runs inside nginx only)
 local dict_lock = {}
 dict_lock.__index = dict_lock
 

@@ -1,4 +1,3 @@
--- luacheck: std max+ngx_lua
 --- The handlers of section 10 of the benchmark (bench/nginx/locks.conf):
 -- cmpxchg inside nginx, driven over HTTP by bench/run.lua.
 --   GET /wait?target=T&db=D&key=K&coalesce=0|1&watch=0|1&timeout=S
@@ -14,6 +13,7 @@
 --       the /wait requests waiting now, D the protected sections done, C the
 --       counter of K's sections, L the time of the last acquisition by a /wait
 --       request (epoch seconds); reset=1 zeroes R, D and L
+-- luacheck: std max+ngx_lua (nginx's globals: this file runs inside nginx only)
 local cmpxchg = require "cmpxchg"
 
 local locks = {}
