@@ -52,7 +52,6 @@ if target == "etcdctl" then
 end
 
 local cmpxchg = require "cmpxchg"
-local store = require "cmpxchg.store"
 
 -- count what reaches the store: HTTP requests, or store calls on the embedded file
 local requests = 0
@@ -74,8 +73,10 @@ curl.new = function(opts)
 end
 local embedded = not target:find("^%a+://")
 if embedded then
-    local methods = store.metatable.__index
-    for _, name in ipairs({ "put", "get", "delete" }) do
+    -- the backend's calls, one SQLite transaction each: locks call the
+    -- backend, not the store's methods
+    local methods = require "cmpxchg.embedded"
+    for _, name in ipairs({ "put", "get", "delete", "get_many", "list", "transaction" }) do
         local f = methods[name]
         methods[name] = function(...)
             requests = requests + 1

@@ -3,7 +3,7 @@
 -- starts on 127.0.0.1 in its own temporary directories (the RavenDB emulator,
 -- a 3-member etcd cluster, an nginx) and stops at the end. Prints one table,
 -- writes bench/results/bench.csv and bench.png.
---   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7,8,9] [--out DIR]
+--   lua5.4 bench/run.lua [--quick] [--only 1,2,3,4,5,6,7,8,9,10] [--out DIR]
 -- --quick: a few operations of everything (the smoke run of make test); it
 -- checks that the benchmark works, its figures mean nothing.
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
@@ -20,7 +20,11 @@ do
         if arg[i] == "--quick" then opts.quick = true
         elseif arg[i] == "--only" then
             opts.only = {}
-            for n in arg[i + 1]:gmatch("%d") do opts.only[tonumber(n)] = true end
+            -- "10" is section 10; otherwise each digit is a section ("789")
+            for n in arg[i + 1]:gmatch("1?%d") do
+                if n == "1" or n == "10" or #n == 1 then opts.only[tonumber(n)] = true
+                else opts.only[1], opts.only[tonumber(n:sub(2))] = true, true end
+            end
             i = i + 1
         elseif arg[i] == "--out" then opts.out = arg[i + 1]; i = i + 1
         else error("unknown argument " .. arg[i]) end
@@ -117,13 +121,13 @@ end
 local servers = {}
 
 local function stop_servers()
-    if servers.nginx then
-        os.execute(("kill -QUIT %d 2>/dev/null"):format(servers.nginx.pid))
+    for _, n in pairs(servers.nginx or {}) do
+        os.execute(("kill -QUIT %d 2>/dev/null"):format(n.pid))
         for _ = 1, 100 do
-            if not exists(servers.nginx.prefix .. "/logs/nginx.pid") then break end
+            if not exists(n.prefix .. "/logs/nginx.pid") then break end
             core.sleep(0.05)
         end
-        os.execute(("kill -KILL %d 2>/dev/null"):format(servers.nginx.pid))
+        os.execute(("kill -KILL %d 2>/dev/null"):format(n.pid))
     end
     if servers.ravendb then
         os.execute(("RAVENDB_EMULATOR_DIR=%s scripts/ravendb-emulator stop >/dev/null 2>&1")
@@ -183,22 +187,29 @@ local function etcd_messages()
     return total
 end
 
-local function nginx()
-    if servers.nginx then return servers.nginx end
-    local prefix = tmp .. "/nginx"
+--- The nginx of `conf` (bench/nginx/CONF: nginx.conf, section 4's, or
+-- locks.conf, section 10's), started on first use on a free port.
+local function nginx(conf)
+    conf = conf or "nginx.conf"
+    servers.nginx = servers.nginx or {}
+    if servers.nginx[conf] then return servers.nginx[conf] end
+    local prefix = ("%s/nginx-%s"):format(tmp, conf:gsub("%.conf$", ""))
     sh(("mkdir -p %s/logs %s/tmp"):format(prefix, prefix))
     local port = sh([[node -e "const s=require('net').createServer().listen(0,'127.0.0.1',
         ()=>{console.log(s.address().port);s.close()})"]])
-    local conf = assert(io.open("bench/nginx/nginx.conf")):read("a"):gsub("__PORT__", port)
-    write_file(prefix .. "/nginx.conf", conf)
-    local pid = sh(("nginx -p %s -c nginx.conf >%s/logs/stdout.log 2>&1 </dev/null & echo $!")
-        :format(quote(prefix), quote(prefix)))
-    servers.nginx = { prefix = prefix, pid = tonumber(pid), url = "http://127.0.0.1:" .. port }
+    local root = sh("pwd")
+    local text = assert(io.open("bench/nginx/" .. conf)):read("a"):gsub("__PORT__", port)
+        :gsub("__ROOT__", (root:gsub("%%", "%%%%")))
+    write_file(prefix .. "/" .. conf, text)
+    local pid = sh(("nginx -p %s -c %s >%s/logs/stdout.log 2>&1 </dev/null & echo $!")
+        :format(quote(prefix), conf, quote(prefix)))
+    local n = { prefix = prefix, pid = tonumber(pid), url = "http://127.0.0.1:" .. port }
+    servers.nginx[conf] = n
     local h = core.http_new()
     for _ = 1, 100 do
-        if h:request("GET", servers.nginx.url .. "/ready", nil, nil, 1) == 204 then
+        if h:request("GET", n.url .. "/ready", nil, nil, 1) == 204 then
             h:close()
-            return servers.nginx
+            return n
         end
         core.sleep(0.05)
     end
@@ -511,6 +522,17 @@ local function lock_run(name, procs)
     return lock_stats(sections, requests)
 end
 
+--- lock_run's result for `name` and `procs`, measured once per bench run:
+-- section 9 takes section 4's runs at the contention levels both measure
+-- (the same workers, key, duration, hold and pause), which keeps make bench
+-- within its time.
+local lock_results = {}
+local function lock_result(name, procs)
+    local k = name .. ":" .. procs
+    if lock_results[k] == nil then lock_results[k] = lock_run(name, procs) or false end
+    return lock_results[k] or nil
+end
+
 local LOCK_IMPLS = {
     { id = "embedded", name = "cmpxchg embedded" },
     { id = "ravendb", name = "cmpxchg RavenDB (emulator)" },
@@ -524,7 +546,8 @@ local function section_locks()
     for _, procs in ipairs(LOCK_PROCS) do
         local stats = {}
         for _, impl in ipairs(LOCK_IMPLS) do
-            local s = lock_run(impl.id, procs) or { acquisitions = 0, overlaps = 0, skipped = true }
+            local s = lock_result(impl.id, procs)
+                or { acquisitions = 0, overlaps = 0, skipped = true }
             stats[impl.id] = s
             local r = row({ section = "4 locks", case = ("lock x%d"):format(procs),
                 impl = impl.name,
@@ -746,7 +769,8 @@ local function section_scale(only)
     for _, procs in ipairs(SCALE_PROCS) do
         for _, impl in ipairs(SCALE_IMPLS) do
             if only == nil or only[impl.id] then
-                local s = lock_run(impl.id, procs)
+                local reused = lock_results[impl.id .. ":" .. procs] ~= nil
+                local s = lock_result(impl.id, procs)
                 by[impl.id] = by[impl.id] or {}
                 by[impl.id][procs] = s
                 local r = row({ section = "9 scale", case = ("hand-off x%d"):format(procs),
@@ -761,7 +785,8 @@ local function section_scale(only)
                     notes[#notes + 1] = ("%.1f requests per second of waiting"):format(
                         s.req_waiting)
                 end
-                notes[#notes + 1] = ("%d hand-offs"):format(s.handoffs)
+                notes[#notes + 1] = ("%d hand-offs%s"):format(s.handoffs,
+                    reused and ", section 4's run" or "")
                 if s.overlaps > 0 then
                     notes[#notes + 1] = ("%d overlaps! (at most %.2f ms)"):format(s.overlaps,
                         s.worst_overlap * 1e3)
@@ -795,6 +820,194 @@ local function section_scale(only)
             add_ratio(last, "req/acq most/least over 2-64", hi / lo, 1.5)
         end
     end
+end
+
+--[[ 10: inside nginx (issue 19): 40 requests waiting on one key, with and
+without coalescing, and a lock-protected endpoint against lua-resty-lock's
+shared-dict lock (bench/nginx/locks.conf, 2 workers) ]]
+
+local NGX = {
+    waiters = Q and 4 or 40,            -- requests waiting on one key
+    settle = Q and 0.3 or 0.7,          -- seconds after all wait: backoffs at their cap, watches up
+    window = Q and 0.5 or 2,            -- seconds of waiting measured
+    clients = Q and 4 or 40,            -- concurrent clients of the protected endpoint
+    hold = 0.001,                       -- seconds inside the protected section (ngx.sleep)
+}
+
+local function nginx_lua_installed()
+    return os.execute("command -v nginx >/dev/null"
+        .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so") == true
+end
+
+--- The section 10 nginx, the core built for its LuaJIT first.
+local function locks_nginx()
+    sh("make --no-print-directory BUILD=build/luajit LUA_PC=luajit all >/dev/null")
+    return nginx("locks.conf")
+end
+
+--- GET /counters: {requests, waiting, done, count (of `key`'s sections)}.
+local function ngx_counters(n, reset, key)
+    local h = core.http_new()
+    local status, body = h:request("GET", ("%s/counters?reset=%d&key=%s"):format(n.url,
+        reset and 1 or 0, key or ""), nil, nil, 10)
+    h:close()
+    assert(status == 200, "nginx /counters: " .. tostring(body))
+    local r, w, d, c, last = body:match(
+        "requests (%d+) waiting (%-?%d+) done (%d+) count (%d+) last (%S+)")
+    assert(r, "nginx /counters: " .. body)
+    return { requests = tonumber(r), waiting = tonumber(w), done = tonumber(d),
+             count = tonumber(c), last = tonumber(last) }
+end
+
+--- `count` GETs of `url` from one curl, `par` at a time, in the background:
+-- its pid and the file where it writes one status code per reply.
+local function curl_start(url, count, par)
+    runs = runs + 1
+    local out = ("%s/curl%d.out"):format(tmp, runs)
+    local pid = sh(("curl -sS -Z --parallel-max %d --parallel-immediate --max-time 120"
+        .. " -o /dev/null -w '%%{http_code}\\n' %s >%s 2>&1 </dev/null & echo $!")
+        :format(par, quote(url .. "&i=[1-" .. count .. "]"), quote(out)))
+    return tonumber(pid), out
+end
+
+local function alive(pid)
+    return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
+end
+
+--- Waits for `pred()` (polled), at most `seconds`; raises `what` after.
+local function wait_for(pred, seconds, what)
+    local deadline = core.monotime() + seconds
+    while not pred() do
+        if core.monotime() > deadline then error("nginx bench: " .. what) end
+        core.sleep(0.01)
+    end
+end
+
+--- The replies of a curl_start: how many were 200, and the others.
+local function curl_replies(out)
+    local ok, other = 0, {}
+    for line in io.lines(out) do
+        if line == "200" then ok = ok + 1 else other[#other + 1] = line end
+    end
+    return ok, other
+end
+
+--- NGX.waiters requests of nginx wait for a lock this process holds on
+-- `backend`: the requests the stores of nginx send per second of waiting
+-- (NGX.window, after NGX.settle), then the time from the release to the
+-- last one's acquisition (each releases at once: they take it in turn) and
+-- the requests sent meanwhile per acquisition (their releases included).
+local function waiting_run(backend, coalesce)
+    local n = locks_nginx()
+    local target, database = bench_target(backend, "unused")
+    local watch = backend ~= "etcd_poll"
+    runs = runs + 1
+    local key = ("bench-ngx-wait-%d"):format(runs)
+    local holder = assert(require("cmpxchg").open(target, { database = database }))
+    local l = assert(holder:lock(key, { ttl = 60, timeout = 10 }))
+    ngx_counters(n, true)
+    local url = ("%s/wait?target=%s&db=%s&key=%s&coalesce=%d&watch=%d&timeout=60"):format(n.url,
+        target, database == "-" and "" or database, key, coalesce and 1 or 0, watch and 1 or 0)
+    local pid, out = curl_start(url, NGX.waiters, NGX.waiters)
+    wait_for(function() return ngx_counters(n).waiting >= NGX.waiters end, 30,
+        "the requests never all waited")
+    core.sleep(NGX.settle)
+    local grpc0 = servers.etcd and etcd_messages()
+    local c0, t0 = ngx_counters(n).requests, core.monotime()
+    core.sleep(NGX.window)
+    local c1, t1 = ngx_counters(n).requests, core.monotime()
+    local grpc = servers.etcd and backend ~= "ravendb" and etcd_messages() - grpc0 or nil
+    local released = core.time()
+    assert(l:release())
+    wait_for(function() return not alive(pid) end, 120, "the waiters never all took the lock")
+    local after = ngx_counters(n)
+    local drain = after.last - released
+    holder:close()
+    local ok, other = curl_replies(out)
+    if ok ~= NGX.waiters then
+        error(("nginx bench: %d of %d waiters failed (%s): %s"):format(NGX.waiters - ok,
+            NGX.waiters, table.concat(other, " "), sh("tail -n 5 " .. quote(n.prefix)
+            .. "/logs/error.log")))
+    end
+    return { requests = c1 - c0, seconds = t1 - t0, rate = (c1 - c0) / (t1 - t0), grpc = grpc,
+             drain = drain, req_acq = (after.requests - c1) / NGX.waiters }
+end
+
+--- NGX.clients clients call the protected endpoint (impl "cmpxchg": the
+-- embedded store; "dict": lua-resty-lock's shared-dict lock) without pause:
+-- its sections per second over NGX.window after NGX.settle, and whether the
+-- section's counter counted every one (a second holder would lose some).
+local function protected_run(impl)
+    local n = locks_nginx()
+    runs = runs + 1
+    local key = ("bench-ngx-protected-%d"):format(runs)
+    ngx_counters(n, true)
+    local url = ("%s/protected?impl=%s&target=%s&key=%s&hold=%s"):format(n.url, impl,
+        tmp .. "/ngx-locks.db", key, NGX.hold)
+    local pid, out = curl_start(url, 1000000, NGX.clients)
+    core.sleep(NGX.settle)
+    local d0, t0 = ngx_counters(n).done, core.monotime()
+    core.sleep(NGX.window)
+    local d1, t1 = ngx_counters(n).done, core.monotime()
+    os.execute(("kill %d 2>/dev/null"):format(pid))
+    wait_for(function() return not alive(pid) end, 10, "curl did not stop")
+    -- the requests in flight end (their handlers run on without a client)
+    local last, still = -1, 0
+    wait_for(function()
+        local c = ngx_counters(n, false, key)
+        if c.done == last then still = still + 1 else last, still = c.done, 0 end
+        return still >= 50 and c.done == c.count
+    end, 120, "the protected sections never settled (or their counter lost some)")
+    local ok = curl_replies(out)
+    return { rate = (d1 - d0) / (t1 - t0), sections = last, ok = ok }
+end
+
+local NGX_BACKENDS = {
+    { id = "ravendb", name = "RavenDB (emulator, polling)" },
+    { id = "etcd", name = "etcd (watch)" },
+    { id = "etcd_poll", name = "etcd (polling: watch = false)" },
+}
+
+local function section_nginx()
+    if not nginx_lua_installed() then
+        local r = row({ section = "10 nginx", case = "-", impl = "-", group = "nginx" })
+        r.note = "skipped: nginx with its lua module is not installed"
+        return
+    end
+    for _, b in ipairs(NGX_BACKENDS) do
+        local with, without = waiting_run(b.id, true), waiting_run(b.id, false)
+        local case = ("%s, %d waiting"):format(b.name, NGX.waiters)
+        local rw
+        for _, v in ipairs({ { with, "cmpxchg, coalescing (default)" },
+                             { without, "cmpxchg, coalesce = false" } }) do
+            local s = v[1]
+            local r = row({ section = "10 nginx", case = case, impl = v[2], group = "nginx",
+                phase = b.id, procs = NGX.waiters, req_s = s.rate, req_acq = s.req_acq })
+            r.note = ("%.1f requests/s to the server while %d wait (%d in %.1f s%s);"
+                .. " after the release all took it in %.2f s"):format(s.rate, NGX.waiters,
+                s.requests, s.seconds, s.grpc and (", %d gRPC messages"):format(s.grpc) or "",
+                s.drain)
+            if v[1] == with then rw = r end
+        end
+        if without.requests > 0 then
+            add_ratio(rw, "req/s with / without coalescing", with.rate / without.rate, 0.1)
+        else
+            rw.ratios = { "req/s with / without coalescing: n/a (no request while waiting"
+                .. " either way)" }
+        end
+    end
+    local res = {}
+    for _, impl in ipairs({ "cmpxchg", "dict" }) do res[impl] = protected_run(impl) end
+    local case = ("protected endpoint, %d clients, hold %g ms"):format(NGX.clients,
+        NGX.hold * 1e3)
+    local rc = row({ section = "10 nginx", case = case, impl = "cmpxchg embedded (in nginx)",
+        ops_s = res.cmpxchg.rate, group = "nginx", phase = "protected", procs = NGX.clients })
+    add_note(rc, "sections/s vs shared dict", res.cmpxchg.rate / res.dict.rate)
+    rc.note = ("%d sections, counter exact"):format(res.cmpxchg.sections)
+    local rd = row({ section = "10 nginx", case = case,
+        impl = "ngx.shared.DICT lock (lua-resty-lock's mechanism)", ops_s = res.dict.rate,
+        group = "nginx", phase = "protected", procs = NGX.clients })
+    rd.note = ("%d sections, counter exact"):format(res.dict.sections)
 end
 
 --[[ 5: memory ]]
@@ -881,7 +1094,7 @@ end
 
 local function write_csv()
     local cols = { "section", "case", "impl", "procs", "ops_s", "cpu_us", "p50", "p99", "req_acq",
-                   "handoffs", "overlaps", "rss_start", "rss_end", "met", "ratios" }
+                   "req_s", "handoffs", "overlaps", "rss_start", "rss_end", "met", "ratios" }
     local out = { table.concat(cols, ",") }
     for _, r in ipairs(rows) do
         local cells = {}
@@ -968,25 +1181,33 @@ local function main()
     sh("mkdir -p " .. quote(opts.out))
     local started = core.monotime()
     local before = machine()
-    if wanted(1) then section_ravendb() end
-    if wanted(2) then section_etcd() end
-    if wanted(3) then section_embedded() end
-    if wanted(4) then section_locks() end
-    if wanted(5) then section_memory() end
-    if wanted(6) then section_transactions() end
-    if wanted(7) then section_fairness() end
-    if wanted(8) then section_election() end
-    if wanted(9) then
-        local only
-        if os.getenv("BENCH_SCALE_ONLY") then       -- a subset, while tuning one backend
-            only = {}
-            for id in os.getenv("BENCH_SCALE_ONLY"):gmatch("[%w_]+") do only[id] = true end
-        end
-        section_scale(only)
+    local took = {}         -- "N: S s" per section run: what to shorten when make bench grows
+    local function timed(n, fn, ...)
+        if not wanted(n) then return end
+        local t0 = core.monotime()
+        fn(...)
+        took[#took + 1] = ("%d: %.0f s"):format(n, core.monotime() - t0)
+        io.stderr:write(("bench: section %s (load average %s)\n"):format(took[#took],
+            sh("cut -d' ' -f1-3 /proc/loadavg")))
     end
-    local header = ("cmpxchg bench %s%s, %s; took %.0f s. Machine: %s"):format(
+    timed(1, section_ravendb)
+    timed(2, section_etcd)
+    timed(3, section_embedded)
+    timed(4, section_locks)
+    timed(5, section_memory)
+    timed(6, section_transactions)
+    timed(7, section_fairness)
+    timed(8, section_election)
+    local only
+    if os.getenv("BENCH_SCALE_ONLY") then       -- a subset, while tuning one backend
+        only = {}
+        for id in os.getenv("BENCH_SCALE_ONLY"):gmatch("[%w_]+") do only[id] = true end
+    end
+    timed(9, section_scale, only)
+    timed(10, section_nginx)
+    local header = ("cmpxchg bench %s%s, %s; took %.0f s (sections %s). Machine: %s"):format(
         os.date("!%Y-%m-%d %H:%M UTC"), opts.quick and " (--quick: figures meaningless)" or "",
-        "127.0.0.1 only", core.monotime() - started, before)
+        "127.0.0.1 only", core.monotime() - started, table.concat(took, ", "), before)
     print_table(header)
     write_csv()
     chart(("cmpxchg bench %s, %s cores"):format(os.date("!%Y-%m-%d"), sh("nproc")))

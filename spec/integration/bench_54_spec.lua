@@ -18,7 +18,7 @@ describe("make bench, quick smoke run", function()
         local ok = p:close()
         assert.is_true(ok, output)
         for _, section in ipairs({ "1 RavenDB", "2 etcd", "3 embedded", "4 locks", "5 memory",
-                "6 transactions", "7 fairness", "8 election" }) do
+                "6 transactions", "7 fairness", "8 election", "9 scale", "10 nginx" }) do
             assert.is_truthy(output:find("| " .. section, 1, true), section .. " missing:\n" .. output)
         end
         assert.is_falsy(output:find("overlaps!", 1, true), output)
@@ -36,6 +36,11 @@ describe("make bench, quick smoke run", function()
         end
         for line in output:gmatch("| 8 election[^\n]+") do
             assert.is_truthy(line:find("SIGKILL %-> next on_elected: %d"), line)
+        end
+        -- every nginx case measured (or says why it could not)
+        for line in output:gmatch("| 10 nginx[^\n]+") do
+            assert.is_truthy(line:find("requests/s to the server while %d+ wait")
+                or line:find("%d+ sections, counter exact") or line:find("skipped"), line)
         end
         local csv = assert(io.open(out_dir .. "/bench.csv")):read("*a")
         local lines = select(2, csv:gsub("\n", ""))
