@@ -51,18 +51,8 @@ local function store_for(a)
     local opts = { database = a.db, timeout = 30 }
     if a.watch == "0" then opts.watch = false end
     if a.coalesce == "0" then opts.coalesce = false end
-    local ok, err, code
-    ok, st, err, code = pcall(cmpxchg.open, a.target, opts)
-    if not ok and a.coalesce == "0" and tostring(st):find("unknown option 'coalesce'", 1, true)
-    then
-        -- a core that does not take the option yet: the one field its waiters read
-        opts.coalesce = nil
-        st, err, code = cmpxchg.open(a.target, opts)
-        if st then st.origin.options.coalesce = false end
-        ngx.log(ngx.WARN, "cmpxchg.open refused coalesce = false: set on the store instead")
-    elseif not ok then
-        error(st)
-    end
+    local err, code
+    st, err, code = cmpxchg.open(a.target, opts)
     if not st then error(("open %s: %s (%s)"):format(a.target, err, code)) end
     stores[id] = st
     return st
