@@ -113,7 +113,9 @@ describe("a hostile streaming server, through the cosocket stream", function()
 
     -- case, stream timeout, max_line, the read's own timeout, stage and code
     -- it must end with, what its message says, MB the worker may grow (a
-    -- line is kept once, not copied once per piece read: 49 MB for 1 MB then)
+    -- line is kept once, not copied once per piece read: 49 MB for 1 MB then),
+    -- head_timeout (a watch's set-up is bounded by a request's timeout, not the
+    -- watch's: the time bound is then this one)
     local STREAM_CASES = {
         { "long_line", 10, 65536, nil, "read", "http", "a line over 65536 bytes", 4 },
         { "long_line", 10, nil, nil, "read", "http", "a line over 1048576 bytes", 16 },
@@ -123,18 +125,21 @@ describe("a hostile streaming server, through the cosocket stream", function()
         { "trickle", 2, nil, nil, "read", "timeout", "timeout" },
         { "trickle", 2, nil, 0.3, "read", "timeout", "timeout" },
         { "close_mid_line", 10, nil, nil, "read", "connect", "closed" },
+        { "silent_headers", 60, nil, nil, "open", "timeout", "timed out", nil, 2 },
+        { "trickle_head", 60, nil, nil, "open", "timeout", "timed out", nil, 2 },
     }
 
     for _, c in ipairs(STREAM_CASES) do
-        local case, timeout, max_line, read_timeout, stage, code, says, mb =
-            table.unpack(c, 1, 8)
-        it(("%s (timeout %d s, max_line %s, reads %s)"):format(case, timeout,
-            tostring(max_line or "default"), tostring(read_timeout or "until the end")),
-            function()
+        local case, timeout, max_line, read_timeout, stage, code, says, mb, head_timeout =
+            table.unpack(c, 1, 9)
+        it(("%s (timeout %d s, max_line %s, reads %s, head within %s)"):format(case, timeout,
+            tostring(max_line or "default"), tostring(read_timeout or "until the end"),
+            tostring(head_timeout or "the timeout")), function()
             local from = log_size(prefix)
             local q = ("/stream/run?case=%s&timeout=%d"):format(case, timeout)
                 .. (max_line and "&max_line=" .. max_line or "")
                 .. (read_timeout and "&read_timeout=" .. read_timeout or "")
+                .. (head_timeout and "&head_timeout=" .. head_timeout or "")
             local status, body = http:request("GET", base .. q, nil, nil, timeout + 60)
             assert.equal(200, status, body)
             local r = cjson.decode(body)
@@ -142,7 +147,8 @@ describe("a hostile streaming server, through the cosocket stream", function()
             assert.equal(stage, r.stage, body)
             assert.equal(code, r.code, body)
             assert.truthy(r.err:find(says, 1, true), body)
-            assert.is_true(r.elapsed < timeout + 5, "not bounded in time: " .. body)
+            assert.is_true(r.elapsed < (head_timeout or timeout) + 5,
+                "not bounded in time: " .. body)
             assert.is_true(r.grew_mb < (mb or 16), "not bounded in memory: " .. body)
             assert.is_true(r.peak_mb < WORKER_MB, "the worker grew past its cap: " .. body)
             if read_timeout then assert.is_true(r.short_timeouts > 0, body) end

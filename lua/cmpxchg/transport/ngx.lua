@@ -645,9 +645,11 @@ function Stream:close()
     return true
 end
 
---- http:stream(method, url, body, headers, timeout [, max_line]) -> stream,
--- status, headers | nil, err, code, unsent: as the libcurl transport's.
-function Http:stream(method, url, body, headers, timeout, max_line)
+--- http:stream(method, url, body, headers, timeout [, max_line [, head_timeout]])
+-- -> stream, status, headers | nil, err, code, unsent: as the libcurl
+-- transport's (head_timeout bounds the connection, the request and the reply's
+-- head: a member that takes the connection and says nothing ends it early).
+function Http:stream(method, url, body, headers, timeout, max_line, head_timeout)
     if method ~= "GET" and method ~= "POST" then
         check.argerror(2, "stream", "method must be GET or POST")
     end
@@ -661,25 +663,31 @@ function Http:stream(method, url, body, headers, timeout, max_line)
     if type(max_line) ~= "number" or not (max_line >= 1 and max_line <= MAX_BODY) then
         check.argerror(7, "stream", "max_line out of range")
     end
+    head_timeout = head_timeout or timeout
+    if type(head_timeout) ~= "number" or not (head_timeout > 0 and head_timeout < 86400) then
+        check.argerror(8, "stream", "head_timeout out of range")
+    end
     runtime.check_yield(("a stream from %s"):format(shown(url)))
     local scheme, host, port, path = parse_url(url)
     if not scheme then return fail("connect", method, url, "not an http(s) URL") end
     local request = request_text(method, host, port, scheme == "https" and 443 or 80, path,
         body, headers)
     local deadline = runtime.monotime() + timeout
+    local head_deadline = math.min(deadline, runtime.monotime() + head_timeout)
     local sock, err, code, _, unsent = self:open_connection(method, url, host, port, scheme,
-        deadline, "/stream")
+        head_deadline, "/stream")
     if not sock then return nil, err, code, unsent end
     local ok
-    ok, err = send_all(sock, request, deadline)
+    ok, err = send_all(sock, request, head_deadline)
     if not ok then
         sock:close()
         if err == "timeout" then return fail("timeout", method, url, "send timed out") end
         return fail("connect", method, url, "send failed: " .. tostring(err))
     end
-    local r = reader(sock, deadline)
+    local r = reader(sock, head_deadline)
     local status, what, rheaders
     status, err, what = read_head(r)
+    r.deadline = deadline
     if not status then
         sock:close()
         if err == "timeout" then return fail("timeout", method, url, "read timed out") end

@@ -79,7 +79,7 @@ local function status_kb(field)
     return tonumber(text:match(field .. ":%s*(%d+)")) or 0
 end
 
---- /stream/run?case=&timeout=&max_line=: one stream from /stream/evil, read
+--- /stream/run?case=&timeout=&max_line=&head_timeout=: one stream from /stream/evil, read
 -- line by line until it ends: {stage, err, code, lines, elapsed, grew_mb, peak_mb}.
 function M.run()
     local a = ngx.req.get_uri_args()
@@ -95,7 +95,7 @@ function M.run()
     local url = ("http://127.0.0.1:%s/stream/evil?case=%s"):format(ngx.var.server_port, a.case)
     local r = { lines = 0 }
     local s, status, code = http:stream("POST", url, "{}", nil, tonumber(a.timeout),
-        tonumber(a.max_line))
+        tonumber(a.max_line), tonumber(a.head_timeout))
     if not s then
         r.stage, r.err, r.code = "open", status, code
     else
