@@ -248,35 +248,50 @@ local function body_text(body)
     return table.concat(body)
 end
 
+--- The size line of a chunk (after the last one, 0, its trailer read too):
+-- n | nil, err, what. Read by replies and streams alike.
+local function chunk_size(r)
+    local line, err, what = read_line(r, MAX_CHUNK_LINE)
+    if not line then
+        if what == "large" then return nil, "malformed chunk size", "bad" end
+        return nil, err, what
+    end
+    local hex = line:match("^%s*(%x+)%s*$") or line:match("^%s*(%x+)%s*;")
+    local n = hex and tonumber(hex, 16)
+    if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
+    if n == 0 then
+        repeat              -- trailer fields, up to the empty line
+            line, err, what = head_line(r)
+            if not line then return nil, err, what end
+        until line == ""
+        return 0
+    end
+    if #hex > 8 then return nil, "reply is too large", "large" end
+    return n
+end
+
+--- The CR LF after a chunk's data: true | nil, err, what.
+local function chunk_end(r)
+    local line, err, what = read_line(r, 1)
+    if line == "" then return true end
+    if line or what == "large" then return nil, "malformed chunk end", "bad" end
+    return nil, err, what
+end
+
 --- The body of a chunked reply: true | nil, err, what.
 local function read_chunked(r, body)
     local size = 0
     while true do
-        local line, err, what = read_line(r, MAX_CHUNK_LINE)
-        if not line then
-            if what == "large" then return nil, "malformed chunk size", "bad" end
-            return nil, err, what
-        end
-        local hex = line:match("^%s*(%x+)%s*$") or line:match("^%s*(%x+)%s*;")
-        local n = hex and tonumber(hex, 16)
-        if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
-        if n == 0 then
-            repeat              -- trailer fields, up to the empty line
-                line, err, what = head_line(r)
-                if not line then return nil, err, what end
-            until line == ""
-            return true
-        end
+        local n, err, what = chunk_size(r)
+        if not n then return nil, err, what end
+        if n == 0 then return true end
         size = size + n
-        if #hex > 8 or size > MAX_BODY then return nil, "reply is too large", "large" end
+        if size > MAX_BODY then return nil, "reply is too large", "large" end
         local ok
         ok, err = read_bytes(r, n, body)
         if not ok then return nil, err, "read" end
-        line, err, what = read_line(r, 1)       -- the CR LF after the data
-        if line ~= "" then
-            if line or what == "large" then return nil, "malformed chunk end", "bad" end
-            return nil, err, what
-        end
+        ok, err, what = chunk_end(r)
+        if not ok then return nil, err, what end
     end
 end
 
@@ -520,29 +535,14 @@ function Stream:body_bytes()
     local r = self.r
     if self.mode == "chunked" then
         if self.need_crlf then
-            local line, err, what = read_line(r, 1)
-            if line ~= "" then
-                if line or what == "large" then return nil, "malformed chunk end", "bad" end
-                return nil, err, what
-            end
+            local ok, err, what = chunk_end(r)
+            if not ok then return nil, err, what end
             self.need_crlf = false
         end
         if self.chunk_left == 0 then
-            local line, err, what = read_line(r, MAX_CHUNK_LINE)
-            if not line then
-                if what == "large" then return nil, "malformed chunk size", "bad" end
-                return nil, err, what
-            end
-            local hex = line:match("^%s*(%x+)%s*$") or line:match("^%s*(%x+)%s*;")
-            local n = hex and #hex <= 8 and tonumber(hex, 16)
-            if not n then return nil, "malformed chunk size: " .. line:sub(1, 40), "bad" end
-            if n == 0 then
-                repeat          -- trailer fields, up to the empty line
-                    line, err, what = head_line(r)
-                    if not line then return nil, err, what end
-                until line == ""
-                return nil, "the reply ended", "closed"
-            end
+            local n, err, what = chunk_size(r)
+            if not n then return nil, err, what end
+            if n == 0 then return nil, "the reply ended", "closed" end
             self.chunk_left = n
         end
         if r.pos > #r.buf then
