@@ -36,6 +36,7 @@ build = {
     type = "builtin",
     install = { bin = { cmpxchg = "bin/cmpxchg" } },
     modules = {
+        ["cmpxchg.coalesce"] = "lua/cmpxchg/coalesce.lua",
         ["cmpxchg.core"] = {
             sources = { "csrc/module.c", "csrc/util.c", "csrc/keys.c", "csrc/jsonpick.c",
                         "csrc/storedir.c", "csrc/embedded.c", "csrc/http.c", "csrc/stream.c",
@@ -70,6 +71,7 @@ build = {
         ["cmpxchg.timer_renewer"] = "lua/cmpxchg/timer_renewer.lua",
         ["cmpxchg.transaction"] = "lua/cmpxchg/transaction.lua",
         ["cmpxchg.wait"] = "lua/cmpxchg/wait.lua",
+        ["cmpxchg.watch"] = "lua/cmpxchg/watch.lua",
         ["cmpxchg.transport.curl"] = "lua/cmpxchg/transport/curl.lua",
         ["cmpxchg.transport.ngx"] = "lua/cmpxchg/transport/ngx.lua",
     },
