@@ -173,8 +173,7 @@ local function answer_error(status, reply, body)
             message:find("authentication failed", 1, true) or status == 401 then
         return ("auth: HTTP %d: %s"):format(status, message), "auth"
     elseif message:find("no leader", 1, true) or message:find("timed out", 1, true) or
-            message:find("deadline exceeded", 1, true) or
-            message:find("leader changed", 1, true) then     -- an election in progress
+            message:find("deadline exceeded", 1, true) then
         return ("timeout: HTTP %d: %s"):format(status, message), "timeout"
     elseif message:find("requested lease not found", 1, true) then
         return "lease: " .. message, "lease"      -- handled by put, never returned

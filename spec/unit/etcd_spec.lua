@@ -270,20 +270,6 @@ describe("etcd protocol", function()
             assert.matches("^http://a:", t:last().url)
         end)
 
-        it("answers 'leader changed' everywhere as a timeout: a waiter tries again", function()
-            -- etcd's Unavailable while its leadership moves (a member killed): the
-            -- request was not served, or its outcome is unknown; never a definite error
-            -- that would end a lock's wait through an election
-            local t = Scripted.new()
-            local st = open(t, { A, B })
-            t:reply(503, '{"error":"etcdserver: leader changed","code":14}')
-             :reply(503, '{"error":"etcdserver: leader changed","code":14}')
-            local v, err, code = st:get("k")
-            assert.is_nil(v)
-            assert.equal("timeout", code, err)
-            assert.matches("leader changed", err)
-        end)
-
         it("answers 4xx at once, without failover, mapped to the contract", function()
             local cases = {
                 { 403, '{"error":"etcdserver: permission denied","code":7}', "auth" },
