@@ -476,6 +476,19 @@ function Http:exchange(method, url, host, port, scheme, request, deadline)
     return status, body, headers
 end
 
+--- Where a request or a stream goes: scheme, host, port, path | nil, err,
+-- code (not an http(s) URL; a CA file asked for, which only nginx's
+-- lua_ssl_trusted_certificate can give a cosocket).
+function Http:target(method, url)
+    local scheme, host, port, path = parse_url(url)
+    if not scheme then return fail("connect", method, url, "not an http(s) URL") end
+    if scheme == "https" and self.ca then
+        return fail("tls", method, url, "tls.ca is not available inside nginx: "
+            .. "name the CA file with the lua_ssl_trusted_certificate directive instead")
+    end
+    return scheme, host, port, path
+end
+
 --- http:request(method, url, body, headers, timeout) -> status, body, headers
 --                                                     | nil, err, code, unsent
 -- `timeout` (seconds) bounds the whole exchange; code: connect, timeout, tls;
@@ -492,12 +505,8 @@ function Http:request(method, url, body, headers, timeout)
         check.argerror(6, "request", "timeout out of range")
     end
     runtime.check_yield(("a request to %s"):format(shown(url)))
-    local scheme, host, port, path = parse_url(url)
-    if not scheme then return fail("connect", method, url, "not an http(s) URL") end
-    if scheme == "https" and self.ca then
-        return fail("tls", method, url, "tls.ca is not available inside nginx: "
-            .. "name the CA file with the lua_ssl_trusted_certificate directive instead")
-    end
+    local scheme, host, port, path = self:target(method, url)
+    if not scheme then return nil, host, port end
     local request = request_text(method, host, port, scheme == "https" and 443 or 80, path,
         body, headers)
     local deadline = runtime.monotime() + timeout
@@ -668,8 +677,8 @@ function Http:stream(method, url, body, headers, timeout, max_line, head_timeout
         check.argerror(8, "stream", "head_timeout out of range")
     end
     runtime.check_yield(("a stream from %s"):format(shown(url)))
-    local scheme, host, port, path = parse_url(url)
-    if not scheme then return fail("connect", method, url, "not an http(s) URL") end
+    local scheme, host, port, path = self:target(method, url)
+    if not scheme then return nil, host, port end
     local request = request_text(method, host, port, scheme == "https" and 443 or 80, path,
         body, headers)
     local deadline = runtime.monotime() + timeout
