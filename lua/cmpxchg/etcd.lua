@@ -154,10 +154,17 @@ Etcd.connection = cluster.connection
 --- What an error answer (not 200) means: "final" (a definite error: not
 -- applied), "unavailable" (no leader: not applied, another member may serve
 -- it), "unknown" (the request may have been applied), "auth" (token expired).
-local function classify(status, reply)
+-- "leader changed" is etcd's answer when leadership moved while a
+-- linearizable read waited for its read index (etcdserver's
+-- requestCurrentIndex, "a retryable error"): the read was not served. A write
+-- never waits there, but should one ever be answered so, it stays unknown.
+local function classify(status, reply, write)
     local message = type(reply) == "table" and tostring(reply.message or reply.error) or ""
     if status == 401 then return "auth" end
     if status == 503 and message:find("no leader", 1, true) then return "unavailable" end
+    if status == 503 and not write and message:find("leader changed", 1, true) then
+        return "unavailable"
+    end
     if status == 503 or status == 504 or (status == 500 and type(reply) == "table" and
             reply.code == 2) or (status >= 500 and type(reply) ~= "table") then
         return "unknown"
@@ -173,7 +180,8 @@ local function answer_error(status, reply, body)
             message:find("authentication failed", 1, true) or status == 401 then
         return ("auth: HTTP %d: %s"):format(status, message), "auth"
     elseif message:find("no leader", 1, true) or message:find("timed out", 1, true) or
-            message:find("deadline exceeded", 1, true) then
+            message:find("deadline exceeded", 1, true) or
+            message:find("leader changed", 1, true) then    -- an election: try again later
         return ("timeout: HTTP %d: %s"):format(status, message), "timeout"
     elseif message:find("requested lease not found", 1, true) then
         return "lease: " .. message, "lease"      -- handled by put, never returned
@@ -263,7 +271,7 @@ function Etcd:exchange(path, body, how, unauthenticated, attempts)
             if unsent ~= true then unknown = true end   -- it may have been applied
         else
             local reply = json.decode(reply_body)
-            local class = classify(status, reply)
+            local class = classify(status, reply, write)
             if class == "auth" and self.user and not reauthenticated then
                 -- the token expired (it is idle-timed, §6.2): once more with a new one
                 reauthenticated = true

@@ -270,6 +270,37 @@ describe("etcd protocol", function()
             assert.matches("^http://a:", t:last().url)
         end)
 
+        it("reads again elsewhere after 'leader changed', and waits it out as a timeout", function()
+            -- etcd's answer when leadership moved while a linearizable read waited
+            -- for its read index (a member killed): the read was not served. A
+            -- definite error here ended a lock's wait through an election.
+            local changed = '{"error":"etcdserver: leader changed","code":14}'
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            t:reply(503, changed):reply(200, "{" .. H(4) .. "}")
+            assert.same({ nil, 0 }, { st:get("k") })
+            assert.matches("^http://b:", t:last().url)
+            t:reply(503, changed):reply(503, changed)
+            local v, err, code = st:get("k")
+            assert.is_nil(v)
+            assert.equal("timeout", code, err)
+            assert.matches("leader changed", err)
+        end)
+
+        it("keeps a write answered 'leader changed' of unknown outcome", function()
+            -- etcd never answers a write so today; should it, the write is not
+            -- taken as refused: a create is not sent again, its read finds no trace
+            local changed = '{"error":"etcdserver: leader changed","code":14}'
+            local t = Scripted.new()
+            local st = open(t, { A, B })
+            t:reply(503, changed):reply(200, "{" .. H(4) .. "}")
+            local ok, err, code = st:put("k", 1, 0)
+            assert.is_nil(ok)
+            assert.equal("timeout", code, err)
+            assert.matches("may have been applied", err)
+            assert.matches("/v3/kv/range$", t:last().url)
+        end)
+
         it("answers 4xx at once, without failover, mapped to the contract", function()
             local cases = {
                 { 403, '{"error":"etcdserver: permission denied","code":7}', "auth" },
