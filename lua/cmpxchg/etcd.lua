@@ -222,6 +222,10 @@ local GUARDED = "guarded"
 -- the caller settles it by reading the key
 local ONCE = "once"
 
+-- seconds between rounds of a call that waits for a leader to be elected:
+-- the first pause, doubled each round up to the second
+local ELECTION_PAUSE, ELECTION_PAUSE_MAX = 0.025, 0.25
+
 --- The answer for a write whose outcome could not be settled: a timeout.
 local function unsettled(err, code)
     if code == "timeout" then return ("%s (the write may have been applied)"):format(err) end
@@ -233,10 +237,15 @@ end
 -- outcome is unknown, see above. An attempt refused before anything was sent
 -- (the transport says `unsent`), or answered "no leader" or 4xx, was not
 -- applied. `attempts`: at most that many requests (default: one per
--- endpoint, at least 2), each bounded by the timeout. Returns the text of a
--- 200 reply and whether an earlier attempt may have been applied (`unknown`),
--- or nil, err, code, unknown, attempts used; a write that may have been
--- applied and got no 200 answer fails with code "timeout".
+-- endpoint, at least 2), each bounded by the timeout. When every member
+-- failed and one of them said it has no leader, the cluster is electing one
+-- (a second or two after its leader died): the call tries every member again
+-- after a pause, until the timeout has passed since it began, rather than
+-- fail a request that was not applied; never when `attempts` is given (a
+-- caller's budget). Returns the text of a 200 reply and whether an earlier
+-- attempt may have been applied (`unknown`), or nil, err, code, unknown,
+-- attempts used; a write that may have been applied and got no 200 answer
+-- fails with code "timeout".
 function Etcd:exchange(path, body, how, unauthenticated, attempts)
     local text = type(body) == "string" and body or assert(json.encode(body))
     local write = how == GUARDED or how == ONCE
@@ -254,8 +263,10 @@ function Etcd:exchange(path, body, how, unauthenticated, attempts)
         return "final"
     end
     local err, code
-    local rbody, was_unknown = cluster.try_in_turn(cluster.from(self.preferred, n), function(i, k)
-        used = k
+    local election          -- a member of this round said it has no leader
+    local before = 0        -- the requests of the rounds before this one
+    local function attempt(i, k)
+        used = before + k
         local status, reply_body, rheaders, unsent = self:connection(self.endpoints[i]):request(
             "POST", self.endpoints[i] .. path, text, unauthenticated and
             { ["Content-Type"] = "application/json" } or self:headers(), self.timeout)
@@ -282,11 +293,25 @@ function Etcd:exchange(path, body, how, unauthenticated, attempts)
             err, code = answer_error(status, reply, reply_body)
             if class == "final" or class == "auth" then return finish(err, code) end
             if class == "unknown" then unknown = true end
+            if class == "unavailable" then election = true end
         end
         if unknown and how == ONCE then return finish(err, code) end
         return "next", err, code
-    end, attempts)
-    if rbody ~= nil then return rbody, was_unknown end
+    end
+    local deadline = runtime.monotime() + self.timeout
+    local pause = ELECTION_PAUSE
+    while true do
+        election, before = false, used
+        local rbody, was_unknown = cluster.try_in_turn(cluster.from(self.preferred, n), attempt,
+            attempts)
+        if rbody ~= nil then return rbody, was_unknown end
+        if ended or not election or attempts or runtime.monotime() + pause >= deadline then
+            break
+        end
+        -- jittered, so that the clients of one cluster do not come back together
+        runtime.sleep(pause * (0.5 + 0.5 * runtime.random()))
+        pause = math.min(2 * pause, ELECTION_PAUSE_MAX)
+    end
     if not ended then finish(err, code) end         -- every attempt failed
     return unpack(ended, 1, 5)
 end

@@ -6,8 +6,9 @@ local etcd = require "cmpxchg.etcd"
 local json = require "cmpxchg.json"
 local store = require "cmpxchg.store"
 local Scripted = require "spec.support.scripted_transport"
+local helpers = require "spec.helpers"
 
-local A, B = "http://a:2379", "http://b:2379"
+local A, B, C = "http://a:2379", "http://b:2379", "http://c:2379"
 local b64, unb64 = core.b64encode, core.b64decode
 
 local function H(rev) return ('"header":{"revision":"%d"}'):format(rev) end
@@ -155,7 +156,6 @@ describe("etcd protocol", function()
         it("draws lease IDs from the kernel: fresh processes never draw alike", function()
             -- math.random is unseeded on Lua 5.1-5.3 and LuaJIT: every fresh
             -- process used to draw the same IDs, and rode on another's lease
-            local helpers = require "spec.helpers"
             local code = [[
                 local etcd = require "cmpxchg.etcd"
                 local Scripted = require "spec.support.scripted_transport"
@@ -270,35 +270,106 @@ describe("etcd protocol", function()
             assert.matches("^http://a:", t:last().url)
         end)
 
-        it("reads again elsewhere after 'leader changed', and waits it out as a timeout", function()
+        it("reads again elsewhere after 'leader changed'", function()
             -- etcd's answer when leadership moved while a linearizable read waited
-            -- for its read index (a member killed): the read was not served. A
-            -- definite error here ended a lock's wait through an election.
-            local changed = '{"error":"etcdserver: leader changed","code":14}'
+            -- for its read index (a member killed): the read was not served
             local t = Scripted.new()
             local st = open(t, { A, B })
-            t:reply(503, changed):reply(200, "{" .. H(4) .. "}")
+            t:reply(503, '{"error":"etcdserver: leader changed","code":14}')
+             :reply(200, "{" .. H(4) .. "}")
             assert.same({ nil, 0 }, { st:get("k") })
             assert.matches("^http://b:", t:last().url)
-            t:reply(503, changed):reply(503, changed)
-            local v, err, code = st:get("k")
-            assert.is_nil(v)
-            assert.equal("timeout", code, err)
-            assert.matches("leader changed", err)
         end)
 
-        it("keeps a write answered 'leader changed' of unknown outcome", function()
-            -- etcd never answers a write so today; should it, the write is not
-            -- taken as refused: a create is not sent again, its read finds no trace
-            local changed = '{"error":"etcdserver: leader changed","code":14}'
-            local t = Scripted.new()
-            local st = open(t, { A, B })
-            t:reply(503, changed):reply(200, "{" .. H(4) .. "}")
-            local ok, err, code = st:put("k", 1, 0)
-            assert.is_nil(ok)
-            assert.equal("timeout", code, err)
-            assert.matches("may have been applied", err)
-            assert.matches("/v3/kv/range$", t:last().url)
+        describe("while the cluster elects a leader", function()
+            local clock, restore
+            before_each(function() clock, restore = helpers.fake_clock(1e9) end)
+            after_each(function() restore() end)
+            local NO_LEADER = '{"error":"etcdserver: no leader","code":14}'
+            local CHANGED = '{"error":"etcdserver: leader changed","code":14}'
+
+            it("tries every member again after growing pauses, and answers once elected",
+                    function()
+                -- a member said it has no leader: an election, about a second; a
+                -- call that was not applied waits for it instead of failing at once
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B, C })
+                for _ = 1, 4 do
+                    t:fail("connect: refused", "connect", true):reply(503, NO_LEADER)
+                     :reply(503, NO_LEADER)
+                end
+                t:reply(200, "{" .. H(9) .. ',"succeeded":true}')
+                assert.same({ true, 9, "v" }, { st:put("k", "v", 0) })
+                assert.equal(1 + 13, #t.requests)
+                assert.equal(4, #clock.sleeps)
+                for i, s in ipairs(clock.sleeps) do
+                    local pause = math.min(0.025 * 2 ^ (i - 1), 0.25)
+                    assert.is_true(s >= pause / 2 and s <= pause, s)
+                end
+            end)
+
+            it("reads again after every member said 'leader changed'", function()
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B })
+                t:reply(503, CHANGED):reply(503, CHANGED):reply(200, "{" .. H(4) .. "}")
+                assert.same({ nil, 0 }, { st:get("k") })
+                assert.equal(1, #clock.sleeps)
+            end)
+
+            it("answers a timeout when none is elected within the timeout", function()
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B }, { timeout = 1 })
+                for _ = 1, 40 do t:reply(503, NO_LEADER) end
+                local v, err, code = st:get("k")
+                assert.is_nil(v)
+                assert.equal("timeout", code, err)
+                assert.matches("no leader", err)
+                assert.is_true(clock.now <= 1 and clock.now > 0.5, clock.now)
+                -- the pauses grew to 0.25 s: a handful of rounds, not a spin
+                assert.is_true(#t.requests - 1 <= 2 * 8, #t.requests)
+            end)
+
+            it("does not wait when no member said so: every member down fails at once",
+                    function()
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B })
+                t:fail("connect: refused", "connect", true):fail("connect: refused", "connect", true)
+                local v, _, code = st:get("k")
+                assert.is_nil(v)
+                assert.equal("connect", code)
+                assert.same({}, clock.sleeps)
+            end)
+
+            it("never sends a create again after an attempt of unknown outcome", function()
+                -- the first member took it and died: the others have no leader; the
+                -- create is not resent (it could apply twice), its read finds no trace
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B })
+                t:fail("connect: reset", "connect"):reply(503, NO_LEADER)
+                local ok, err, code = st:put("k", 1, 0)
+                assert.is_nil(ok)
+                assert.equal("timeout", code, err)
+                assert.matches("may have been applied", err)
+                local txns = 0
+                for _, r in ipairs(t.requests) do
+                    if r.url:find("/v3/kv/txn", 1, true) then txns = txns + 1 end
+                end
+                assert.equal(1, txns)
+                assert.same({}, clock.sleeps)
+            end)
+
+            it("keeps a write answered 'leader changed' of unknown outcome", function()
+                -- etcd never answers a write so today; should it, the write is not
+                -- taken as refused: a create is not sent again
+                local t = Scripted.new(clock)
+                local st = open(t, { A, B })
+                t:reply(503, CHANGED):reply(200, "{" .. H(4) .. "}")
+                local ok, err, code = st:put("k", 1, 0)
+                assert.is_nil(ok)
+                assert.equal("timeout", code, err)
+                assert.matches("may have been applied", err)
+                assert.matches("/v3/kv/range$", t:last().url)
+            end)
         end)
 
         it("answers 4xx at once, without failover, mapped to the contract", function()
