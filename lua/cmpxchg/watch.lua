@@ -148,10 +148,13 @@ end
 
 --[[ The chain of queued lock waiters ]]
 
---- Looks at the queue again: who is just ahead now (q.pred; nil: nobody).
+--- Looks at the queue again: who is just ahead now (q.pred; nil: nobody),
+-- and whether that one is the only one (w.next_in_line).
 local function relook(w)
     local q = w.chain
-    if q:count_ahead() == nil then q.pred = nil end    -- the store fails: wait on the key
+    local ahead = q:count_ahead()
+    if ahead == nil then q.pred = nil end      -- the store fails: wait on the key
+    w.next_in_line = ahead == 1
     w.relook = nil
 end
 
@@ -176,7 +179,11 @@ local function keep(q)
 end
 
 --- A queued lock waiter's wait: on the entry just ahead (its release or
--- departure wakes this one alone), or on the key when nobody is ahead.
+-- departure wakes this one alone), or on the key when nobody is ahead. The
+-- waiter next in line (one entry ahead, most likely the holder's, which a
+-- release deletes just after the key) watches the key as well, on the same
+-- stream: a release wakes it at the key's delete, one commit sooner, and
+-- wakes nobody else.
 local function chain_wait(w, ctx, since, pause, deadline, until_)
     local q = w.chain
     if w.relook then relook(w) end
@@ -184,8 +191,12 @@ local function chain_wait(w, ctx, since, pause, deadline, until_)
         if runtime.monotime() >= deadline then return nil end
         local p = q.pred
         local p_until = p and ends_at(w.o, p.value)
-        local wt = open(w, { p and { key = p.key, start = p.index + 1 }
-                                or { key = w.what, start = since + 1 } }, deadline)
+        local specs = { p and { key = p.key, start = p.index + 1 }
+                          or { key = w.what, start = since + 1 } }
+        if p and w.next_in_line and since > 0 then
+            specs[2] = { key = w.what, start = since + 1 }
+        end
+        local wt = open(w, specs, deadline)
         if not wt then return "poll" end
         local again = false
         while not again do
@@ -213,21 +224,24 @@ local function chain_wait(w, ctx, since, pause, deadline, until_)
                 end
             else
                 for _, e in ipairs(evs) do
-                    if p and e.index > p.index then
-                        p.index = e.index
-                        if e.type == "DELETE" then
-                            -- it released (its release deletes its entry with the key),
-                            -- gave up or was swept: most likely the key is free
-                            wt:close()
-                            w.relook = true
-                            return true, { index = 0 }
+                    if p and e.key:lower() == p.key:lower() then
+                        if e.index > p.index then
+                            p.index = e.index
+                            if e.type == "DELETE" then
+                                -- it released (its release deletes its entry with the
+                                -- key), gave up or was swept: most likely the key is free
+                                wt:close()
+                                w.relook = true
+                                return true, { index = 0 }
+                            end
+                            p.value = e.value       -- renewed
+                            p_until = ends_at(w.o, e.value)
                         end
-                        p.value = e.value       -- renewed
-                        p_until = ends_at(w.o, e.value)
-                    elseif not p and e.index > since then
+                    elseif e.index > since then     -- the key itself
                         since = e.index
                         if e.type == "DELETE" then
                             wt:close()
+                            if p then w.relook = true end   -- its entry goes next
                             return true, { index = 0 }
                         end
                         until_ = ends_at(w.o, e.value)

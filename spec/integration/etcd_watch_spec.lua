@@ -136,6 +136,30 @@ describe("etcd waiting by watch", function()
         assert.same({ index = 0 }, now)
     end)
 
+    it("the queued waiter next in line is woken by the key's release itself, before the "
+        .. "holder's entry goes", function()
+        -- a holder that came through the queue keeps its entry until just after its
+        -- release deletes the key: the waiter behind that entry watches the key too,
+        -- and wakes one commit sooner; here the entry stays, so only the key can wake it
+        local st = assert(cmpxchg.open(cluster.endpoints,
+            { database = harness.fresh_prefix(), timeout = 3 }))
+        local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
+        local l = assert(st:lock("k", { ttl = 60 }))
+        local holder_entry = require("cmpxchg.queue").new(st, "k/waiters/", o, l.owner)
+        assert(holder_entry:write())
+        local value, seen = st:get("k")
+        local w = wait.new(st, "k", "lock", o, "me")
+        w.losses = 2            -- it lost its races: it queues, behind the holder's entry
+        assert(l:release())     -- the key goes; the holder's entry stays
+        local r, now = w:change(seen, 5, 5, os.time() + 60, value)
+        assert.is_table(w.chain, "the waiter did not queue")
+        w:close()
+        holder_entry:leave()
+        st:close()
+        assert.is_true(r, "the release of the key did not wake the waiter next in line")
+        assert.same({ index = 0 }, now)
+    end)
+
     it("a waiter that saw no revision polls rather than replay the key's history", function()
         -- after an error the lock passes since = 0: a watch from revision 1
         -- would replay the old release and wake at once, every time (a spin)
