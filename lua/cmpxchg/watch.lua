@@ -77,6 +77,36 @@ local function ended_early(ctx, pause, deadline)
     return nil
 end
 
+--- Waits on `spec` (one key or prefix, watched past revision `from`): true
+-- and the delete's revision when what it watches is deleted, true at
+-- `until_` (the lease seen ends: look), nil at `deadline` or after a watch
+-- that ended early (a poll's sleep), "poll" when no watch could be set up.
+-- With `renewals`, a PUT moves `until_` to the end of the lease it writes.
+local function until_deleted(w, ctx, spec, from, pause, deadline, until_, renewals)
+    local wt = open(w, { spec }, deadline)
+    if not wt then return "poll" end
+    while true do
+        local evs, code = events(wt, ctx, math.min(deadline, until_ or deadline))
+        if not evs then
+            wt:close()
+            if code ~= "timeout" then return ended_early(ctx, pause, deadline) end
+            if until_ and runtime.monotime() >= until_ and until_ < deadline then return true end
+            return nil
+        end
+        for _, e in ipairs(evs) do
+            if e.index > from then
+                from = e.index
+                if e.type == "DELETE" then
+                    wt:close()
+                    return true, from
+                elseif renewals then
+                    until_ = ends_at(w.o, e.value)
+                end
+            end
+        end
+    end
+end
+
 --- Waits on the key `w.what` (or, `prefix`, on that prefix): true, seen
 -- when one is deleted after `since`, true at `until_` (the lease seen ends:
 -- look), nil at `deadline`. PUTs after `since` move `until_` to the end of
@@ -93,57 +123,18 @@ local function key_wait(w, ctx, since, pause, deadline, until_, prefix)
     if since <= 0 then return "poll" end
     local spec = prefix and { prefix = prefix, start = since + 1 }
         or { key = w.what, start = since + 1 }
-    local wt = open(w, { spec }, deadline)
-    if not wt then return "poll" end
-    while true do
-        local evs, code = events(wt, ctx, math.min(deadline, until_ or deadline))
-        if not evs then
-            wt:close()
-            if code ~= "timeout" then return ended_early(ctx, pause, deadline) end
-            if until_ and runtime.monotime() >= until_ and until_ < deadline then return true end
-            return nil
-        end
-        for _, e in ipairs(evs) do
-            if e.index > since then
-                since = e.index
-                if e.type == "DELETE" then
-                    wt:close()
-                    w.last = since
-                    return true, not prefix and { index = 0 } or nil
-                elseif not prefix then
-                    until_ = ends_at(w.o, e.value)
-                end
-            end
-        end
-    end
+    local r, deleted = until_deleted(w, ctx, spec, since, pause, deadline, until_, not prefix)
+    if not deleted then return r end
+    w.last = deleted
+    return true, not prefix and { index = 0 } or nil
 end
 
---- A fair waiter behind others: waits on the entry just ahead of it (q.pred).
+--- A fair waiter behind others: waits on the entry just ahead of it (q.pred)
+-- until it leaves, or would have lapsed (it may be dead: look).
 local function pred_wait(w, ctx, pause, deadline)
     local p = w.q.pred
-    local until_ = ends_at(w.o, p.value)
-    local wt = open(w, { { key = p.key, start = p.index + 1 } }, deadline)
-    if not wt then return "poll" end
-    local index = p.index
-    while true do
-        local evs, code = events(wt, ctx, math.min(deadline, until_ or deadline))
-        if not evs then
-            wt:close()
-            if code ~= "timeout" then return ended_early(ctx, pause, deadline) end
-            if runtime.monotime() < deadline then return true end   -- it may be dead: look
-            return nil
-        end
-        for _, e in ipairs(evs) do
-            if e.index > index then
-                index = e.index
-                if e.type == "DELETE" then
-                    wt:close()
-                    return true
-                end
-                until_ = ends_at(w.o, e.value)      -- renewed: it waits on
-            end
-        end
-    end
+    return (until_deleted(w, ctx, { key = p.key, start = p.index + 1 }, p.index, pause,
+        deadline, ends_at(w.o, p.value), true))
 end
 
 --[[ The chain of queued lock waiters ]]
