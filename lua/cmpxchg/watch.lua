@@ -182,11 +182,9 @@ local function chain_wait(w, ctx, since, pause, deadline, until_)
         if runtime.monotime() >= deadline then return nil end
         local p = q.pred
         local p_until = p and ends_at(w.o, p.value)
-        local specs = { p and { key = p.key, start = p.index + 1 }
-                          or { key = w.what, start = since + 1 } }
-        if p and w.next_in_line and since > 0 then
-            specs[2] = { key = w.what, start = since + 1 }
-        end
+        local key = { key = w.what, start = since + 1 }
+        local specs = { p and { key = p.key, start = p.index + 1 } or key }
+        if p and w.next_in_line and since > 0 then specs[2] = key end
         local wt = open(w, specs, deadline)
         if not wt then return "poll" end
         local again = false
