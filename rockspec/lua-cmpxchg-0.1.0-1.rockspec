@@ -60,6 +60,7 @@ build = {
         ["cmpxchg.lock"] = "lua/cmpxchg/lock.lua",
         ["cmpxchg.monitor"] = "lua/cmpxchg/monitor.lua",
         ["cmpxchg.observe"] = "lua/cmpxchg/observe.lua",
+        ["cmpxchg.handoff"] = "lua/cmpxchg/handoff.lua",
         ["cmpxchg.queue"] = "lua/cmpxchg/queue.lua",
         ["cmpxchg.ravendb"] = "lua/cmpxchg/ravendb.lua",
         ["cmpxchg.renew_worker"] = "lua/cmpxchg/renew_worker.lua",

@@ -720,6 +720,85 @@ function Etcd:list(prefix, start, page_size)
     end
 end
 
+--[[ Passing a lock on in one commit (handoff.lua) ]]
+
+--- The first `n` (at most 16) keys under `prefix` in the order they were
+-- created, {key, value, index} each, as the member asked has them: a
+-- serializable read, which costs no round of the cluster and may be behind
+-- it. Fit only for a caller whose write then compares what it read (pass).
+function Etcd:oldest(prefix, n)
+    assert(n >= 1 and n <= 16)
+    local p = self.prefix .. assert(core.fold_key(prefix))
+    local text, err, code = self:exchange("/v3/kv/range", ('{"key":"%s","range_end":"%s",'
+        .. '"limit":"%d","sort_order":"ASCEND","sort_target":"CREATE","serializable":true}')
+        :format(b64(p), b64(prefix_end(p)), n))
+    if not text then return nil, err, code end
+    local reply
+    reply, err, code = decode_object(text, "range")
+    if not reply then return nil, err, code end
+    local kvs = list_of(reply.kvs)
+    if kvs == nil or #kvs > n then return malformed("kvs") end
+    local out = {}
+    for i, kv in ipairs(kvs) do
+        local name = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
+        if not name or name:sub(1, #p) ~= p then
+            return fail("decode", "range: a key outside '%s': %s", p, snippet(name))
+        end
+        local original, value, index = read_kv(kv)
+        if original == nil then return nil, value, index end
+        out[i] = { key = original, value = value, index = index }
+    end
+    return out
+end
+
+-- where pass's reply says whether the lock went to `to` (true) or was deleted
+local PASSED = "responses.0.response_txn.succeeded"
+
+--[[ Etcd:pass(key, index, to, text, lease, drop) -> the lock at `key`, held
+at `index`, ended in one txn: written as `text` (under `lease`) when the key
+`to.key` is still at `to.index` (a waiter's queue entry: the lock is passed
+to it, and that entry written as `to.text`, under the same lease, to tell
+its waiter), else deleted; the key `drop` (the releaser's own entry), when given,
+deleted with it. true, revision, passed (true: written for `to`; false:
+deleted) | false, current index, value (the compare on `index` failed) |
+nil, err, code. After an attempt of unknown outcome the identical txn is
+sent again; a failed compare that finds our own write is ours, any other is
+unknown ("timeout"). ]]
+function Etcd:pass(key, index, to, text, lease, drop)
+    local k64, to64 = b64(self:key_of(key)), b64(self:key_of(to.key))
+    local write_id = runtime.uuid()
+    local function put(p64, original, value)
+        return ('{"request_put":{"key":"%s","value":"%s","lease":"%s"}}'):format(p64,
+            b64(envelope(original, value, write_id)), lease)
+    end
+    local success = ('{"request_txn":{"compare":[%s],"success":[%s,%s],"failure":[%s]}}'):format(
+        compare(to64, to.index), put(k64, key, text), put(to64, to.key, to.text),
+        ('{"request_delete_range":{"key":"%s"}}'):format(k64))
+    if drop then
+        success = success .. (',{"request_delete_range":{"key":"%s"}}')
+            :format(b64(self:key_of(drop)))
+    end
+    local body, unknown, code = self:exchange("/v3/kv/txn", txn(k64, index, success), GUARDED)
+    if not body then return nil, unknown, code end
+    local valid, succeeded, revision, passed = json_fields(body, "succeeded", "header.revision",
+        PASSED)
+    if not valid then return not_json(body, "txn") end
+    if succeeded == true then
+        revision = int(revision)
+        if not revision then return malformed("header") end
+        return true, revision, passed == true
+    end
+    local reply, err, rcode = decode_object(body, "txn")
+    if not reply then return nil, err, rcode end
+    local cur, value, cur_write = current_of(reply)
+    if cur == nil then return nil, value, cur_write end
+    if cur_write == write_id then return true, cur, true end    -- an earlier attempt's
+    -- after an unknown outcome, a failed compare cannot tell: the key passed
+    -- on by our first attempt may have been written again by its new holder
+    if unknown then return unknown_outcome("release", key) end
+    return false, cur, value
+end
+
 --[[ Transactions: one txn, a compare per key (the compares of put and
 delete), the writes in its success branch, a read of every key in its failure
 branch, so that a failed compare reports every key's current value from the
@@ -921,8 +1000,11 @@ end
 
 --[[ Watches (§7): a waiter's wait for a change, pushed by the server over
 a stream that stays open while the wait lasts (one create_request per thing
-watched, each from the revision after the last one the waiter saw, so that
-nothing between its read and its watch is missed), and closed when it ends.
+watched, from the revision given, or from now on: watch.lua reads what it
+may have missed, since etcd delivers the events of a watch that starts in
+the past only at its 100 ms sync), and closed when it ends. The revision
+each watch was created at is kept (w.revision), and events that come while
+the others are set up are kept for the first next().
 Bounded: the server ends the stream at the wait's end (Grpc-Timeout), our
 side a little after it whatever the server does, and each event is read
 as one line of at most MAX_EVENT bytes. ]]
@@ -950,7 +1032,11 @@ local function watch_message(line, prefix)
     if r.canceled then
         return "ended", "watch canceled" .. (r.compact_revision and " (compacted)" or "")
     end
-    if r.created then return "created", tointeger(tonumber(r.watch_id or 0) or -1) end
+    if r.created then
+        -- the revision it was created at: from the next one on, it is told at once
+        local header = type(msg.result.header) == "table" and msg.result.header
+        return "created", header and int(header.revision) or nil
+    end
     local evs = list_of(r.events)
     if evs == nil then return "ended", "decode: a watch line's events are not a list" end
     if #evs == 0 then return "other" end
@@ -986,15 +1072,16 @@ end
 
 --- watch, err, code = backend:watch(specs, seconds): starts watching, for at
 -- most `seconds`; specs = array of {key = k} or {prefix = p}, each with
--- `start`, the first revision to report. Tries the members in turn until one
--- has set every watch up; nil, err, code when none did.
+-- `start`, the first revision to report (left out: from now on). Tries the
+-- members in turn until one has set every watch up; nil, err, code when none
+-- did.
 function Etcd:watch(specs, seconds)
     local parts = {}
     for i, spec in ipairs(specs) do
         local k = self.prefix .. assert(core.fold_key(spec.key or spec.prefix))
-        parts[i] = ('{"create_request":{"key":"%s"%s,"start_revision":"%d"}}'):format(b64(k),
+        parts[i] = ('{"create_request":{"key":"%s"%s%s}}'):format(b64(k),
             spec.prefix and (',"range_end":"%s"'):format(b64(prefix_end(k))) or "",
-            spec.start)
+            spec.start and (',"start_revision":"%d"'):format(spec.start) or "")
     end
     local body = table.concat(parts, "\n")
     local headers = {}
@@ -1009,7 +1096,7 @@ function Etcd:watch(specs, seconds)
         local s, status, detail, ecode = self:connection(url):stream("POST", url .. "/v3/watch",
             body, headers, seconds + WATCH_MARGIN, MAX_EVENT, math.min(self.timeout, seconds))
         if not s then return "next", status, detail end
-        local created = 0
+        local created, revision, early = 0, 0, {}
         if status == 200 then
             while created < #specs do
                 local line
@@ -1018,6 +1105,9 @@ function Etcd:watch(specs, seconds)
                 local what, v = watch_message(line, self.prefix)
                 if what == "created" then
                     created = created + 1
+                    revision = math.max(revision, v or math.huge)
+                elseif what == "events" then    -- of a spec set up already: kept
+                    for _, e in ipairs(v) do early[#early + 1] = e end
                 elseif what ~= "other" then
                     detail, ecode = tostring(v), ended_code(v)
                     break
@@ -1028,7 +1118,8 @@ function Etcd:watch(specs, seconds)
         end
         if created == #specs then
             return "answer", setmetatable({ stream = s, prefix = self.prefix,
-                ends = runtime.monotime() + seconds }, Watch)
+                ends = runtime.monotime() + seconds, revision = revision,
+                early = early[1] and early or nil }, Watch)
         end
         s:close()
         self.preferred = i % n + 1
@@ -1045,6 +1136,11 @@ end
 function Watch:next(timeout)
     local s = self.stream
     if s == nil then return nil, "closed: the watch is over", "closed" end
+    local early = self.early
+    if early then
+        self.early = nil
+        return early
+    end
     -- lines that are not events (progress headers) do not stretch `timeout`
     local until_ = runtime.monotime() + timeout
     while true do

@@ -7,6 +7,7 @@
 -- when the current lease ends, and an expired lease is taken over by a put
 -- with the index we were shown, exactly as the seeds do.
 local check = require "cmpxchg.check"
+local handoff = require "cmpxchg.handoff"
 local lease = require "cmpxchg.lease"
 local observe = require "cmpxchg.observe"
 local renewal = require "cmpxchg.renewal"
@@ -154,8 +155,35 @@ local function take(st, key, opts)
     local probe = false         -- after a wait: read first, write only when it can win
     local again                 -- a write whose outcome is unknown: sent again as it was
     local waiter                -- what it waits through (wait.lua), from its first wait on
+    -- the lock as held from the write `w` (lease.write's, or handoff.taken's)
+    local function held(w)
+        local l = new_lock(st, key, o, owner, w, stats)
+        l.contended = stats.contended
+        if waiter then waiter:close(l) end
+        if o.auto_renew then renewal.start(l, apply_renewal) end
+        return l
+    end
+    -- the lock at `idx`, `value` when a release passed it to our queue entry
+    -- (handoff.lua) and its lease still runs; else nil (a lease that ran out
+    -- while we were not looking is taken over as any other)
+    local function passed(idx, value, q)
+        q = q or waiter and waiter.chain
+        local w = q and idx > 0 and handoff.taken(idx, value, q, o)
+        if not w or runtime.monotime() >= w.mono + o.ttl - o.clock_skew then return nil end
+        stats.waited, stats.contended = math.max(0, w.mono - start), true
+        return held(w)
+    end
     local function over(...)
+        local q = waiter and waiter.chain
         if waiter then waiter:close() end
+        waiter = nil
+        if q and q.handoff then
+            -- it left the queue, so no release passes it the lock from now on;
+            -- one may have just before: then the lock is ours after all
+            local now_index, value = backend:get(key)
+            local l = type(now_index) == "number" and passed(now_index, value, q)
+            if l then return l end
+        end
         return ...
     end
     while true do
@@ -184,11 +212,7 @@ local function take(st, key, opts)
             elseif w.ok then
                 if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
                 stats.waited = w.mono - start
-                local l = new_lock(st, key, o, owner, w, stats)
-                l.contended = stats.contended
-                if waiter then waiter:close(l) end
-                if o.auto_renew then renewal.start(l, apply_renewal) end
-                return l
+                return held(w)
             elseif w.ok == nil then
                 if not transient(w.code, o, deadline) then return over(nil, w.err, w.code) end
                 failure, failure_code, idx = w.err, w.code, -1     -- wait, then write again
@@ -198,8 +222,11 @@ local function take(st, key, opts)
             end
         end
         -- lost the race (or read the lease): idx/current are the lease now in
-        -- the store. Write at once when it has expired (take it over) or is
-        -- gone, but never loop without waiting past the deadline.
+        -- the store, which a release may have passed to us. Write at once when
+        -- it has expired (take it over) or is gone, but never loop without
+        -- waiting past the deadline.
+        local l = passed(idx, current)
+        if l then return l end
         local ends = lease.ends(current, o.expires_field)
         local now = runtime.time()
         if idx > 0 then stats.contended = true end     -- someone held it: a hand-off follows
@@ -232,6 +259,8 @@ local function take(st, key, opts)
             waiter = waiter or wait.new(st, key, "lock", o, owner)
             local _, seen = waiter:change(idx > 0 and idx or 0, math.min(pause, left), left,
                 idx > 0 and ends or nil, idx > 0 and current or nil)
+            l = seen and seen.value and passed(seen.index, seen.value)
+            if l then return l end
             -- after an error, write again rather than read; a key known to be
             -- gone (a pushed release) is written at once too
             probe = failure == nil and not (seen and seen.index == 0)
@@ -267,6 +296,9 @@ function lock.acquire(st, key, opts)
     else
         l, err, code, stats = take(st, key, opts)
     end
+    -- its release passes it to a queued waiter (handoff.lua); the recipes'
+    -- locks (permits, leaderships) have no such queue, and do not look
+    if l then l.passes = true end
     if observe.active then lock.report("lock", key, fair, l, err, code, stats) end
     return l, err, code, stats
 end
@@ -313,8 +345,15 @@ function Lock:release()
         if self.again and extend_settled(self, backend) == nil then
             return nil, self.again_err, self.again_code
         end
-        local ok, idx, code, id = lease.delete(backend, self.key, self.index, self.release_id)
-        self.release_id = id        -- a retried release sends the same delete again
+        local tried, ok, idx, code, id
+        if self.passes and backend.can_watch and backend.pass and not self.release_id then
+            -- a waiter queued behind us is passed the lock in the same commit
+            tried, ok, idx, code = handoff.release(backend, self.key, self.index, self.wait_entry)
+        end
+        if not tried then
+            ok, idx, code, id = lease.delete(backend, self.key, self.index, self.release_id)
+            self.release_id = id    -- a retried release sends the same delete again
+        end
         if ok == nil then return nil, idx, code end     -- still held: may retry
         finish(self, ok and { true } or { false, "lost" }, not ok and
             ("lost: lock '%s' was taken over before its release"):format(self.key) or nil)

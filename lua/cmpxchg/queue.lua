@@ -69,6 +69,7 @@ function Queue:write()
     local ends = wall + o.waiter_ttl
     local value = lease.value(ENTRY, self.owner, ends)
     value.Ticket = self.ticket
+    value.Handoff = self.handoff        -- a plain lock waiter's offer (handoff.lua)
     local ok, index, current = backend:put(self.key, assert(json.encode(value)), self.index or 0,
         ends + o.expires_grace)
     if ok then

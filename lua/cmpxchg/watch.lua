@@ -18,18 +18,22 @@
 --   (queue.lua), etcd's own mutex's way: the wait ends when that one leaves
 --   or would have lapsed, so a hand-off wakes one waiter, not the queue.
 --
--- Plain lock waiters that keep losing the race after a release (several
--- were woken by it) queue, so that a release wakes one waiter however many
--- wait: each queued waiter writes an entry as a fair waiter does (its ticket
--- the revision of that write, renewed every waiter_ttl/3) and watches the
--- entry just ahead of its own, or the key when none is. The entry stays with
--- its waiter's lock, and the release deletes it just after the key
--- (wait.released): that delete wakes the next waiter, and nobody else. A
--- holder that never releases: its entry lapses after waiter_ttl, and the
--- next waiter, at that lapse, watches the key itself. The queue only
--- decides who looks first after a release: a barging store:lock, a waiter
--- that is not queued yet, or a fair one may still win the key, and the lock
--- itself is a compare-and-set as always.
+-- Plain lock waiters queue at their first wait, so that a release wakes one
+-- waiter however many wait: each queued waiter writes an entry as a fair
+-- waiter does (its ticket the revision of that write, renewed every
+-- waiter_ttl/3), offering a hand-off (handoff.lua), and watches the entry
+-- just ahead of its own (or the key when none is) and its own entry. A
+-- release passes the lock to the first live waiter in the same txn that
+-- deletes the releaser's own entry, and writes that waiter's entry too: the
+-- waiter learns it holds the lock from its own entry, from the key, or when
+-- it next reads the key. The entry stays with its waiter's lock until its
+-- release. A holder that never releases: its entry lapses after waiter_ttl,
+-- and the next waiter, at that lapse, watches the key itself. A release that
+-- finds nobody to pass to deletes the lock as ever: then the queue only
+-- decides who looks first, and a barging store:lock, a waiter not queued
+-- yet, or a fair one may still win the key. The lock itself is always a
+-- compare-and-set.
+local handoff = require "cmpxchg.handoff"
 local lease = require "cmpxchg.lease"
 local runtime = require "cmpxchg.runtime"
 
@@ -41,7 +45,10 @@ local SLICE = 0.5           -- seconds of one read; between reads ctx.beat() run
 -- host gone without a reset) tells of no release, and this bounds how long
 -- it can hide one; the cost, a look and a watch every MAX_WATCH
 local MAX_WATCH = 10
-local JOIN_AFTER = 2        -- races lost after a release before a lock waiter queues
+-- races lost after a release before a lock waiter queues: none, so that
+-- every waiter can be passed the lock (2 before the hand-off: joining costs
+-- two requests, and a release then only woke the queue's head)
+local JOIN_AFTER = 0
 local RETRY = 0.5           -- seconds before a failed entry renewal is tried again
 
 --- The monotonic time at which a lease value ends (plus clock_skew), or nil.
@@ -51,16 +58,60 @@ local function ends_at(o, value)
     return runtime.monotime() + (ends + o.clock_skew - runtime.time()) + 0.001
 end
 
---- A watch of `specs` for the wait ending at `deadline`, or nil.
+--- A watch of `specs` for the wait ending at `deadline`, or nil. A key is
+-- watched from now on, not from the revision the waiter saw: etcd keeps a
+-- watch that starts at an older revision "unsynced", and tells it of every
+-- event, the new ones too, only when its sync loop comes round (every
+-- 100 ms), which made hand-offs 50 ms late on average. What changed in
+-- between is read instead, once the watch is set up, and handed to the
+-- waiter as the events it missed (wt.missed): the key's write since the
+-- revision it saw, or its delete. A prefix cannot be read so (a delete
+-- leaves nothing to list): it is watched from its revision, as before.
 local function open(w, specs, deadline)
     local seconds = math.min(deadline - runtime.monotime(), MAX_WATCH)
     if seconds <= 0.001 then return nil end
-    return (w.st.backend:watch(specs, seconds))
+    local backend = w.st.backend
+    local now = {}
+    for i, spec in ipairs(specs) do
+        now[i] = spec.key and { key = spec.key } or spec
+    end
+    local wt = backend:watch(now, seconds)
+    if not wt then return nil end
+    local gap = {}
+    for _, spec in ipairs(specs) do
+        if spec.key and spec.start <= (wt.revision or math.huge) then gap[#gap + 1] = spec end
+    end
+    if #gap == 0 then return wt end
+    local keys = {}
+    for i, spec in ipairs(gap) do keys[i] = spec.key end
+    local now_there = backend:get_many(keys)
+    if not now_there then
+        wt:close()
+        return nil
+    end
+    local missed = {}
+    for i, spec in ipairs(gap) do
+        local r = now_there[i]
+        if r.index == 0 then        -- deleted since: by the watch's revision, as far as we know
+            local at = wt.revision ~= math.huge and wt.revision or spec.start
+            missed[#missed + 1] = { key = spec.key, type = "DELETE",
+                                    index = math.max(at, spec.start) }
+        elseif r.index >= spec.start then
+            missed[#missed + 1] = { key = spec.key, type = "PUT", index = r.index, value = r.value }
+        end
+    end
+    wt.missed = #missed > 0 and missed or nil
+    return wt
 end
 
 --- The next events of `wt` before `until_` (monotonic), ctx.beat() every
 -- SLICE: events | nil, code ("timeout": until_ came; else the watch is over).
 local function events(wt, ctx, until_)
+    local missed = wt.missed
+    if missed then
+        wt.missed = nil
+        return missed
+    end
     while true do
         local left = until_ - runtime.monotime()
         if left <= 0 then return nil, "timeout" end
@@ -149,9 +200,11 @@ local function relook(w)
     w.relook = nil
 end
 
---- Queues the waiter (its entry, then its place); false when the store fails.
-local function join(w)
+--- Queues the waiter (its entry, offering a hand-off until `deadline`, epoch
+-- seconds; then its place); false when the store fails.
+local function join(w, deadline)
     local q = require("cmpxchg.queue").new(w.st, w.what .. "/waiters/", w.o, w.owner)
+    q.handoff = handoff.offer(w.st.backend, w.o, deadline)
     if not q:write() then return false end
     w.chain = q
     relook(w)
@@ -181,10 +234,16 @@ local function chain_wait(w, ctx, since, pause, deadline, until_)
     while true do
         if runtime.monotime() >= deadline then return nil end
         local p = q.pred
+        if not p and since <= 0 then return "poll" end     -- as key_wait: no revision to watch from
         local p_until = p and ends_at(w.o, p.value)
         local key = { key = w.what, start = since + 1 }
         local specs = { p and { key = p.key, start = p.index + 1 } or key }
-        if p and w.next_in_line and since > 0 then specs[2] = key end
+        if p and w.next_in_line and since > 0 then specs[#specs + 1] = key end
+        -- its own entry: a release that passes it the lock writes it there too
+        if q.handoff and q.index then
+            specs[#specs + 1] = { key = q.key, start = q.index + 1 }
+        end
+        local mine = q.key:lower()
         local wt = open(w, specs, deadline)
         if not wt then return "poll" end
         local again = false
@@ -212,29 +271,46 @@ local function chain_wait(w, ctx, since, pause, deadline, until_)
                     again = true
                 end
             else
+                -- one response may hold both the entry's delete and the key's
+                -- change (a release does both in one txn): all are read first
+                local pred_gone, key_now       -- key_now: what the key's last event says
                 for _, e in ipairs(evs) do
-                    if p and e.key:lower() == p.key:lower() then
+                    local ek = e.key:lower()
+                    if ek == mine then
+                        local lock = type(e.value) == "table" and e.value.Passed
+                        if e.type ~= "DELETE" and handoff.taken(e.index, lock, q, w.o) then
+                            key_now = { index = e.index, value = lock }     -- passed to us
+                        end
+                    elseif p and ek == p.key:lower() then
                         if e.index > p.index then
                             p.index = e.index
                             if e.type == "DELETE" then
                                 -- it released (its release deletes its entry with the
                                 -- key), gave up or was swept: most likely the key is free
-                                wt:close()
-                                w.relook = true
-                                return true, { index = 0 }
+                                pred_gone = true
+                            else
+                                p.value = e.value       -- renewed
+                                p_until = ends_at(w.o, e.value)
                             end
-                            p.value = e.value       -- renewed
-                            p_until = ends_at(w.o, e.value)
                         end
                     elseif e.index > since then     -- the key itself
                         since = e.index
                         if e.type == "DELETE" then
-                            wt:close()
-                            if p then w.relook = true end   -- its entry goes next
-                            return true, { index = 0 }
+                            key_now = { index = 0 }
+                        elseif handoff.taken(e.index, e.value, q, w.o) then
+                            key_now = { index = e.index, value = e.value }  -- passed to us
+                        else
+                            key_now = false         -- held (again): look when it ends
+                            until_ = ends_at(w.o, e.value)
                         end
-                        until_ = ends_at(w.o, e.value)
                     end
+                end
+                if pred_gone or key_now then
+                    wt:close()
+                    if p and (pred_gone or key_now.index == 0) then w.relook = true end
+                    -- the key's own news first; a predecessor gone says "most likely free"
+                    if key_now then return true, key_now end
+                    return true, key_now == nil and { index = 0 } or nil
                 end
             end
         end
@@ -258,7 +334,7 @@ function watch.change(w, ctx, since, pause, left, ends)
         if q.ahead > 0 and q.pred then return pred_wait(w, ctx, pause, deadline) end
         return key_wait(w, ctx, since, pause, deadline, until_)
     elseif kind == "lock" then
-        if not w.chain and (w.losses or 0) >= JOIN_AFTER then join(w) end
+        if not w.chain and (w.losses or 0) >= JOIN_AFTER then join(w, runtime.time() + left) end
         if w.chain then return chain_wait(w, ctx, since, pause, deadline, until_) end
     end
     return key_wait(w, ctx, since, pause, deadline, until_)

@@ -160,6 +160,71 @@ describe("etcd waiting by watch", function()
         assert.same({ index = 0 }, now)
     end)
 
+    it("a release passes the lock to the queued waiter in the same commit, and the waiter "
+        .. "holds it without a write of its own", function()
+        local st = assert(cmpxchg.open(cluster.endpoints,
+            { database = harness.fresh_prefix(), timeout = 3 }))
+        local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
+        local l = assert(st:lock("k", { ttl = 60 }))
+        local value, seen = st:get("k")
+        local w = wait.new(st, "k", "lock", o, "me")
+        assert.is_nil(w:change(seen, 0.05, 0.05, os.time() + 60, value))   -- it queues
+        assert.is_table(w.chain, "the waiter did not queue")
+        -- it offered a hand-off until its deadline, 0.05 s on: as one that waits longer
+        w.chain.handoff.Until = os.time() + 60
+        assert(w.chain:write())
+        local entry = w.chain.key
+        assert(l:release())
+        local now_value, now_index = st:get("k")
+        -- the lock, written for the waiter by the release; the releaser kept nothing
+        assert.is_table(now_value, "the release deleted the lock rather than pass it on")
+        assert.equal("me", now_value.Owner)
+        assert.equal(entry, now_value.Handoff)
+        local r, now = w:change(seen, 5, 5, os.time() + 60, value)
+        w:close()
+        st:close()
+        assert.is_true(r, "the waiter was not told")
+        assert.equal(now_index, now.index)
+        assert.equal(entry, now.value.Handoff)
+    end)
+
+    it("a queued waiter that gives up leaves the queue, and is passed nothing after", function()
+        local st = assert(cmpxchg.open(cluster.endpoints,
+            { database = harness.fresh_prefix(), timeout = 3 }))
+        local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
+        local l = assert(st:lock("k", { ttl = 60 }))
+        local value, seen = st:get("k")
+        local w = wait.new(st, "k", "lock", o, "me")
+        assert.is_nil(w:change(seen, 0.05, 0.05, os.time() + 60, value))
+        assert.is_table(w.chain, "the waiter did not queue")
+        w.chain.handoff.Until = os.time() + 60
+        assert(w.chain:write())
+        w:close()               -- it gave up
+        assert(l:release())
+        local now_value, now_index = st:get("k")
+        st:close()
+        assert.equal(0, now_index, "the lock went to a waiter that had left: "
+            .. tostring(now_value and now_value.Owner))
+    end)
+
+    it("a lock passed on is the waiter's: store:lock returns it, and it holds until released",
+        function()
+            local prefix, dir = harness.fresh_prefix(), tmpdir()
+            local st = assert(cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 }))
+            local held = hold(st, "k", "lock")
+            local ws = { start_waiter(dir, 1, cluster.endpoints, prefix, "k", "lock", true, 1,
+                0.05) }
+            waiting(ws[1], true)
+            assert(held:release())
+            local t = finish(ws[1])
+            st:close()
+            os.execute("rm -rf " .. helpers.shell_quote(dir))
+            assert.equal(0, t.failed, t.out)
+            assert.equal(1, t.acquired, t.out)
+            -- its one write: the create it lost before it queued; the release wrote the rest
+            assert.truthy(t.out:find("writes 1 ", 1, true), t.out)
+        end)
+
     it("a waiter that saw no revision polls rather than replay the key's history", function()
         -- after an error the lock passes since = 0: a watch from revision 1
         -- would replay the old release and wake at once, every time (a spin)

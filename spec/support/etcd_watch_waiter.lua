@@ -7,7 +7,8 @@
 --   lua etcd_watch_waiter.lua ENDPOINTS PREFIX KEY KIND WATCH COUNTFILE ROUNDS HOLD [TIMEOUT]
 -- KIND: lock | fair | sem (a semaphore of 1 permit); WATCH: 1 or 0 (the store's
 -- watch option); TIMEOUT: each acquisition's (default 60 s). ROUNDS acquisitions, each held HOLD seconds; every one is
--- logged on stdout as "acquired T0 waited W T1" (the section, monotonic; W
+-- logged on stdout as "acquired T0 waited W writes N T1" (the section,
+-- monotonic; N the lock's writes; W
 -- the acquisition's own waited) or
 -- "failed CODE", then a last line "requests N streams S rounds R".
 local core = require "cmpxchg.core"
@@ -69,7 +70,7 @@ for _ = 1, rounds do
         local t0 = core.monotime()
         held = held + 1
         tell()
-        io.stdout:write(("acquired %.6f waited %.3f"):format(t0, l.waited))
+        io.stdout:write(("acquired %.6f waited %.3f writes %d"):format(t0, l.waited, l.writes))
         io.stdout:flush()
         if hold > 0 then core.sleep(hold) end
         io.stdout:write((" %.6f\n"):format(core.monotime()))
