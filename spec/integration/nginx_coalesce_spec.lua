@@ -320,11 +320,15 @@ describe("coalescing waiters inside nginx", function()
 
         it("wakes on a release from outside nginx, with backoff 30 s, and sends bounded "
             .. "requests; watch = false polls", function()
-            local sent, took = one({ bmin = 30, bmax = 30, timeout = 60 }, 2)
+            -- a wait's requests, however long: the create it lost, its queue entry (the
+            -- write, the listing of the queue, up to two lease grants: the entry's and
+            -- the one it offers for a hand-off), the watch and the read of what the watch
+            -- came too late to see
+            local sent, took = one({ bmin = 30, bmax = 30, timeout = 60 }, 6)
             assert.is_true(took < 20, ("acquired %.1f s after the release"):format(took))
-            assert.is_true(sent <= 2, sent .. " requests while waiting")
-            local polled = one({ bmin = 0.05, bmax = 0.2, watch = "false" }, 2)
-            print(("\n[coalesce, etcd] one waiter, 2 s: %d requests by watch, %d polling")
+            assert.is_true(sent <= 7, sent .. " requests while waiting")
+            local polled = one({ bmin = 0.05, bmax = 0.2, watch = "false" }, 6)
+            print(("\n[coalesce, etcd] one waiter, 6 s: %d requests by watch, %d polling")
                 :format(sent, polled))
             assert.is_true(polled >= 3 * math.max(sent, 1))
         end)
