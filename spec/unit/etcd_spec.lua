@@ -317,16 +317,24 @@ describe("etcd protocol", function()
             end)
 
             it("answers a timeout when none is elected within the timeout", function()
+                -- the shortest jitter (half of each pause) makes the most rounds
+                local runtime = require "cmpxchg.runtime"
+                local random = runtime.random
+                runtime.random = function() return 0 end
                 local t = Scripted.new(clock)
                 local st = open(t, { A, B }, { timeout = 1 })
                 for _ = 1, 40 do t:reply(503, NO_LEADER) end
                 local v, err, code = st:get("k")
+                runtime.random = random
                 assert.is_nil(v)
                 assert.equal("timeout", code, err)
                 assert.matches("no leader", err)
                 assert.is_true(clock.now <= 1 and clock.now > 0.5, clock.now)
-                -- the pauses grew to 0.25 s: a handful of rounds, not a spin
-                assert.is_true(#t.requests - 1 <= 2 * 8, #t.requests)
+                -- the pauses grew to 0.25 s (0.125 s at that jitter): 10 rounds of the two
+                -- members, 9 sleeps (0.0125, 0.025, 0.05, 0.1, then 0.125 while a full
+                -- pause from then still ends before the deadline); not a spin
+                assert.equal(2 * 10, #t.requests - 1)
+                assert.equal(9, #clock.sleeps)
             end)
 
             it("does not wait when no member said so: every member down fails at once",
