@@ -231,11 +231,14 @@ describe("etcd waiting by watch", function()
         local st = assert(cmpxchg.open(cluster.endpoints,
             { database = harness.fresh_prefix(), timeout = 3 }))
         assert(assert(st:lock("k", { ttl = 60 })):release())
-        local w = wait.new(st, "k", "lock", lock.options({ ttl = 60 }, 1, "test"), "me")
-        local r = w:change(0, 0.01, 5)
-        w:close()
+        -- a lock waiter (it queues) and a campaign (it watches the key alone)
+        for _, kind in ipairs({ "lock", "leader" }) do
+            local w = wait.new(st, "k", kind, lock.options({ ttl = 60 }, 1, "test"), "me")
+            local r = w:change(0, 0.01, 5)
+            w:close()
+            assert.is_nil(r, kind .. " waiter woken by a release of the past")
+        end
         st:close()
-        assert.is_nil(r, "woken by a release of the past")
     end)
 
     --- `n` waiters take the lock `rounds` times each (the test holds it until
