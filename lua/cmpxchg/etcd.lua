@@ -758,8 +758,8 @@ local PASSED = "responses.0.response_txn.succeeded"
 at `index`, ended in one txn: written as `text` (under `lease`) when the key
 `to.key` is still at `to.index` (a waiter's queue entry: the lock is passed
 to it, and that entry written as `to.text`, under the same lease, to tell
-its waiter), else deleted; the key `drop` (the releaser's own entry), when given,
-deleted with it. true, revision, passed (true: written for `to`; false:
+its waiter), else deleted; the keys in `drop` (the releaser's own entry, a
+dead holder's) deleted with it. true, revision, passed (true: written for `to`; false:
 deleted) | false, current index, value (the compare on `index` failed) |
 nil, err, code. After an attempt of unknown outcome the identical txn is
 sent again; a failed compare that finds our own write is ours, any other is
@@ -774,9 +774,9 @@ function Etcd:pass(key, index, to, text, lease, drop)
     local success = ('{"request_txn":{"compare":[%s],"success":[%s,%s],"failure":[%s]}}'):format(
         compare(to64, to.index), put(k64, key, text), put(to64, to.key, to.text),
         ('{"request_delete_range":{"key":"%s"}}'):format(k64))
-    if drop then
+    for _, gone in ipairs(drop or {}) do
         success = success .. (',{"request_delete_range":{"key":"%s"}}')
-            :format(b64(self:key_of(drop)))
+            :format(b64(self:key_of(gone)))
     end
     local body, unknown, code = self:exchange("/v3/kv/txn", txn(k64, index, success), GUARDED)
     if not body then return nil, unknown, code end

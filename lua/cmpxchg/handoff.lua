@@ -23,7 +23,10 @@
 -- A waiter that gives up leaves the queue first and then looks whether a
 -- release passed it the lock just before, and takes it if so (lock.lua).
 -- A waiter that dies while queued may be passed the lock within its entry's
--- last waiter_ttl, as a holder that dies: the lock then ends with its lease.
+-- last waiter_ttl, as a holder that dies: the lock then ends with its lease,
+-- and whoever takes that lease over (lock.lua: l.took_from) passes nothing
+-- to the dead one's entry and deletes it with its own release: a dead
+-- waiter is passed the lock at most once, a dead holder never again.
 local json = require "cmpxchg.json"
 local lease = require "cmpxchg.lease"
 local runtime = require "cmpxchg.runtime"
@@ -60,13 +63,17 @@ local function offered(value, now)
 end
 
 --- The entry to pass the lock on to, and its offer: the oldest live waiter
--- entry but ours (`own`, its name), when it offers one. A fair waiter first
--- in line (no offer) looks for itself: nobody is passed the lock over it.
-local function next_in_line(entries, own, now)
+-- entry but ours (`own`, its name) and but the one of the holder whose lease
+-- we took over (`dead`, its owner: its entry is added to `drop`), when it
+-- offers one. A fair waiter first in line (no offer) looks for itself:
+-- nobody is passed the lock over it.
+local function next_in_line(entries, own, dead, now, drop)
     for _, e in ipairs(entries) do
         local ends = lease.ends(e.value, "ExpiresAt")
+        if dead and e.value.Owner == dead then
+            drop[#drop + 1] = e.key
         -- not a waiter's entry, ours, or dead (its waiter stopped renewing it)
-        if ends and e.key ~= own and now <= ends then
+        elseif ends and e.key ~= own and now <= ends then
             local h = offered(e.value, now)
             if h then return e, h end
             return nil
@@ -75,26 +82,30 @@ local function next_in_line(entries, own, now)
     return nil
 end
 
---[[ handoff.release(backend, key, index, own) -> tried, ok, index, code:
-the release of the lock at `key` held at `index` (`own`: the releaser's own
-queue entry, a queue.lua entry, or nil). tried false: nobody to pass it to
+--[[ handoff.release(backend, key, index, own, dead) -> tried, ok, index,
+code: the release of the lock at `key` held at `index` (`own`: the
+releaser's own queue entry, a queue.lua entry, or nil; `dead`: the owner of
+the lease it took over, if it did: that holder died or was paused, and its
+entry, if any, is passed nothing and goes with the txn, so that a dead
+waiter is passed the lock at most once). tried false: nobody to pass it to
 (or the queue could not be read, or the waiter's lease is gone): the caller
 deletes the lock as ever. Else ok, index, code as lease.delete's; when the
 lock was passed on, our entry went with it (own.index is then nil). ]]
-function handoff.release(backend, key, index, own)
+function handoff.release(backend, key, index, own, dead)
     local entries = backend:oldest(key .. SUFFIX, LOOK)
     if not entries then return false end
     local now = runtime.time()
-    local to, h = next_in_line(entries, own and own.index and own.key, now)
+    local mine = own and own.index and own.key
+    local drop = { mine }
+    local to, h = next_in_line(entries, mine, dead, now, drop)
     if not to then return false end
     local value = lease.value({ expires_field = h.Field }, to.value.Owner, now + h.Ttl)
     value.Host, value.Pid, value.Handoff = to.value.Host, to.value.Pid, to.key
     to.value.Passed = value     -- its entry tells its waiter, whatever that one watches
     to.text = assert(json.encode(to.value))
-    local drop = own and own.index and own.key
     local ok, idx, code = backend:pass(key, index, to, assert(json.encode(value)), h.Lease, drop)
     if ok then
-        if drop then own.index = nil end
+        if mine then own.index = nil end
         return true, true, idx
     elseif ok == false then
         return true, false, idx

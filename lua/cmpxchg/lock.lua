@@ -152,6 +152,7 @@ local function take(st, key, opts)
     local step = o.backoff_min
     local stats = { attempts = 0, writes = 0, waited = 0, takeovers = 0 }
     local index = 0             -- 0: create; else the expired lease's index
+    local expired               -- (with index > 0) the expired lease's value
     local probe = false         -- after a wait: read first, write only when it can win
     local again                 -- a write whose outcome is unknown: sent again as it was
     local waiter                -- what it waits through (wait.lua), from its first wait on
@@ -159,6 +160,9 @@ local function take(st, key, opts)
     local function held(w)
         local l = new_lock(st, key, o, owner, w, stats)
         l.contended = stats.contended
+        -- a holder whose lease we took over is dead or paused: its queue entry,
+        -- if it has one, is not passed the lock again (handoff.lua)
+        l.took_from = stats.took_from
         if waiter then waiter:close(l) end
         if o.auto_renew then renewal.start(l, apply_renewal) end
         return l
@@ -210,7 +214,10 @@ local function take(st, key, opts)
                 -- ours, taken over below like any other, never handed out as held
                 idx, current = w.index, w.value
             elseif w.ok then
-                if index ~= 0 then stats.takeovers = stats.takeovers + 1 end
+                if index ~= 0 then
+                    stats.takeovers = stats.takeovers + 1
+                    stats.took_from = type(expired) == "table" and expired.Owner or nil
+                end
                 stats.waited = w.mono - start
                 return held(w)
             elseif w.ok == nil then
@@ -234,7 +241,7 @@ local function take(st, key, opts)
         local at_once = failure == nil and (runtime.monotime() < deadline or stats.attempts < 3)
         probe = false
         if idx > 0 and ends and now > ends + o.clock_skew and at_once then
-            index = idx
+            index, expired = idx, current
         elseif idx == 0 and at_once then
             index = 0
         else
@@ -348,7 +355,8 @@ function Lock:release()
         local tried, ok, idx, code, id
         if self.passes and backend.can_watch and backend.pass and not self.release_id then
             -- a waiter queued behind us is passed the lock in the same commit
-            tried, ok, idx, code = handoff.release(backend, self.key, self.index, self.wait_entry)
+            tried, ok, idx, code = handoff.release(backend, self.key, self.index, self.wait_entry,
+                self.took_from)
         end
         if not tried then
             ok, idx, code, id = lease.delete(backend, self.key, self.index, self.release_id)

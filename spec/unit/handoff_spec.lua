@@ -55,11 +55,21 @@ describe("handoff (unit)", function()
         assert.equal(7, p.to.index)
         assert.equal(99, p.index)
         assert.equal("123456789", p.lease)
-        assert.equal("k/waiters/me", p.drop)
+        assert.same({ "k/waiters/me" }, p.drop)
         assert.same({ ExpiresAt = core.format_time(WALL0 + 30), Owner = "owner-w",
                       Host = "host-w", Pid = 42, Handoff = "k/waiters/w" }, p.value)
         assert.same(p.value, p.entry.Passed)    -- the entry tells its waiter too
         assert.is_nil(own.index, "our entry went with the txn, and is not deleted again")
+    end)
+
+    it("never passes the lock to the entry of the holder whose lease it took over, and "
+        .. "deletes that entry with the txn", function()
+        local own = { key = "k/waiters/me", index = 5 }
+        local b = backend({ entry("h", 4, 4), entry("me", 5, 4), entry("w", 7, 4) })
+        assert.same({ true, true, 101 }, { handoff.release(b, "k", 99, own, "owner-h") })
+        local p = b.passed[1]
+        assert.equal("k/waiters/w", p.to.key)
+        assert.same({ "k/waiters/me", "k/waiters/h" }, p.drop)
     end)
 
     it("passes over nobody: a fair waiter first in line (no offer) looks for itself",
