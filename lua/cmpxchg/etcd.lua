@@ -755,8 +755,8 @@ end
 local PASSED = "responses.0.response_txn.succeeded"
 
 --[[ Etcd:pass(key, index, to, text, lease, drop) -> the lock at `key`, held
-at `index`, ended in one txn: written as `text` (under `lease`) when the key
-`to.key` is still at `to.index` (a waiter's queue entry: the lock is passed
+at `index`, ended in one txn: written as `text` (under `lease`) when `to` is
+given and the key `to.key` is still at `to.index` (a waiter's queue entry: the lock is passed
 to it, and that entry written as `to.text`, under the same lease, to tell
 its waiter), else deleted; the keys in `drop` (the releaser's own entry, a
 dead holder's) deleted with it. true, revision, passed (true: written for `to`; false:
@@ -765,15 +765,19 @@ nil, err, code. After an attempt of unknown outcome the identical txn is
 sent again; a failed compare that finds our own write is ours, any other is
 unknown ("timeout"). ]]
 function Etcd:pass(key, index, to, text, lease, drop)
-    local k64, to64 = b64(self:key_of(key)), b64(self:key_of(to.key))
+    local k64 = b64(self:key_of(key))
     local write_id = runtime.uuid()
     local function put(p64, original, value)
         return ('{"request_put":{"key":"%s","value":"%s","lease":"%s"}}'):format(p64,
             b64(envelope(original, value, write_id)), lease)
     end
-    local success = ('{"request_txn":{"compare":[%s],"success":[%s,%s],"failure":[%s]}}'):format(
-        compare(to64, to.index), put(k64, key, text), put(to64, to.key, to.text),
-        ('{"request_delete_range":{"key":"%s"}}'):format(k64))
+    local delete = ('{"request_delete_range":{"key":"%s"}}'):format(k64)
+    local success = delete
+    if to then
+        local to64 = b64(self:key_of(to.key))
+        success = ('{"request_txn":{"compare":[%s],"success":[%s,%s],"failure":[%s]}}'):format(
+            compare(to64, to.index), put(k64, key, text), put(to64, to.key, to.text), delete)
+    end
     for _, gone in ipairs(drop or {}) do
         success = success .. (',{"request_delete_range":{"key":"%s"}}')
             :format(b64(self:key_of(gone)))

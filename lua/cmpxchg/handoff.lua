@@ -20,6 +20,12 @@
 -- created at ever higher revisions, so none older than the one it read can
 -- have appeared since.
 --
+-- The release deletes the releaser's own entry in the same txn, whether it
+-- passes the lock on or deletes it: between two commits another holder could
+-- pass the lock to that entry, whose waiter is gone. An entry that was
+-- passed the lock once is never passed it again (its holder left it
+-- behind), and goes with the next release.
+--
 -- A waiter that gives up leaves the queue first and then looks whether a
 -- release passed it the lock just before, and takes it if so (lock.lua).
 -- A waiter that dies while queued may be passed the lock within its entry's
@@ -70,7 +76,11 @@ end
 local function next_in_line(entries, own, dead, now, drop)
     for _, e in ipairs(entries) do
         local ends = lease.ends(e.value, "ExpiresAt")
-        if dead and e.value.Owner == dead then
+        if e.key ~= own and type(e.value) == "table" and (e.value.Passed ~= nil
+                or (dead and e.value.Owner == dead)) then
+            -- passed the lock before, and we hold it now: an entry its holder
+            -- left behind (it is never passed the lock twice); or the entry of
+            -- the holder whose lease we took over
             drop[#drop + 1] = e.key
         -- not a waiter's entry, ours, or dead (its waiter stopped renewing it)
         elseif ends and e.key ~= own and now <= ends then
@@ -98,12 +108,18 @@ function handoff.release(backend, key, index, own, dead)
     local mine = own and own.index and own.key
     local drop = { mine }
     local to, h = next_in_line(entries, mine, dead, now, drop)
-    if not to then return false end
-    local value = lease.value({ expires_field = h.Field }, to.value.Owner, now + h.Ttl)
-    value.Host, value.Pid, value.Handoff = to.value.Host, to.value.Pid, to.key
-    to.value.Passed = value     -- its entry tells its waiter, whatever that one watches
-    to.text = assert(json.encode(to.value))
-    local ok, idx, code = backend:pass(key, index, to, assert(json.encode(value)), h.Lease, drop)
+    -- nobody to pass to: still one txn for the lock and our entry, so that no
+    -- release comes between them and passes the lock to our entry
+    if not to and #drop == 0 then return false end
+    local text
+    if to then
+        local value = lease.value({ expires_field = h.Field }, to.value.Owner, now + h.Ttl)
+        value.Host, value.Pid, value.Handoff = to.value.Host, to.value.Pid, to.key
+        to.value.Passed = value     -- its entry tells its waiter, whatever that one watches
+        to.text = assert(json.encode(to.value))
+        text = assert(json.encode(value))
+    end
+    local ok, idx, code = backend:pass(key, index, to, text, h and h.Lease, drop)
     if ok then
         if mine then own.index = nil end
         return true, true, idx
@@ -115,8 +131,8 @@ function handoff.release(backend, key, index, own, dead)
         -- unknown outcome, as lease.delete settles a delete's: gone or passed
         -- on means released; another index, taken by someone else
         local now_index, now_value = backend:get(key)
-        if now_index == 0 or (now_index and now_index ~= index and type(now_value) == "table"
-                and now_value.Handoff == to.key) then
+        if now_index == 0 or (to and now_index and now_index ~= index
+                and type(now_value) == "table" and now_value.Handoff == to.key) then
             return true, true, now_index
         elseif now_index ~= nil and now_index ~= index then
             return true, false, now_index

@@ -225,6 +225,60 @@ describe("etcd waiting by watch", function()
             assert.truthy(t.out:find("writes 1 ", 1, true), t.out)
         end)
 
+    it("a holder's release deletes the lock and its queue entry in one commit", function()
+        -- in two, another client could take the lock between them and pass it to
+        -- that entry, whose waiter is gone: nobody would hold it until its lease ran out
+        local prefix, dir = harness.fresh_prefix(), tmpdir()
+        local st = assert(cmpxchg.open(cluster.endpoints, { database = prefix, timeout = 3 }))
+        local held = hold(st, "k", "lock")
+        local _, since = st:get("k")
+        local child = start_waiter(dir, 1, cluster.endpoints, prefix, "k", "lock", true, 1, 0.05)
+        waiting(child, true)
+        local wt = assert(st.backend:watch({ { prefix = "k", start = since + 1 } }, 30))
+        assert(held:release())          -- passed to the child, which releases to nobody
+        local t = finish(child)
+        assert.equal(1, t.acquired, t.out)
+        local key_deleted, entries_deleted = nil, {}
+        local deadline = core.monotime() + 20
+        while core.monotime() < deadline do
+            local evs = wt:next(key_deleted and 0.5 or 1)
+            if not evs and key_deleted then break end
+            for _, e in ipairs(evs or {}) do
+                if e.type == "DELETE" and e.key == "k" then
+                    key_deleted = e.index
+                elseif e.type == "DELETE" then
+                    entries_deleted[#entries_deleted + 1] = e.index
+                end
+            end
+        end
+        wt:close()
+        st:close()
+        os.execute("rm -rf " .. helpers.shell_quote(dir))
+        assert.is_number(key_deleted, "the lock was never deleted")
+        assert.same({ key_deleted }, entries_deleted)
+    end)
+
+    it("an entry that was passed the lock once is never passed it again, and goes with the "
+        .. "next release", function()
+        local st = assert(cmpxchg.open(cluster.endpoints,
+            { database = harness.fresh_prefix(), timeout = 3 }))
+        local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
+        -- an entry a holder left behind: alive, offering, and marked passed
+        local q = require("cmpxchg.queue").new(st, "k/waiters/", o, "gone")
+        q.handoff = require("cmpxchg.handoff").offer(st.backend, o, os.time() + 60)
+        assert(q:write())
+        local item = st:list("k/waiters/")[1]
+        item.value.Passed = { Owner = "gone" }
+        assert(st:put(item.key, item.value, item.index))
+        local l = assert(st:lock("k", { ttl = 60 }))
+        assert(l:release())
+        local now_value, now_index = st:get("k")
+        local left = st:list("k/waiters/")
+        st:close()
+        assert.equal(0, now_index, "the lock went to " .. tostring(now_value and now_value.Owner))
+        assert.same({}, left)
+    end)
+
     it("a waiter that saw no revision polls rather than replay the key's history", function()
         -- after an error the lock passes since = 0: a watch from revision 1
         -- would replay the old release and wake at once, every time (a spin)

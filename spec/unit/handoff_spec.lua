@@ -34,8 +34,9 @@ describe("handoff (unit)", function()
             return entries
         end
         function b.pass(_, key, index, to, text, lease, drop)
-            b.passed[#b.passed + 1] = { key = key, index = index, to = to, value = json.decode(text),
-                                        lease = lease, drop = drop, entry = json.decode(to.text) }
+            b.passed[#b.passed + 1] = { key = key, index = index, to = to, lease = lease,
+                value = text and json.decode(text), drop = drop,
+                entry = to and json.decode(to.text) }
             return table.unpack(answer or { true, 101, true })
         end
         function b.get() return table.unpack(get or { 0 }) end
@@ -70,6 +71,28 @@ describe("handoff (unit)", function()
         local p = b.passed[1]
         assert.equal("k/waiters/w", p.to.key)
         assert.same({ "k/waiters/me", "k/waiters/h" }, p.drop)
+    end)
+
+    it("never passes the lock twice to one entry: an entry passed it before is one its "
+        .. "holder left behind, and goes with the txn", function()
+        local ghost = entry("g", 4, 4)
+        ghost.value.Passed = { Owner = "owner-g" }
+        local b = backend({ ghost, entry("w", 7, 4) })
+        assert.same({ true, true, 101 }, { handoff.release(b, "k", 99, nil) })
+        assert.equal("k/waiters/w", b.passed[1].to.key)
+        assert.same({ "k/waiters/g" }, b.passed[1].drop)
+    end)
+
+    it("with nobody to pass to, deletes the lock and our entry in one txn", function()
+        -- two commits would leave a moment where another holder passes the lock to
+        -- our entry, whose waiter is gone
+        local own = { key = "k/waiters/me", index = 5 }
+        local b = backend({ entry("me", 5, 4) }, { true, 100, false })
+        assert.same({ true, true, 100 }, { handoff.release(b, "k", 99, own) })
+        local p = b.passed[1]
+        assert.is_nil(p.to)
+        assert.same({ "k/waiters/me" }, p.drop)
+        assert.is_nil(own.index)
     end)
 
     it("passes over nobody: a fair waiter first in line (no offer) looks for itself",
