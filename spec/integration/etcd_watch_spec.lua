@@ -66,6 +66,23 @@ local function waiting(w, watch)
     end, 60, "the waiter to wait")
 end
 
+--- A store on a database of its own.
+local function open_fresh()
+    return assert(cmpxchg.open(cluster.endpoints, { database = harness.fresh_prefix(), timeout = 3 }))
+end
+
+--- A lock waiter on "k" of `st` that has queued behind the holder (it waited
+-- once, 0.05 s, seeing the holder's lease `value` at `seen`), offering a
+-- hand-off as one that waits a minute: the waiter.
+local function queued_waiter(st, o, seen, value)
+    local w = wait.new(st, "k", "lock", o, "me")
+    assert.is_nil(w:change(seen, 0.05, 0.05, os.time() + 60, value))
+    assert.is_table(w.chain, "the waiter did not queue")
+    w.chain.handoff.Until = os.time() + 60      -- its deadline was 0.05 s on
+    assert(w.chain:write())
+    return w
+end
+
 --- What the test holds while a waiter waits: a lock, or the one permit.
 local function hold(st, key, kind)
     if kind == "sem" then return assert(st:semaphore(key, 1):acquire({ ttl = 60 })) end
@@ -120,8 +137,7 @@ describe("etcd waiting by watch", function()
 
     it("a watch starts from the revision after the one the waiter saw: a release in between "
         .. "is not missed", function()
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         local l = assert(st:lock("k", { ttl = 60 }))
         local value, seen = st:get("k")
         assert.is_true(seen > 0)
@@ -141,8 +157,7 @@ describe("etcd waiting by watch", function()
         -- a holder that came through the queue keeps its entry until just after its
         -- release deletes the key: the waiter behind that entry watches the key too,
         -- and wakes one commit sooner; here the entry stays, so only the key can wake it
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
         local l = assert(st:lock("k", { ttl = 60 }))
         local holder_entry = require("cmpxchg.queue").new(st, "k/waiters/", o, l.owner)
@@ -162,17 +177,11 @@ describe("etcd waiting by watch", function()
 
     it("a release passes the lock to the queued waiter in the same commit, and the waiter "
         .. "holds it without a write of its own", function()
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
         local l = assert(st:lock("k", { ttl = 60 }))
         local value, seen = st:get("k")
-        local w = wait.new(st, "k", "lock", o, "me")
-        assert.is_nil(w:change(seen, 0.05, 0.05, os.time() + 60, value))   -- it queues
-        assert.is_table(w.chain, "the waiter did not queue")
-        -- it offered a hand-off until its deadline, 0.05 s on: as one that waits longer
-        w.chain.handoff.Until = os.time() + 60
-        assert(w.chain:write())
+        local w = queued_waiter(st, o, seen, value)
         local entry = w.chain.key
         assert(l:release())
         local now_value, now_index = st:get("k")
@@ -189,16 +198,11 @@ describe("etcd waiting by watch", function()
     end)
 
     it("a queued waiter that gives up leaves the queue, and is passed nothing after", function()
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
         local l = assert(st:lock("k", { ttl = 60 }))
         local value, seen = st:get("k")
-        local w = wait.new(st, "k", "lock", o, "me")
-        assert.is_nil(w:change(seen, 0.05, 0.05, os.time() + 60, value))
-        assert.is_table(w.chain, "the waiter did not queue")
-        w.chain.handoff.Until = os.time() + 60
-        assert(w.chain:write())
+        local w = queued_waiter(st, o, seen, value)
         w:close()               -- it gave up
         assert(l:release())
         local now_value, now_index = st:get("k")
@@ -260,8 +264,7 @@ describe("etcd waiting by watch", function()
 
     it("an entry that was passed the lock once is never passed it again, and goes with the "
         .. "next release", function()
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         local o = lock.options({ ttl = 60, waiter_ttl = 60 }, 1, "test")
         -- an entry a holder left behind: alive, offering, and marked passed
         local q = require("cmpxchg.queue").new(st, "k/waiters/", o, "gone")
@@ -282,8 +285,7 @@ describe("etcd waiting by watch", function()
     it("a waiter that saw no revision polls rather than replay the key's history", function()
         -- after an error the lock passes since = 0: a watch from revision 1
         -- would replay the old release and wake at once, every time (a spin)
-        local st = assert(cmpxchg.open(cluster.endpoints,
-            { database = harness.fresh_prefix(), timeout = 3 }))
+        local st = open_fresh()
         assert(assert(st:lock("k", { ttl = 60 })):release())
         -- a lock waiter (it queues) and a campaign (it watches the key alone)
         for _, kind in ipairs({ "lock", "leader" }) do
