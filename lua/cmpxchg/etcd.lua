@@ -1038,8 +1038,7 @@ local function watch_message(line, prefix)
     end
     if r.created then
         -- the revision it was created at: from the next one on, it is told at once
-        local header = type(msg.result.header) == "table" and msg.result.header
-        return "created", header and int(header.revision) or nil
+        return "created", type(r.header) == "table" and int(r.header.revision) or nil
     end
     local evs = list_of(r.events)
     if evs == nil then return "ended", "decode: a watch line's events are not a list" end

@@ -75,16 +75,16 @@ end
 -- nobody is passed the lock over it.
 local function next_in_line(entries, own, dead, now, drop)
     for _, e in ipairs(entries) do
-        local ends = lease.ends(e.value, "ExpiresAt")
-        if e.key ~= own and type(e.value) == "table" and (e.value.Passed ~= nil
-                or (dead and e.value.Owner == dead)) then
+        local v = e.value
+        local ends = lease.ends(v, "ExpiresAt")     -- nil: not a waiter's entry
+        if e.key == own then            -- luacheck: ignore 542
+        elseif type(v) == "table" and (v.Passed ~= nil or (dead and v.Owner == dead)) then
             -- passed the lock before, and we hold it now: an entry its holder
             -- left behind (it is never passed the lock twice); or the entry of
             -- the holder whose lease we took over
             drop[#drop + 1] = e.key
-        -- not a waiter's entry, ours, or dead (its waiter stopped renewing it)
-        elseif ends and e.key ~= own and now <= ends then
-            local h = offered(e.value, now)
+        elseif ends and now <= ends then    -- alive (its waiter renews it)
+            local h = offered(v, now)
             if h then return e, h end
             return nil
         end
