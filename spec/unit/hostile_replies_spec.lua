@@ -392,3 +392,70 @@ describe("the cosocket transport's URLs", function()
         end
     end)
 end)
+
+describe("the cosocket transport's TLS handshake", function()
+    -- a stand-in cosocket, as lua-nginx-module 0.10.23 with lua-resty-core
+    -- 0.1.25 behave when a handshake completes at once and fails verification:
+    -- asked for no session they return true (the outcome is lost); asked for
+    -- it they raise from their assert (lua-nginx-module#2506)
+    local http, calls, closed, outcome
+
+    before_each(function()
+        calls, closed, outcome = {}, 0, "lost"
+        local sock = {}
+        function sock.settimeouts() end
+        function sock.connect() return true end
+        function sock.getreusedtimes() return 0 end
+        function sock.close() closed = closed + 1 end
+        function sock.sslhandshake(_, session, host, verify)
+            calls[#calls + 1] = { session = session, host = host, verify = verify }
+            if outcome == "async failure" then return nil, "19: self-signed certificate" end
+            if outcome == "verified" then return session ~= false and {} or true end
+            if session == false or not verify then return true end
+            assert(false)               -- lua-resty-core 0.1.25's assert(rc == FFI_OK)
+        end
+        rawset(_G, "ngx", { socket = { tcp = function() return sock end } })
+        package.loaded["cmpxchg.transport.ngx"] = nil
+        http = require("cmpxchg.transport.ngx").new({ tls = {} })
+    end)
+
+    after_each(function()
+        rawset(_G, "ngx", nil)
+        package.loaded["cmpxchg.transport.ngx"] = nil
+    end)
+
+    local function open()
+        local url = "https://127.0.0.1:8443/"
+        return http:open_connection("GET", url, "127.0.0.1", 8443, "https",
+            require("cmpxchg.runtime").monotime() + 5)
+    end
+
+    it("does not take a lost verification for a verified server", function()
+        local sock, err, code = open()
+        assert.is_nil(sock)
+        assert.equal("tls", code)
+        assert.matches("TLS handshake failed: the server's certificate or name did not verify",
+            err, 1, true)
+        assert.matches("lua_ssl_trusted_certificate", err, 1, true)
+        assert.equal(1, closed)
+        assert.same({ { session = nil, host = "127.0.0.1", verify = true } }, calls)
+    end)
+
+    it("reports a failure the handshake returns, and accepts a verified server", function()
+        outcome = "async failure"
+        local sock, err, code = open()
+        assert.is_nil(sock)
+        assert.equal("tls", code)
+        assert.matches("TLS handshake failed: 19: self-signed certificate", err, 1, true)
+        outcome = "verified"
+        sock, err = open()
+        assert.is_table(sock, err)
+        assert.is_false(err)            -- (the second value: not a reused connection)
+    end)
+
+    it("asks for no session when it does not verify", function()
+        http = require("cmpxchg.transport.ngx").new({ tls = { verify = false } })
+        assert.is_table((open()))
+        assert.same({ { session = false, host = "127.0.0.1", verify = false } }, calls)
+    end)
+end)

@@ -389,6 +389,28 @@ local function send_all(sock, request, deadline)
     return true
 end
 
+--- The TLS handshake on a new connection: true | nil, err.
+-- Asked for no session (sslhandshake(false, ...)), lua-nginx-module 0.10.23
+-- with lua-resty-core 0.1.25 (Debian 12's) return true from a handshake
+-- that completed at once without looking at its verification: a server
+-- that failed it was let through, its connection already closed, and the
+-- request failed as "send failed: closed" (lua-nginx-module#2506,
+-- lua-resty-core#532; seen here in about one handshake in five on
+-- loopback). Asked for the session, they read the outcome; that
+-- lua-resty-core then raises from an assert where it should return the
+-- error, so the raise is the failed verification. The session is dropped
+-- (connections are pooled instead).
+local function handshake(sock, host, verify)
+    if not verify then return sock:sslhandshake(false, host, false) end
+    local ran, session, err = pcall(sock.sslhandshake, sock, nil, host, true)
+    if not ran then
+        return nil, "the server's certificate or name did not verify (" .. tostring(session)
+            .. ")"
+    end
+    if session == nil and err ~= nil then return nil, err end
+    return true
+end
+
 --- A connection for one exchange with `host`:`port`, from the pool named
 -- after the server and TLS settings (plus `pool_tag`: a stream never gets
 -- a pooled connection, as it never gives one back): sock, reused | nil,
@@ -423,7 +445,7 @@ function Http:open_connection(method, url, host, port, scheme, deadline, pool_ta
                 return fail("tls", method, url, "setclientcert: " .. tostring(err))
             end
         end
-        ok, err = sock:sslhandshake(false, host, self.verify)
+        ok, err = handshake(sock, host, self.verify)
         if not ok then
             sock:close()
             if err == "timeout" then
