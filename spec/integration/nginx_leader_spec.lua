@@ -111,6 +111,41 @@ local function leader_of(params)
     return who
 end
 
+--- A failure's message gets what the runs and the hosts' logs say (a CI
+-- log shows only its end, and this spec's failures are rare): who ran the
+-- job, from when and with which token, and the hosts' lines about the job.
+local function with_context(log, hosts, body)
+    local ok, e = pcall(body)
+    if ok then return end
+    local list, parts = runs(log), {}
+    for i, r in ipairs(list) do
+        if i == 1 or r.who ~= list[i - 1].who then
+            parts[#parts + 1] = ("%s token %d from +%.2f s"):format(r.who, r.token,
+                r.at - list[1].at)
+        end
+    end
+    local lines = { "runs: " .. (#list > 0 and table.concat(parts, "; ") or "none")
+        .. (" (%d in all)"):format(#list) }
+    for _, h in ipairs(hosts) do
+        local f = io.open(h.dir .. "/logs/error.log")
+        for line in (f and f:lines() or function() end) do
+            if #lines < 5 and (line:find("leader", 1, true) or line:find("%[emerg%]")) then
+                lines[#lines + 1] = h.tag .. ": " .. line:sub(1, 240)
+            end
+        end
+        if f then f:close() end
+    end
+    local context = table.concat(lines, "\n")
+    if type(e) == "table" and e.message then       -- a luassert failure stays one
+        local message = tostring(e.message)
+        local first, rest = message:match("^([^\n]*)(.*)$")
+        e.message = first .. "\n" .. context .. rest
+    else
+        e = tostring(e) .. "\n" .. context
+    end
+    error(e, 0)
+end
+
 local function wait_runs(log, pred, timeout, what)
     return helpers.wait_until(function()
         local list = runs(log)
@@ -143,88 +178,90 @@ describe("nginx leader job", function()
             b.start()
             local dir = helpers.sh("mktemp -d")
             local log = dir .. "/runs"
-            local params = backend.params(dir)
-            params.id, params.name, params.log = tostring(core.time()), "jobs/tick", log
-            params.every, params.ttl, params.retry = EVERY, TTL, RETRY
-            a.configure(params)
-            b.configure(params)
-            local hosts = { a = a, b = b }
+            with_context(log, { a, b }, function()
+                local params = backend.params(dir)
+                params.id, params.name, params.log = tostring(core.time()), "jobs/tick", log
+                params.every, params.ttl, params.retry = EVERY, TTL, RETRY
+                a.configure(params)
+                b.configure(params)
+                local hosts = { a = a, b = b }
 
-            -- one leader, running every 0.2 s
-            local list = wait_runs(log, function(l) return #l >= 5 end, 30, "the first runs")
-            local first = list[1].who
-            for i = 2, #list do assert.equal(first, list[i].who) end
-            for i = 2, #list do
-                assert.is_true(list[i].at - list[i - 1].at < EVERY + 1, "runs too far apart")
-            end
-
-            -- its worker is SIGKILLed: another worker takes over
-            local killed_at = core.time()
-            helpers.kill(list[#list].pid, "KILL")
-            list = wait_runs(log, function(l) return l[#l].who ~= first end, TTL + RETRY + 20,
-                "a run by another worker")
-            local moved
-            for _, r in ipairs(list) do
-                if r.who ~= first and r.at > killed_at then moved = moved or r end
-            end
-            local failover = moved.at - killed_at
-            io.stderr:write(("\n[nginx leader job, %s] worker %s SIGKILLed: %s ran the job "
-                .. "%.2f s later"):format(backend.name, first, moved.who, failover))
-            assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
-
-            -- the whole host of the new leader is SIGKILLed: the other host takes over
-            local second = moved
-            local victim = hosts[second.tag]
-            local other = victim == a and b or a
-            killed_at = core.time()
-            victim.kill()
-            list = wait_runs(log, function(l) return l[#l].tag == other.tag and l[#l].at > killed_at end,
-                TTL + RETRY + 20, "a run on the other host")
-            for _, r in ipairs(list) do
-                if r.tag == other.tag and r.at > killed_at then moved = r break end
-            end
-            failover = moved.at - killed_at
-            io.stderr:write((", host %s SIGKILLed: %s ran it %.2f s later"):format(victim.tag,
-                moved.who, failover))
-            assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
-
-            -- the killed host comes back; then the leading host quits gracefully and
-            -- resigns: the job moves back without waiting for the lease to end
-            victim.start()
-            victim.configure(params)
-            local third = moved
-            local quit_at = core.time()
-            other.stop()
-            -- nginx runs a quitting worker's timers (premature) before it exits,
-            -- and the job's resigns: by now the quitting leader leads no more,
-            -- though its last lease would run for 2/3 of the ttl at least
-            local now_leads = leader_of(params)
-            assert.are_not.equal(third.who, now_leads, "no resign on quit")
-            list = wait_runs(log, function(l) return l[#l].tag == victim.tag and l[#l].at > quit_at end,
-                TTL + RETRY + 20, "a run back on the restarted host")
-            for _, r in ipairs(list) do
-                if r.tag == victim.tag and r.at > quit_at then moved = r break end
-            end
-            failover = moved.at - quit_at
-            io.stderr:write((", host %s quit: %s ran it %.2f s later\n"):format(other.tag,
-                moved.who, failover))
-            assert.is_true(moved.token > third.token)
-
-            check_one_at_a_time(runs(log))
-            victim.stop()
-            for _, h in ipairs({ a, b }) do
-                local errors = {}
-                local f = io.open(h.dir .. "/logs/error.log")
-                for line in (f and f:lines() or function() end) do
-                    -- (the master's alert about the worker killed is expected)
-                    if line:find("leader_job", 1, true) or line:find("leader job", 1, true)
-                            or line:find("%[emerg%]") then
-                        errors[#errors + 1] = line
-                    end
+                -- one leader, running every 0.2 s
+                local list = wait_runs(log, function(l) return #l >= 5 end, 30, "the first runs")
+                local first = list[1].who
+                for i = 2, #list do assert.equal(first, list[i].who) end
+                for i = 2, #list do
+                    assert.is_true(list[i].at - list[i - 1].at < EVERY + 1, "runs too far apart")
                 end
-                if f then f:close() end
-                assert.same({}, errors)
-            end
+
+                -- its worker is SIGKILLed: another worker takes over
+                local killed_at = core.time()
+                helpers.kill(list[#list].pid, "KILL")
+                list = wait_runs(log, function(l) return l[#l].who ~= first end, TTL + RETRY + 20,
+                    "a run by another worker")
+                local moved
+                for _, r in ipairs(list) do
+                    if r.who ~= first and r.at > killed_at then moved = moved or r end
+                end
+                local failover = moved.at - killed_at
+                io.stderr:write(("\n[nginx leader job, %s] worker %s SIGKILLed: %s ran the job "
+                    .. "%.2f s later"):format(backend.name, first, moved.who, failover))
+                assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
+
+                -- the whole host of the new leader is SIGKILLed: the other host takes over
+                local second = moved
+                local victim = hosts[second.tag]
+                local other = victim == a and b or a
+                killed_at = core.time()
+                victim.kill()
+                list = wait_runs(log, function(l) return l[#l].tag == other.tag and l[#l].at > killed_at end,
+                    TTL + RETRY + 20, "a run on the other host")
+                for _, r in ipairs(list) do
+                    if r.tag == other.tag and r.at > killed_at then moved = r break end
+                end
+                failover = moved.at - killed_at
+                io.stderr:write((", host %s SIGKILLed: %s ran it %.2f s later"):format(victim.tag,
+                    moved.who, failover))
+                assert.is_true(failover <= TTL + RETRY + MARGIN, "failover took " .. failover)
+
+                -- the killed host comes back; then the leading host quits gracefully and
+                -- resigns: the job moves back without waiting for the lease to end
+                victim.start()
+                victim.configure(params)
+                local third = moved
+                local quit_at = core.time()
+                other.stop()
+                -- nginx runs a quitting worker's timers (premature) before it exits,
+                -- and the job's resigns: by now the quitting leader leads no more,
+                -- though its last lease would run for 2/3 of the ttl at least
+                local now_leads = leader_of(params)
+                assert.are_not.equal(third.who, now_leads, "no resign on quit")
+                list = wait_runs(log, function(l) return l[#l].tag == victim.tag and l[#l].at > quit_at end,
+                    TTL + RETRY + 20, "a run back on the restarted host")
+                for _, r in ipairs(list) do
+                    if r.tag == victim.tag and r.at > quit_at then moved = r break end
+                end
+                failover = moved.at - quit_at
+                io.stderr:write((", host %s quit: %s ran it %.2f s later\n"):format(other.tag,
+                    moved.who, failover))
+                assert.is_true(moved.token > third.token)
+
+                check_one_at_a_time(runs(log))
+                victim.stop()
+                for _, h in ipairs({ a, b }) do
+                    local errors = {}
+                    local f = io.open(h.dir .. "/logs/error.log")
+                    for line in (f and f:lines() or function() end) do
+                        -- (the master's alert about the worker killed is expected)
+                        if line:find("leader_job", 1, true) or line:find("leader job", 1, true)
+                                or line:find("%[emerg%]") then
+                            errors[#errors + 1] = line
+                        end
+                    end
+                    if f then f:close() end
+                    assert.same({}, errors)
+                end
+            end)
             helpers.sh("rm -rf " .. q(dir))
         end)
     end
