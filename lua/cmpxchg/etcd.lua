@@ -668,6 +668,20 @@ function Etcd:get_many(keys)
     return results
 end
 
+--- One kv of a range under the stored prefix `p`: its stored name and the
+-- item {key, value, index} | nil, err, code. Anything may come back: a key
+-- outside the prefix, or one seen twice (`seen`, by name), is refused.
+local function range_item(kv, p, seen)
+    local name = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
+    if not name or name:sub(1, #p) ~= p or seen[name] then
+        return fail("decode", "range: a key outside '%s', or seen twice: %s", p, snippet(name))
+    end
+    seen[name] = true
+    local original, value, index = read_kv(kv)
+    if original == nil then return nil, value, index end
+    return name, { key = original, value = value, index = index }
+end
+
 --- Lists by key range, paging by key on one pinned revision (§2.3); etcd
 -- has no offset, so `start` items are skipped here. A page must hold no more
 -- kvs than asked for, each under the prefix and new to this listing (pages
@@ -699,18 +713,13 @@ function Etcd:list(prefix, start, page_size)
         if read > cluster.MAX_LIST_ITEMS then return cluster.too_many(prefix) end
         local last
         for _, kv in ipairs(kvs) do
-            last = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
-            if not last or last:sub(1, #p) ~= p or seen[last] then
-                return fail("decode", "range: a key outside '%s', or seen twice: %s", p,
-                    snippet(last))
-            end
-            seen[last] = true
-            local original, value, index = read_kv(kv)
-            if original == nil then return nil, value, index end
+            local item, icode
+            last, item, icode = range_item(kv, p, seen)
+            if not last then return nil, item, icode end
             if skipped < start then
                 skipped = skipped + 1
             else
-                out[#out + 1] = { key = original, value = value, index = index }
+                out[#out + 1] = item
                 if page_size and #out >= page_size then return out end
             end
         end
@@ -738,15 +747,11 @@ function Etcd:oldest(prefix, n)
     if not reply then return nil, err, code end
     local kvs = list_of(reply.kvs)
     if kvs == nil or #kvs > n then return malformed("kvs") end
-    local out = {}
+    local out, seen = {}, {}
     for i, kv in ipairs(kvs) do
-        local name = type(kv) == "table" and type(kv.key) == "string" and unb64(kv.key)
-        if not name or name:sub(1, #p) ~= p then
-            return fail("decode", "range: a key outside '%s': %s", p, snippet(name))
-        end
-        local original, value, index = read_kv(kv)
-        if original == nil then return nil, value, index end
-        out[i] = { key = original, value = value, index = index }
+        local name, item, icode = range_item(kv, p, seen)
+        if not name then return nil, item, icode end
+        out[i] = item
     end
     return out
 end

@@ -256,6 +256,31 @@ describe("etcd protocol", function()
             assert.same({ key = b64("app:p/b\0"), range_end = b64("app:p0"), limit = "1",
                           revision = "30" }, second)
         end)
+
+        it("reads the oldest entries of a queue serializably, and refuses a reply out of bounds",
+                function()
+            local t = Scripted.new()
+            local _, backend = open(t)
+            local function reply(keys)
+                local kvs = {}
+                for i, k in ipairs(keys) do kvs[i] = kv(k, "app:" .. k, i, 10 + i) end
+                t:reply(200, "{" .. H(30) .. ',"kvs":[' .. table.concat(kvs, ",") .. "]}")
+            end
+            reply({ "q/b", "q/a" })
+            local items = assert(backend:oldest("q/", 4))
+            assert.same({ { key = "q/b", value = 1, index = 11 },
+                          { key = "q/a", value = 2, index = 12 } }, items)
+            assert.same({ key = b64("app:q/"), range_end = b64("app:q0"), limit = "4",
+                          sort_order = "ASCEND", sort_target = "CREATE", serializable = true },
+                body(t:last()))
+            -- anything may come back: a key outside the queue, one key twice, more than asked
+            for _, keys in ipairs({ { "q/a", "r/x" }, { "q/a", "q/a" }, { "q/a", "q/b", "q/c" } }) do
+                reply(keys)
+                local ok, err, code = backend:oldest("q/", 2)
+                assert.is_nil(ok, table.concat(keys, ","))
+                assert.equal("decode", code, err)
+            end
+        end)
     end)
 
     describe("failover and unknown outcomes", function()
