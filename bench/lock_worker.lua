@@ -55,22 +55,8 @@ local cmpxchg = require "cmpxchg"
 
 -- count what reaches the store: HTTP requests, or store calls on the embedded file
 local requests = 0
-local curl = require "cmpxchg.transport.curl"
-local http_new = curl.new
-curl.new = function(opts)
-    local h = http_new(opts)
-    return {
-        request = function(_, ...)
-            requests = requests + 1
-            return h:request(...)
-        end,
-        stream = function(_, ...)       -- an etcd watch: one request, however long it lasts
-            requests = requests + 1
-            return h:stream(...)
-        end,
-        close = function() return h:close() end,
-    }
-end
+-- (spec/support/counting_transport.lua: a watch stream is one request)
+require("spec.support.counting_transport").install(function() requests = requests + 1 end)
 local embedded = not target:find("^%a+://")
 if embedded then
     -- the backend's calls, one SQLite transaction each: locks call the

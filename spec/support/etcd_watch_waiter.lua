@@ -1,6 +1,6 @@
 -- Child process of etcd_watch_spec: waits on an etcd cluster and counts every
--- request it sends (a wrapped transport, as bench/lock_worker.lua does: an
--- HTTP request is one, a watch stream is one however long it stays open).
+-- request it sends (spec/support/counting_transport.lua: an HTTP request is
+-- one, a watch stream is one however long it stays open).
 -- After each request and each acquisition it rewrites COUNTFILE with
 -- "requests N streams S held H", so
 -- that the spec can see how a wait costs while it lasts.
@@ -24,24 +24,11 @@ local function tell()
     assert(os.rename(tmp, countfile))
 end
 
-local curl = require "cmpxchg.transport.curl"
-local http_new = curl.new
-curl.new = function(opts)
-    local h = http_new(opts)
-    return {
-        request = function(_, ...)
-            requests = requests + 1
-            tell()
-            return h:request(...)
-        end,
-        stream = function(_, ...)
-            requests, streams = requests + 1, streams + 1
-            tell()
-            return h:stream(...)
-        end,
-        close = function() return h:close() end,
-    }
-end
+require("spec.support.counting_transport").install(function(what)
+    requests = requests + 1
+    if what == "stream" then streams = streams + 1 end
+    tell()
+end)
 
 local cmpxchg = require "cmpxchg"
 local endpoints = {}
