@@ -32,6 +32,7 @@ local NGINX = "spec/integration/nginx_spec.lua"
 local HOSTILE = "spec/integration/hostile_spec.lua"
 local WATCH = "spec/integration/etcd_watch_spec.lua"
 local HOSTILE_WATCH = "spec/integration/hostile_watch_spec.lua"
+local UNIT_HANDOFF = "spec/unit/handoff_spec.lua"
 -- the shared contracts on the servers, without what each backend adds
 local RAVENDB_CONTRACT = { RAVENDB, filter = "compare%-exchange contract" }
 local ETCD_CONTRACT = { ETCD, filter = "compare%-exchange contract" }
@@ -441,7 +442,7 @@ local mutants = {
       specs = { UNIT_LOCK } },
     { id = "lock.takeover.index", layer = "lock", file = "lua/cmpxchg/lock.lua",
       guarantee = "an expired lease is taken over with a put on the index that was shown",
-      from = "            index = idx\n", to = "            index = idx + 1\n",
+      from = "index, expired = idx, current", to = "index, expired = idx + 1, current",
       specs = { UNIT_LOCK, EMBEDDED_LOCKS } },
     { id = "lock.valid.skew", layer = "lock", file = "lua/cmpxchg/lock.lua",
       guarantee = "is_held counts the clock-skew margin off the lease",
@@ -914,6 +915,17 @@ local mutants = {
       guarantee = "a release passes the lock to the first queued waiter in the same commit",
       from = [[if l then l.passes = true end]], to = [[if l then l.passes = false end]],
       specs = { { WATCH, filter = "passes the lock" } } },
+    { id = "handoff.release.two-commits", layer = "watch", file = "lua/cmpxchg/handoff.lua",
+      guarantee = "a release with nobody to pass to ends the lock and its own queue entry in one txn",
+      from = [[if not to and #drop == 0 then return false end]],
+      to = [[if not to then return false end]],
+      specs = { { WATCH, filter = "in one commit" }, { UNIT_HANDOFF, filter = "in one txn" } } },
+    { id = "handoff.release.passes-twice", layer = "watch", file = "lua/cmpxchg/handoff.lua",
+      guarantee = "an entry passed the lock once is never passed it again (its waiter is gone)",
+      from = [[(v.Passed ~= nil or (dead and v.Owner == dead))]],
+      to = [[(dead and v.Owner == dead)]],
+      specs = { { WATCH, filter = "never passed it again" },
+                { UNIT_HANDOFF, filter = "never passes the lock twice" } } },
     { id = "handoff.taken.anyones", layer = "watch", file = "lua/cmpxchg/handoff.lua",
       guarantee = "a waiter takes a passed lock for its own only when it names its entry and owner",
       from = [[if type(value) ~= "table" or value.Handoff ~= q.key or value.Owner ~= q.owner then]],

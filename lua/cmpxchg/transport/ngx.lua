@@ -393,8 +393,9 @@ end
 -- Asked for no session (sslhandshake(false, ...)), lua-nginx-module 0.10.23
 -- with lua-resty-core 0.1.25 (Debian 12's) return true from a handshake
 -- that completed at once without looking at its verification: a server
--- that failed it was let through, its connection already closed, and the
--- request failed as "send failed: closed" (lua-nginx-module#2506,
+-- that failed it was reported verified (nginx had closed its connection,
+-- so nothing was sent), and the request failed as a dropped connection,
+-- "send failed: closed", code connect (lua-nginx-module#2506,
 -- lua-resty-core#532; seen here in about one handshake in five on
 -- loopback). Asked for the session, they read the outcome; that
 -- lua-resty-core then raises from an assert where it should return the
