@@ -153,6 +153,15 @@ local function wait_runs(log, pred, timeout, what)
     end, timeout, what)
 end
 
+--- The first run on host `tag` after `since` (epoch seconds), once one came.
+local function first_run_on(log, tag, since, what)
+    local list = wait_runs(log, function(l) return l[#l].tag == tag and l[#l].at > since end,
+        TTL + RETRY + 20, what)
+    for _, r in ipairs(list) do
+        if r.tag == tag and r.at > since then return r end
+    end
+end
+
 local backends = {
     { name = "embedded", params = function(dir)
         return { target = dir .. "/leader.db" }
@@ -214,11 +223,7 @@ describe("nginx leader job", function()
                 local other = victim == a and b or a
                 killed_at = core.time()
                 victim.kill()
-                list = wait_runs(log, function(l) return l[#l].tag == other.tag and l[#l].at > killed_at end,
-                    TTL + RETRY + 20, "a run on the other host")
-                for _, r in ipairs(list) do
-                    if r.tag == other.tag and r.at > killed_at then moved = r break end
-                end
+                moved = first_run_on(log, other.tag, killed_at, "a run on the other host")
                 failover = moved.at - killed_at
                 io.stderr:write((", host %s SIGKILLed: %s ran it %.2f s later"):format(victim.tag,
                     moved.who, failover))
@@ -236,11 +241,7 @@ describe("nginx leader job", function()
                 -- though its last lease would run for 2/3 of the ttl at least
                 local now_leads = leader_of(params)
                 assert.are_not.equal(third.who, now_leads, "no resign on quit")
-                list = wait_runs(log, function(l) return l[#l].tag == victim.tag and l[#l].at > quit_at end,
-                    TTL + RETRY + 20, "a run back on the restarted host")
-                for _, r in ipairs(list) do
-                    if r.tag == victim.tag and r.at > quit_at then moved = r break end
-                end
+                moved = first_run_on(log, victim.tag, quit_at, "a run back on the restarted host")
                 failover = moved.at - quit_at
                 io.stderr:write((", host %s quit: %s ran it %.2f s later\n"):format(other.tag,
                     moved.who, failover))
